@@ -1,0 +1,66 @@
+//! Time, injected.
+//!
+//! Every time-dependent check in ztgate (token expiry, JWKS freshness, refetch cooldowns,
+//! grace periods) reads a [`Clock`] instead of calling `SystemTime::now()` directly. Tests use a
+//! [`FixedClock`] they can move forward; a Workers build will plug in the JS clock, since
+//! `SystemTime::now()` panics on `wasm32-unknown-unknown`.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// A source of the current time, in whole seconds since the Unix epoch.
+///
+/// JWT `NumericDate` claims are whole seconds, so a finer resolution would buy nothing.
+pub trait Clock: Send + Sync + fmt::Debug + 'static {
+    /// Seconds since 1970-01-01T00:00:00Z.
+    fn now(&self) -> u64;
+}
+
+/// The operating system's wall clock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> u64 {
+        // A clock before 1970 is a broken host; 0 makes every token look "not yet valid"
+        // rather than valid, which fails closed.
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    }
+}
+
+/// A clock that only moves when told to. For tests and reproducible fuzzing.
+///
+/// ```
+/// use std::time::Duration;
+/// use ztgate::clock::{Clock, FixedClock};
+///
+/// let clock = FixedClock::at(1_700_000_000);
+/// clock.advance(Duration::from_secs(90));
+/// assert_eq!(clock.now(), 1_700_000_090);
+/// ```
+#[derive(Debug, Default)]
+pub struct FixedClock(AtomicU64);
+
+impl FixedClock {
+    /// A clock stopped at `unix_seconds`.
+    pub fn at(unix_seconds: u64) -> Self {
+        Self(AtomicU64::new(unix_seconds))
+    }
+
+    /// Moves the clock forward.
+    pub fn advance(&self, by: Duration) {
+        self.0.fetch_add(by.as_secs(), Ordering::SeqCst);
+    }
+
+    /// Sets the clock to an absolute time (it may go backwards, as real clocks sometimes do).
+    pub fn set(&self, unix_seconds: u64) {
+        self.0.store(unix_seconds, Ordering::SeqCst);
+    }
+}
+
+impl Clock for FixedClock {
+    fn now(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}

@@ -1,0 +1,155 @@
+//! Errors: configuration mistakes, and rejections that become HTTP responses.
+
+use std::fmt;
+use std::time::Duration;
+
+use http::{HeaderValue, Response, StatusCode, header};
+
+use crate::identity::TokenError;
+use crate::request::RequestError;
+
+/// A configuration value ztgate refuses, naming the setting.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    setting: &'static str,
+    message: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(setting: &'static str, message: impl Into<String>) -> Self {
+        Self { setting, message: message.into() }
+    }
+
+    /// The setting at fault, e.g. `team_domain`.
+    pub fn setting(&self) -> &'static str {
+        self.setting
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid {}: {}", self.setting, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Why a request was refused, and the response that says so.
+///
+/// | variant | status | `code` |
+/// |---|---|---|
+/// | `Request(HeaderTooLarge)` | 431 | `header_too_large` |
+/// | `Request(AmbiguousCredential)` | 400 | `ambiguous_credential` |
+/// | `MissingCredential` | 401 | `missing_credential` |
+/// | `InvalidToken(Expired)` | 401 | `token_expired` |
+/// | `InvalidToken(_)` | 401 | `invalid_token` |
+/// | `Forbidden` | 403 | `forbidden` |
+/// | `KeysUnavailable` | 503 + `Retry-After` | `keys_unavailable` |
+/// | `LayerMissing` | 500 | `identity_layer_missing` |
+///
+/// Every 401 carries `WWW-Authenticate`. Bodies are JSON: `{"code": .., "message": ..}`; the
+/// `code` values are stable, the messages are for people.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Rejection {
+    /// The request layer refused the request's shape.
+    Request(RequestError),
+    /// No credential of an accepted kind.
+    MissingCredential,
+    /// A credential was present but did not verify.
+    InvalidToken(TokenError),
+    /// The caller is proven but the policy does not admit them.
+    Forbidden,
+    /// No signing keys could be obtained; nothing can be verified right now.
+    KeysUnavailable {
+        /// Sent as `Retry-After`.
+        retry_after: Duration,
+    },
+    /// A handler asked for a `Verified` principal but the identity layer did not run:
+    /// a wiring bug, refused rather than served.
+    LayerMissing,
+}
+
+impl From<TokenError> for Rejection {
+    fn from(e: TokenError) -> Self {
+        match e {
+            TokenError::KeysUnavailable { retry_after } => Self::KeysUnavailable { retry_after },
+            other => Self::InvalidToken(other),
+        }
+    }
+}
+
+impl From<RequestError> for Rejection {
+    fn from(e: RequestError) -> Self {
+        Self::Request(e)
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Request(e) => e.fmt(f),
+            Self::MissingCredential => f.write_str("no credential: this endpoint requires Cloudflare Access"),
+            Self::InvalidToken(e) => e.fmt(f),
+            Self::Forbidden => f.write_str("authenticated, but not allowed here"),
+            Self::KeysUnavailable { .. } => f.write_str("signing keys are unavailable; try again shortly"),
+            Self::LayerMissing => f.write_str("the identity layer is not installed for this route"),
+        }
+    }
+}
+
+impl std::error::Error for Rejection {}
+
+impl Rejection {
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Request(RequestError::HeaderTooLarge { .. }) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::Request(_) => StatusCode::BAD_REQUEST,
+            Self::MissingCredential | Self::InvalidToken(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::KeysUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::LayerMissing => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable machine-readable code of the JSON body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Request(RequestError::HeaderTooLarge { .. }) => "header_too_large",
+            Self::Request(_) => "ambiguous_credential",
+            Self::MissingCredential => "missing_credential",
+            Self::InvalidToken(TokenError::Expired) => "token_expired",
+            Self::InvalidToken(_) => "invalid_token",
+            Self::Forbidden => "forbidden",
+            Self::KeysUnavailable { .. } => "keys_unavailable",
+            Self::LayerMissing => "identity_layer_missing",
+        }
+    }
+
+    /// The full response, for any body type that can be made from a `String`.
+    pub fn to_response<B: From<String>>(&self) -> Response<B> {
+        let body = serde_json::json!({ "code": self.code(), "message": self.to_string() }).to_string();
+        let mut response = Response::new(B::from(body));
+        *response.status_mut() = self.status();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        match self {
+            Self::MissingCredential => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"ztgate\""));
+            }
+            Self::InvalidToken(_) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"ztgate\", error=\"invalid_token\""),
+                );
+            }
+            Self::KeysUnavailable { retry_after } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after.as_secs().max(1)));
+            }
+            _ => {}
+        }
+        response
+    }
+}

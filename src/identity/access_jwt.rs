@@ -1,0 +1,391 @@
+//! Cloudflare Access JWT verification.
+//!
+//! The checks, in order, each failing closed:
+//! 1. size cap, then exactly three base64url segments (strict: no padding, no `+`/`/`);
+//! 2. header: `alg` is exactly `RS256`, `kid` is a string, no `crit`. `jku`, `x5u`, `x5c` and
+//!    `jwk` are never read: keys come only from the configured JWKS;
+//! 3. the key for `kid` from the [`JwksCache`], bound to RS256;
+//! 4. the RS256 signature over the first two segments;
+//! 5. claims: `iss` equals the team domain exactly; `aud` (string or array) contains a
+//!    configured tag; `exp` present and in the future; `nbf` and `iat`, if present, not in the
+//!    future; all within a bounded leeway. A time claim of the wrong JSON type (string, float,
+//!    null, negative) is refused, not treated as absent. Duplicate claim names are refused.
+//! 6. the principal: a `common_name` claim makes a [`ServiceToken`](crate::ServiceToken)
+//!    (never a user, whatever else it carries); otherwise a user with a non-empty `email`.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::Algorithm;
+use serde::Deserialize;
+use serde::de::{DeserializeOwned, Deserializer, IgnoredAny};
+
+use super::jwks::{JwksCache, KeyError};
+use crate::ConfigError;
+use crate::clock::Clock;
+use crate::principal::{AccessUser, Principal, ServiceToken};
+
+/// The largest leeway ztgate accepts for time claims.
+pub const MAX_LEEWAY: Duration = Duration::from_secs(300);
+/// The default leeway for `exp`, `nbf` and `iat`.
+pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(60);
+const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// What an Access token must match: the team domain (the exact `iss`) and the application
+/// audience tags.
+#[derive(Clone, Debug)]
+pub struct AccessConfig {
+    team_domain: String,
+    audiences: Vec<String>,
+    leeway: Duration,
+}
+
+impl AccessConfig {
+    /// `team_domain` is the issuer, e.g. `https://acme.cloudflareaccess.com` (a trailing `/` is
+    /// removed); `audiences` are the Application Audience (AUD) tags to accept. Both are
+    /// required: an empty audience list would accept tokens minted for any application.
+    pub fn new<I, S>(team_domain: impl Into<String>, audiences: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let mut team_domain: String = team_domain.into();
+        while team_domain.ends_with('/') {
+            team_domain.pop();
+        }
+        let rest =
+            team_domain.strip_prefix("https://").or_else(|| team_domain.strip_prefix("http://")).ok_or_else(
+                || ConfigError::new("team_domain", format!("{team_domain:?} must start with https://")),
+            )?;
+        if rest.is_empty() || rest.contains(['/', '?', '#', ' ', '@']) {
+            return Err(ConfigError::new(
+                "team_domain",
+                format!("{team_domain:?} must be a bare origin such as https://acme.cloudflareaccess.com"),
+            ));
+        }
+        let audiences: Vec<String> = audiences.into_iter().map(Into::into).collect();
+        if audiences.is_empty() || audiences.iter().any(|a| a.trim().is_empty()) {
+            return Err(ConfigError::new("audiences", "at least one non-empty Access AUD tag is required"));
+        }
+        Ok(Self { team_domain, audiences, leeway: DEFAULT_LEEWAY })
+    }
+
+    /// Leeway for `exp`, `nbf` and `iat` (default 60 s, at most [`MAX_LEEWAY`]).
+    pub fn with_leeway(mut self, leeway: Duration) -> Result<Self, ConfigError> {
+        if leeway > MAX_LEEWAY {
+            return Err(ConfigError::new(
+                "leeway",
+                format!("{}s exceeds the maximum of {}s", leeway.as_secs(), MAX_LEEWAY.as_secs()),
+            ));
+        }
+        self.leeway = leeway;
+        Ok(self)
+    }
+
+    /// The issuer tokens must carry.
+    pub fn team_domain(&self) -> &str {
+        &self.team_domain
+    }
+
+    /// The accepted audience tags.
+    pub fn audiences(&self) -> &[String] {
+        &self.audiences
+    }
+
+    /// The JWKS URL Cloudflare publishes for this team: `{team_domain}/cdn-cgi/access/certs`.
+    pub fn default_certs_url(&self) -> String {
+        format!("{}/cdn-cgi/access/certs", self.team_domain)
+    }
+}
+
+/// Why an Access token was refused. `Display` is for people; no variant carries token bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TokenError {
+    /// Not three strict base64url segments, too long, or not JSON where JSON belongs.
+    Malformed(&'static str),
+    /// `alg` other than RS256 (including `none` in any casing and HMAC algorithms).
+    Algorithm,
+    /// The header lists `crit` extensions; ztgate understands none.
+    CriticalHeader,
+    /// The header has no `kid`, or no key has it.
+    UnknownKey,
+    /// The signature does not verify.
+    Signature,
+    /// `iss` missing or not the team domain.
+    Issuer,
+    /// `aud` missing or without a configured tag.
+    Audience,
+    /// `exp` missing.
+    MissingExpiry,
+    /// `exp` is in the past (beyond the leeway).
+    Expired,
+    /// `nbf` is in the future (beyond the leeway).
+    NotYetValid,
+    /// `iat` is in the future (beyond the leeway).
+    IssuedInFuture,
+    /// A claim of the wrong type, a duplicate claim, or neither `email` nor `common_name`.
+    Claims(String),
+    /// No keys could be obtained (the 503 case).
+    KeysUnavailable {
+        /// When a retry makes sense.
+        retry_after: Duration,
+    },
+}
+
+impl fmt::Display for TokenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Malformed(what) => write!(f, "malformed token: {what}"),
+            Self::Algorithm => f.write_str("token algorithm is not RS256"),
+            Self::CriticalHeader => f.write_str("token header has unsupported critical extensions"),
+            Self::UnknownKey => f.write_str("token is signed with an unknown key"),
+            Self::Signature => f.write_str("token signature is invalid"),
+            Self::Issuer => f.write_str("token issuer is not the configured team domain"),
+            Self::Audience => f.write_str("token audience does not match this application"),
+            Self::MissingExpiry => f.write_str("token has no expiry"),
+            Self::Expired => f.write_str("token has expired"),
+            Self::NotYetValid => f.write_str("token is not valid yet"),
+            Self::IssuedInFuture => f.write_str("token was issued in the future"),
+            Self::Claims(e) => write!(f, "token claims are invalid: {e}"),
+            Self::KeysUnavailable { .. } => f.write_str("signing keys are unavailable"),
+        }
+    }
+}
+
+impl std::error::Error for TokenError {}
+
+/// Verifies Cloudflare Access JWTs against a JWKS cache and the configuration.
+///
+/// `C` is the caller's type for extra user claims; it is deserialized from the whole claim
+/// set, so `#[derive(Deserialize)] struct Mine { groups: Vec<String> }` reads a top-level
+/// `groups` claim.
+pub struct AccessVerifier<C = crate::NoClaims> {
+    config: AccessConfig,
+    keys: JwksCache,
+    clock: Arc<dyn Clock>,
+    _claims: PhantomData<fn() -> C>,
+}
+
+impl<C> fmt::Debug for AccessVerifier<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AccessVerifier").field("config", &self.config).field("keys", &self.keys).finish()
+    }
+}
+
+#[derive(Deserialize)]
+struct JoseHeader {
+    alg: String,
+    #[serde(default, deserialize_with = "present")]
+    kid: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    crit: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
+struct RegisteredClaims {
+    #[serde(default, deserialize_with = "present")]
+    iss: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    aud: Option<Audience>,
+    #[serde(default, deserialize_with = "present")]
+    exp: Option<u64>,
+    #[serde(default, deserialize_with = "present")]
+    nbf: Option<u64>,
+    #[serde(default, deserialize_with = "present")]
+    iat: Option<u64>,
+    #[serde(default, deserialize_with = "present")]
+    sub: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    email: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    common_name: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    country: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    identity_nonce: Option<String>,
+}
+
+/// A present field must have its type: `null` is a wrong type, not an absence.
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
+impl<C: DeserializeOwned> AccessVerifier<C> {
+    /// A verifier for `config`, with keys from `keys` and time from `clock`.
+    pub fn new(config: AccessConfig, keys: JwksCache, clock: Arc<dyn Clock>) -> Self {
+        Self { config, keys, clock, _claims: PhantomData }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &AccessConfig {
+        &self.config
+    }
+
+    /// The key cache.
+    pub fn keys(&self) -> &JwksCache {
+        &self.keys
+    }
+
+    /// Verifies `token` and returns the principal it proves.
+    pub async fn verify(&self, token: &str) -> Result<Principal<C>, TokenError> {
+        let parts = split(token)?;
+        let header: JoseHeader = decode_json(parts.header, "header")?;
+        if header.alg != "RS256" {
+            return Err(TokenError::Algorithm);
+        }
+        if header.crit.is_some() {
+            return Err(TokenError::CriticalHeader);
+        }
+        let kid = header.kid.ok_or(TokenError::UnknownKey)?;
+        let key = self.keys.key(&kid).await.map_err(|e| match e {
+            KeyError::UnknownKid => TokenError::UnknownKey,
+            KeyError::Unavailable { retry_after } => TokenError::KeysUnavailable { retry_after },
+        })?;
+        match jsonwebtoken::crypto::verify(
+            parts.signature,
+            parts.signing_input.as_bytes(),
+            &key,
+            Algorithm::RS256,
+        ) {
+            Ok(true) => {}
+            Ok(false) => return Err(TokenError::Signature),
+            Err(_) => return Err(TokenError::Malformed("signature encoding")),
+        }
+        let payload =
+            URL_SAFE_NO_PAD.decode(parts.payload).map_err(|_| TokenError::Malformed("payload encoding"))?;
+        self.check_claims(&payload)
+    }
+
+    /// Checks the claims of an already signature-verified payload.
+    fn check_claims(&self, payload: &[u8]) -> Result<Principal<C>, TokenError> {
+        let claims: RegisteredClaims =
+            serde_json::from_slice(payload).map_err(|e| TokenError::Claims(claim_error(&e)))?;
+        if claims.iss.as_deref() != Some(self.config.team_domain.as_str()) {
+            return Err(TokenError::Issuer);
+        }
+        let audience_ok = match &claims.aud {
+            Some(Audience::One(a)) => self.config.audiences.iter().any(|want| want == a),
+            Some(Audience::Many(list)) => {
+                list.iter().any(|a| self.config.audiences.iter().any(|want| want == a))
+            }
+            None => false,
+        };
+        if !audience_ok {
+            return Err(TokenError::Audience);
+        }
+        let now = self.clock.now();
+        let leeway = self.config.leeway.as_secs();
+        let exp = claims.exp.ok_or(TokenError::MissingExpiry)?;
+        if exp.saturating_add(leeway) <= now {
+            return Err(TokenError::Expired);
+        }
+        if claims.nbf.is_some_and(|nbf| nbf > now.saturating_add(leeway)) {
+            return Err(TokenError::NotYetValid);
+        }
+        if claims.iat.is_some_and(|iat| iat > now.saturating_add(leeway)) {
+            return Err(TokenError::IssuedInFuture);
+        }
+        if let Some(common_name) = claims.common_name {
+            if common_name.is_empty() {
+                return Err(TokenError::Claims("empty common_name".into()));
+            }
+            return Ok(Principal::Service(ServiceToken { common_name }));
+        }
+        let email = claims
+            .email
+            .filter(|e| !e.is_empty())
+            .ok_or_else(|| TokenError::Claims("neither email nor common_name".into()))?;
+        let custom: C = serde_json::from_slice(payload).map_err(|e| TokenError::Claims(claim_error(&e)))?;
+        Ok(Principal::User(AccessUser {
+            email,
+            sub: claims.sub.unwrap_or_default(),
+            country: claims.country,
+            identity_nonce: claims.identity_nonce,
+            custom,
+        }))
+    }
+}
+
+/// serde_json messages can quote input; keep only the category and position.
+fn claim_error(e: &serde_json::Error) -> String {
+    let msg = e.to_string();
+    let kind = if msg.starts_with("duplicate field") {
+        "duplicate claim"
+    } else if msg.starts_with("invalid type") || msg.starts_with("invalid value") {
+        "claim of the wrong type"
+    } else {
+        "claims are not a JSON object"
+    };
+    format!("{kind} (column {})", e.column())
+}
+
+struct Parts<'a> {
+    header: &'a str,
+    payload: &'a str,
+    signature: &'a str,
+    signing_input: &'a str,
+}
+
+fn split(token: &str) -> Result<Parts<'_>, TokenError> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(TokenError::Malformed("token too long"));
+    }
+    let mut it = token.split('.');
+    let (Some(header), Some(payload), Some(signature), None) = (it.next(), it.next(), it.next(), it.next())
+    else {
+        return Err(TokenError::Malformed("not three segments"));
+    };
+    if header.is_empty() || payload.is_empty() || signature.is_empty() {
+        return Err(TokenError::Malformed("empty segment"));
+    }
+    let signing_input = &token[..header.len() + 1 + payload.len()];
+    Ok(Parts { header, payload, signature, signing_input })
+}
+
+fn decode_json<T: DeserializeOwned>(segment: &str, what: &'static str) -> Result<T, TokenError> {
+    let bytes = URL_SAFE_NO_PAD.decode(segment).map_err(|_| TokenError::Malformed(what))?;
+    serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed(what))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_requires_origin_and_audience() {
+        assert!(AccessConfig::new("https://acme.cloudflareaccess.com/", ["aud"]).is_ok());
+        assert_eq!(
+            AccessConfig::new("https://acme.cloudflareaccess.com/", ["aud"]).unwrap().team_domain(),
+            "https://acme.cloudflareaccess.com"
+        );
+        assert!(AccessConfig::new("acme.cloudflareaccess.com", ["aud"]).is_err());
+        assert!(AccessConfig::new("https://acme.cloudflareaccess.com/path", ["aud"]).is_err());
+        assert!(AccessConfig::new("https://acme.cloudflareaccess.com", Vec::<String>::new()).is_err());
+        assert!(AccessConfig::new("https://acme.cloudflareaccess.com", [" "]).is_err());
+        let cfg = AccessConfig::new("https://a.cloudflareaccess.com", ["x"]).unwrap();
+        assert!(cfg.clone().with_leeway(Duration::from_secs(301)).is_err());
+        assert!(cfg.with_leeway(Duration::from_secs(0)).is_ok());
+    }
+
+    #[test]
+    fn split_is_strict() {
+        assert!(split("a.b.c").is_ok());
+        assert!(split("a.b").is_err());
+        assert!(split("a.b.c.d").is_err());
+        assert!(split("a..c").is_err());
+        assert!(split(&"a.b.".repeat(1)).is_err());
+        assert!(split(&format!("a.{}.c", "b".repeat(MAX_TOKEN_BYTES))).is_err());
+    }
+}

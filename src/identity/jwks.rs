@@ -1,0 +1,539 @@
+//! The JWKS cache: Cloudflare Access signing keys, fetched rarely and trusted carefully.
+//!
+//! Semantics (all times read from the injected [`Clock`]):
+//! - **Keys by `kid`**, exact match. Only RSA signature keys of 2048–8192 bits with `use`
+//!   absent or `sig`, `alg` absent or `RS256` and a sane public exponent are kept; a `kid`
+//!   listed twice is dropped whole rather than guessed at. Cloudflare's extra
+//!   `public_cert`/`public_certs` members are ignored.
+//! - **One fetch in flight** whatever the concurrency: concurrent misses coalesce on one
+//!   fetch (moka's `try_get_with`), and each cache generation is fetched at most once.
+//! - **Refresh by age**: keys are fresh for `Cache-Control: max-age` clamped to
+//!   [`JwksConfig::min_max_age`, `JwksConfig::max_max_age`] (default 10 min without one).
+//!   While a refresh runs, other requests keep using the stale keys instead of waiting.
+//! - **Unknown `kid`** (a key rotation, or an attacker): at most one refetch per
+//!   [`JwksConfig::refetch_cooldown`]. Failed fetches are retried no sooner either.
+//! - **Stale on error**: keys outlive a failed refresh for [`JwksConfig::grace`]; after that,
+//!   or with nothing ever fetched, lookups fail with [`KeyError::Unavailable`] (a 503).
+//! - **Bounded fetches** (see [`HttpFetcher`](super::HttpFetcher)): timeout, size cap while
+//!   streaming, no redirects, 200 + JSON only.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::DecodingKey;
+use serde::Deserialize;
+
+use crate::clock::Clock;
+
+/// A boxed, sendable future, as returned by [`KeyFetcher::fetch`].
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Where the JWKS comes from: HTTP on native ([`HttpFetcher`](super::HttpFetcher)), the
+/// Workers fetch API at the edge, or a fixed document in tests and fuzzing.
+pub trait KeyFetcher: Send + Sync + fmt::Debug + 'static {
+    /// Fetches the JWKS document once. Implementations bound time and size themselves.
+    fn fetch(&self) -> BoxFuture<'_, Result<FetchedJwks, FetchError>>;
+}
+
+/// A fetched JWKS document.
+#[derive(Clone, Debug)]
+pub struct FetchedJwks {
+    /// The response body (JSON).
+    pub body: Vec<u8>,
+    /// The response's `Cache-Control: max-age`, if it had one.
+    pub max_age: Option<Duration>,
+}
+
+/// Why a JWKS fetch failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FetchError {
+    /// Could not connect, or the connection broke.
+    Network(String),
+    /// No complete response within the timeout.
+    Timeout,
+    /// A status other than 200 (redirects are not followed).
+    Status(u16),
+    /// A `Content-Type` other than JSON.
+    ContentType(String),
+    /// The body exceeded the size cap.
+    TooLarge {
+        /// The cap, in bytes.
+        limit: usize,
+    },
+    /// The body was not a JWKS document.
+    Malformed(String),
+    /// The document held no key that passes the filter.
+    NoUsableKeys,
+}
+
+impl fmt::Display for FetchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Network(e) => write!(f, "JWKS fetch failed: {e}"),
+            Self::Timeout => f.write_str("JWKS fetch timed out"),
+            Self::Status(s) => write!(f, "JWKS endpoint answered HTTP {s}"),
+            Self::ContentType(t) => write!(f, "JWKS endpoint answered Content-Type {t:?}, not JSON"),
+            Self::TooLarge { limit } => write!(f, "JWKS document larger than {limit} bytes"),
+            Self::Malformed(e) => write!(f, "JWKS document malformed: {e}"),
+            Self::NoUsableKeys => f.write_str("JWKS document has no usable RS256 signing key"),
+        }
+    }
+}
+
+impl std::error::Error for FetchError {}
+
+/// Why a key could not be produced for a token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// The key set is usable but has no key with this `kid` (401).
+    UnknownKid,
+    /// No usable key set: never fetched successfully, or stale past the grace (503).
+    Unavailable {
+        /// When a new fetch may be attempted.
+        retry_after: Duration,
+    },
+}
+
+impl fmt::Display for KeyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::UnknownKid => f.write_str("no signing key with this kid"),
+            Self::Unavailable { retry_after } => {
+                write!(f, "signing keys unavailable; retry in {}s", retry_after.as_secs())
+            }
+        }
+    }
+}
+
+impl std::error::Error for KeyError {}
+
+/// Tuning for the JWKS cache. The defaults suit Cloudflare Access.
+#[derive(Clone, Debug)]
+pub struct JwksConfig {
+    /// Freshness when the response has no `Cache-Control: max-age` (default 10 min).
+    pub default_max_age: Duration,
+    /// Lower clamp for `max-age` (default 1 min).
+    pub min_max_age: Duration,
+    /// Upper clamp for `max-age` (default 1 h).
+    pub max_max_age: Duration,
+    /// Least time between fetches caused by an unknown `kid` or a failure (default 30 s).
+    pub refetch_cooldown: Duration,
+    /// How long keys stay usable after they went stale while refreshes fail (default 24 h).
+    pub grace: Duration,
+    /// Most keys kept from one document (default 64).
+    pub max_keys: usize,
+}
+
+impl Default for JwksConfig {
+    fn default() -> Self {
+        Self {
+            default_max_age: Duration::from_secs(600),
+            min_max_age: Duration::from_secs(60),
+            max_max_age: Duration::from_secs(3600),
+            refetch_cooldown: Duration::from_secs(30),
+            grace: Duration::from_secs(24 * 3600),
+            max_keys: 64,
+        }
+    }
+}
+
+/// The usable keys of one JWKS document, by `kid`.
+#[derive(Clone)]
+pub struct KeySet {
+    keys: HashMap<String, Arc<DecodingKey>>,
+}
+
+impl fmt::Debug for KeySet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut kids: Vec<&str> = self.keys.keys().map(String::as_str).collect();
+        kids.sort_unstable();
+        f.debug_struct("KeySet").field("kids", &kids).finish()
+    }
+}
+
+impl KeySet {
+    /// Parses a JWKS document and keeps only the keys ztgate will verify RS256 with.
+    ///
+    /// Keys that fail the filter are skipped (and counted in a `tracing` event); a document
+    /// that is not JSON, has no `keys` array, or keeps no key at all is an error.
+    pub fn parse(body: &[u8], max_keys: usize) -> Result<Self, FetchError> {
+        #[derive(Deserialize)]
+        struct Doc {
+            keys: Vec<serde_json::Value>,
+        }
+        let doc: Doc = serde_json::from_slice(body).map_err(|e| FetchError::Malformed(e.to_string()))?;
+        let mut keys: HashMap<String, Arc<DecodingKey>> = HashMap::new();
+        let mut duplicated: Vec<String> = Vec::new();
+        let mut skipped = 0usize;
+        for raw in doc.keys {
+            let Some((kid, key)) = accept_key(raw) else {
+                skipped += 1;
+                continue;
+            };
+            if keys.contains_key(&kid) || duplicated.contains(&kid) {
+                keys.remove(&kid);
+                duplicated.push(kid);
+                continue;
+            }
+            if keys.len() == max_keys {
+                skipped += 1;
+                continue;
+            }
+            keys.insert(kid, Arc::new(key));
+        }
+        if skipped > 0 || !duplicated.is_empty() {
+            tracing::warn!(
+                layer = "identity",
+                skipped,
+                duplicated_kids = duplicated.len(),
+                "JWKS keys refused by the key filter"
+            );
+        }
+        if keys.is_empty() {
+            return Err(FetchError::NoUsableKeys);
+        }
+        Ok(Self { keys })
+    }
+
+    /// The key for `kid`, if kept.
+    pub fn get(&self, kid: &str) -> Option<&Arc<DecodingKey>> {
+        self.keys.get(kid)
+    }
+
+    /// How many keys were kept.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether no key was kept (never true for a parsed set).
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+/// The JWK members ztgate reads. Everything else (`x5c`, `public_cert`, ...) is ignored.
+#[derive(Deserialize)]
+struct RawJwk {
+    kty: String,
+    kid: String,
+    #[serde(rename = "use")]
+    use_: Option<String>,
+    alg: Option<String>,
+    key_ops: Option<Vec<String>>,
+    n: String,
+    e: String,
+}
+
+const MAX_KID_BYTES: usize = 256;
+
+fn accept_key(raw: serde_json::Value) -> Option<(String, DecodingKey)> {
+    let jwk: RawJwk = serde_json::from_value(raw).ok()?;
+    if jwk.kty != "RSA" || jwk.kid.is_empty() || jwk.kid.len() > MAX_KID_BYTES {
+        return None;
+    }
+    if jwk.use_.as_deref().is_some_and(|u| u != "sig") || jwk.alg.as_deref().is_some_and(|a| a != "RS256") {
+        return None;
+    }
+    if jwk.key_ops.as_ref().is_some_and(|ops| !ops.iter().any(|op| op == "verify")) {
+        return None;
+    }
+    let n = URL_SAFE_NO_PAD.decode(&jwk.n).ok()?;
+    let e = URL_SAFE_NO_PAD.decode(&jwk.e).ok()?;
+    let n = strip_leading_zeros(&n);
+    let e = strip_leading_zeros(&e);
+    let n_bits = bit_length(n);
+    if !(2048..=8192).contains(&n_bits) || n[n.len() - 1] & 1 == 0 {
+        return None;
+    }
+    // e = 1 makes every "signature" its own message; even or huge exponents are not RSA keys.
+    if e.is_empty() || e.len() > 4 || e[e.len() - 1] & 1 == 0 || e == [1] {
+        return None;
+    }
+    Some((jwk.kid, DecodingKey::from_rsa_raw_components(n, e)))
+}
+
+fn strip_leading_zeros(b: &[u8]) -> &[u8] {
+    let first = b.iter().position(|x| *x != 0).unwrap_or(b.len());
+    &b[first..]
+}
+
+fn bit_length(b: &[u8]) -> usize {
+    match b.first() {
+        None => 0,
+        Some(top) => (b.len() - 1) * 8 + (8 - top.leading_zeros() as usize),
+    }
+}
+
+/// Reads `max-age` from a `Cache-Control` value; `no-cache`/`no-store` count as zero (and are
+/// then clamped up to the minimum).
+pub fn parse_max_age(cache_control: &str) -> Option<Duration> {
+    let mut max_age = None;
+    for directive in cache_control.split(',') {
+        let directive = directive.trim();
+        let (name, value) = directive.split_once('=').unwrap_or((directive, ""));
+        if name.eq_ignore_ascii_case("no-cache") || name.eq_ignore_ascii_case("no-store") {
+            return Some(Duration::ZERO);
+        }
+        if name.eq_ignore_ascii_case("max-age") {
+            max_age = value.trim_matches('"').parse::<u64>().ok().map(Duration::from_secs);
+        }
+    }
+    max_age
+}
+
+/// The last good key set and when it goes stale.
+struct Fresh {
+    set: Arc<KeySet>,
+    /// Unix seconds after which a refresh is due.
+    stale_at: u64,
+    /// Unix seconds after which the set is no longer used at all.
+    dead_at: u64,
+}
+
+#[derive(Default)]
+struct State {
+    current: Option<Fresh>,
+    /// Completed fetch attempts; each generation is fetched at most once.
+    generation: u64,
+    /// Start time of the latest fetch attempt.
+    last_attempt: Option<u64>,
+}
+
+struct Shared {
+    fetcher: Arc<dyn KeyFetcher>,
+    clock: Arc<dyn Clock>,
+    config: JwksConfig,
+    state: RwLock<State>,
+    refreshing: AtomicBool,
+    /// Coalesces concurrent fetches: key = the generation being replaced.
+    flights: moka::future::Cache<u64, Arc<KeySet>>,
+}
+
+/// A cache of signing keys with single-flight fetching. Cheap to clone (one `Arc`).
+#[derive(Clone)]
+pub struct JwksCache {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for JwksCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JwksCache").field("fetcher", &self.shared.fetcher).finish_non_exhaustive()
+    }
+}
+
+enum Plan {
+    Use(Arc<KeySet>),
+    Fetch { generation: u64, fallback: Option<Arc<KeySet>> },
+    Unavailable(Duration),
+}
+
+impl JwksCache {
+    /// A cache that fetches with `fetcher` and reads time from `clock`.
+    pub fn new(fetcher: Arc<dyn KeyFetcher>, clock: Arc<dyn Clock>, config: JwksConfig) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                fetcher,
+                clock,
+                config,
+                state: RwLock::new(State::default()),
+                refreshing: AtomicBool::new(false),
+                flights: moka::future::Cache::builder().max_capacity(8).build(),
+            }),
+        }
+    }
+
+    /// The verification key for `kid`, fetching or refreshing the JWKS as the rules allow.
+    pub async fn key(&self, kid: &str) -> Result<Arc<DecodingKey>, KeyError> {
+        let now = self.shared.clock.now();
+        let (set, unknown_kid_may_refetch, generation) = match self.plan(now) {
+            Plan::Use(set) => (set, true, None),
+            Plan::Unavailable(retry_after) => return Err(KeyError::Unavailable { retry_after }),
+            Plan::Fetch { generation, fallback } => match self.fetch(generation).await {
+                Ok(set) => (set, false, Some(generation)),
+                Err(retry_after) => match fallback {
+                    Some(set) => (set, false, Some(generation)),
+                    None => return Err(KeyError::Unavailable { retry_after }),
+                },
+            },
+        };
+        if let Some(key) = set.get(kid) {
+            return Ok(key.clone());
+        }
+        // Unknown kid on a set we did not just fetch: maybe the keys rotated. Refetch once per
+        // cooldown, however many unknown kids arrive.
+        if unknown_kid_may_refetch {
+            let (cooled, generation) = {
+                let state = self.shared.state.read().unwrap_or_else(|p| p.into_inner());
+                (self.cooled_down(&state, now), generation.unwrap_or(state.generation))
+            };
+            if cooled {
+                if let Ok(set) = self.fetch(generation).await {
+                    return set.get(kid).cloned().ok_or(KeyError::UnknownKid);
+                }
+            }
+        }
+        Err(KeyError::UnknownKid)
+    }
+
+    /// Fetches now unless the cooldown forbids it, and reports the outcome. For warming the
+    /// cache at start-up and for health checks.
+    pub async fn refresh(&self) -> Result<usize, KeyError> {
+        let now = self.shared.clock.now();
+        let generation = {
+            let state = self.shared.state.read().unwrap_or_else(|p| p.into_inner());
+            if !self.cooled_down(&state, now) {
+                let retry_after = self.retry_after(&state, now);
+                return match &state.current {
+                    Some(fresh) if now < fresh.dead_at => Ok(fresh.set.len()),
+                    _ => Err(KeyError::Unavailable { retry_after }),
+                };
+            }
+            state.generation
+        };
+        self.fetch(generation)
+            .await
+            .map(|set| set.len())
+            .map_err(|retry_after| KeyError::Unavailable { retry_after })
+    }
+
+    fn plan(&self, now: u64) -> Plan {
+        let state = self.shared.state.read().unwrap_or_else(|p| p.into_inner());
+        match &state.current {
+            Some(fresh) if now < fresh.stale_at => Plan::Use(fresh.set.clone()),
+            Some(fresh) if now < fresh.dead_at => {
+                let in_flight = self.shared.refreshing.load(Ordering::Acquire);
+                if in_flight || !self.cooled_down(&state, now) {
+                    Plan::Use(fresh.set.clone())
+                } else {
+                    Plan::Fetch { generation: state.generation, fallback: Some(fresh.set.clone()) }
+                }
+            }
+            _ if self.cooled_down(&state, now) => {
+                Plan::Fetch { generation: state.generation, fallback: None }
+            }
+            _ => Plan::Unavailable(self.retry_after(&state, now)),
+        }
+    }
+
+    fn cooled_down(&self, state: &State, now: u64) -> bool {
+        state
+            .last_attempt
+            .is_none_or(|t| now >= t.saturating_add(self.shared.config.refetch_cooldown.as_secs()))
+    }
+
+    fn retry_after(&self, state: &State, now: u64) -> Duration {
+        let next = state
+            .last_attempt
+            .map_or(now, |t| t.saturating_add(self.shared.config.refetch_cooldown.as_secs()));
+        Duration::from_secs(next.saturating_sub(now).max(1))
+    }
+
+    /// Fetches the generation after `generation`, joining a fetch already in flight for it.
+    /// On failure returns how long until a retry is allowed.
+    async fn fetch(&self, generation: u64) -> Result<Arc<KeySet>, Duration> {
+        let shared = &self.shared;
+        let outcome = shared
+            .flights
+            .try_get_with(generation, async {
+                {
+                    let mut state = shared.state.write().unwrap_or_else(|p| p.into_inner());
+                    if state.generation != generation {
+                        // Someone completed this generation between our plan and now.
+                        return match &state.current {
+                            Some(fresh) => Ok(fresh.set.clone()),
+                            None => Err(FetchError::NoUsableKeys),
+                        };
+                    }
+                    state.last_attempt = Some(shared.clock.now());
+                }
+                shared.refreshing.store(true, Ordering::Release);
+                let _reset = ResetOnDrop(&shared.refreshing);
+                let result = shared
+                    .fetcher
+                    .fetch()
+                    .await
+                    .and_then(|doc| Ok((KeySet::parse(&doc.body, shared.config.max_keys)?, doc.max_age)));
+                let now = shared.clock.now();
+                let mut state = shared.state.write().unwrap_or_else(|p| p.into_inner());
+                state.generation = generation + 1;
+                match result {
+                    Ok((set, max_age)) => {
+                        let set = Arc::new(set);
+                        let cfg = &shared.config;
+                        let age = max_age
+                            .unwrap_or(cfg.default_max_age)
+                            .clamp(cfg.min_max_age, cfg.max_max_age.max(cfg.min_max_age))
+                            .as_secs();
+                        let stale_at = now.saturating_add(age);
+                        state.current = Some(Fresh {
+                            set: set.clone(),
+                            stale_at,
+                            dead_at: stale_at.saturating_add(cfg.grace.as_secs()),
+                        });
+                        tracing::info!(
+                            layer = "identity",
+                            outcome = "jwks_refreshed",
+                            keys = set.len(),
+                            max_age_secs = age
+                        );
+                        Ok(set)
+                    }
+                    Err(e) => {
+                        tracing::warn!(layer = "identity", outcome = "jwks_fetch_failed", error = %e);
+                        Err(e)
+                    }
+                }
+            })
+            .await;
+        outcome.map_err(|_| {
+            let state = self.shared.state.read().unwrap_or_else(|p| p.into_inner());
+            self.retry_after(&state, self.shared.clock.now())
+        })
+    }
+}
+
+struct ResetOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for ResetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_age_parsing() {
+        assert_eq!(parse_max_age("public, max-age=300"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_max_age("MAX-AGE=\"42\""), Some(Duration::from_secs(42)));
+        assert_eq!(parse_max_age("no-store"), Some(Duration::ZERO));
+        assert_eq!(parse_max_age("public"), None);
+        assert_eq!(parse_max_age("max-age=-5"), None);
+    }
+
+    #[test]
+    fn bit_length_counts_significant_bits() {
+        assert_eq!(bit_length(&[]), 0);
+        assert_eq!(bit_length(&[1]), 1);
+        assert_eq!(bit_length(&[0x80, 0]), 16);
+        assert_eq!(bit_length(strip_leading_zeros(&[0, 0, 0x7f])), 7);
+    }
+
+    #[test]
+    fn documents_without_usable_keys_are_errors() {
+        assert!(matches!(KeySet::parse(b"[]", 8), Err(FetchError::Malformed(_))));
+        assert!(matches!(KeySet::parse(b"{\"keys\":[]}", 8), Err(FetchError::NoUsableKeys)));
+        assert!(matches!(KeySet::parse(b"{\"keys\":[{\"kty\":\"EC\"}]}", 8), Err(FetchError::NoUsableKeys)));
+    }
+}

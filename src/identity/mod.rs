@@ -1,0 +1,20 @@
+//! Layer 2 — Identity: turn untrusted request facts into a proven [`Principal`](crate::Principal).
+//!
+//! - [`access_jwt`]: Cloudflare Access JWT verification (RS256, strict claims).
+//! - [`jwks`]: the signing-key cache with single-flight fetching and bounded staleness.
+//! - [`policy`]: which proven principals are allowed.
+//!
+//! Identity code never touches storage, and never reads a request directly: it takes
+//! [`RequestFacts`](crate::request::RequestFacts).
+
+pub mod access_jwt;
+#[cfg(feature = "native")]
+mod http_fetcher;
+pub mod jwks;
+pub mod policy;
+
+pub use access_jwt::{AccessConfig, AccessVerifier, TokenError};
+#[cfg(feature = "native")]
+pub use http_fetcher::{DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_JWKS_BYTES, HttpFetcher};
+pub use jwks::{FetchError, FetchedJwks, JwksCache, JwksConfig, KeyError, KeyFetcher};
+pub use policy::Policy;

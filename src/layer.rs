@@ -1,0 +1,101 @@
+//! The Tower layer: [`Gate`] as middleware.
+//!
+//! The [`IdentityService`] runs the gate before the inner service. On success it inserts the
+//! [`Verified<Principal<C>>`](crate::Verified) into the request extensions and calls the inner
+//! service; on failure it answers with the [`Rejection`](crate::Rejection)'s response and the
+//! inner service never sees the request.
+//!
+//! ```
+//! use tower::{ServiceBuilder, service_fn};
+//! use ztgate::{AccessConfig, Gate, Policy, Principal, Verified};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let gate = Gate::builder(AccessConfig::new("https://acme.cloudflareaccess.com", ["aud-tag"])?)
+//!     .policy(Policy::new().allow_emails(["alice@acme.com"]))
+//!     .build()?;
+//! let service = ServiceBuilder::new().layer(gate).service(service_fn(|req: http::Request<String>| async move {
+//!     let who = req.extensions().get::<Verified<Principal>>().expect("the layer ran");
+//!     Ok::<_, std::convert::Infallible>(http::Response::new(who.id()))
+//! }));
+//! # let _ = service;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use serde::de::DeserializeOwned;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::gate::Gate;
+
+impl<S, C> Layer<S> for Gate<C> {
+    type Service = IdentityService<S, C>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        IdentityService { inner, gate: self.clone() }
+    }
+}
+
+/// Middleware that verifies identity before calling `S`. Made by [`Gate`] as a [`Layer`].
+pub struct IdentityService<S, C> {
+    inner: S,
+    gate: Gate<C>,
+}
+
+impl<S: Clone, C> Clone for IdentityService<S, C> {
+    fn clone(&self) -> Self {
+        Self { inner: self.inner.clone(), gate: self.gate.clone() }
+    }
+}
+
+impl<S: std::fmt::Debug, C> std::fmt::Debug for IdentityService<S, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdentityService").field("inner", &self.inner).field("gate", &self.gate).finish()
+    }
+}
+
+/// The future of [`IdentityService`].
+pub type ResponseFuture<R, E> = Pin<Box<dyn Future<Output = Result<R, E>> + Send>>;
+
+impl<S, C, ReqBody, ResBody> Service<Request<ReqBody>> for IdentityService<S, C>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send,
+    ReqBody: Send + 'static,
+    ResBody: From<String> + 'static,
+    C: DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        // Call the instance that poll_ready made ready; leave a fresh clone in its place.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let gate = self.gate.clone();
+        // Read the request now, so the future holds owned facts rather than a borrow of it.
+        let facts = gate.extract(&req);
+        Box::pin(async move {
+            let checked = match facts {
+                Ok(facts) => gate.check_facts(&facts).await,
+                Err(rejection) => Err(rejection),
+            };
+            match checked {
+                Ok(verified) => {
+                    req.extensions_mut().insert(verified);
+                    inner.call(req).await
+                }
+                Err(rejection) => Ok(rejection.to_response()),
+            }
+        })
+    }
+}

@@ -1,0 +1,85 @@
+//! # ztgate — prove who is calling before anything else runs
+//!
+//! ztgate is zero-trust auth middleware for admin endpoints behind Cloudflare Access. It
+//! works in three layers, always in this order:
+//!
+//! ```text
+//!   Request  ──────────►  Identity  ──────────────►  Storage
+//!   what arrived          who is calling, proven      handlers that can only run
+//!   (RequestFacts)        (Verified<Principal>)       with a Verified<Principal> in hand
+//! ```
+//!
+//! - [`request`] reads credentials and context from the request without believing them,
+//!   with a size limit on everything it reads.
+//! - [`identity`] verifies them: Cloudflare Access JWTs (RS256, strict claims, a JWKS cache
+//!   with single-flight fetching), then a [`Policy`] decides who is allowed.
+//! - [`storage`] holds the capability types: [`Verified`] can only be built by ztgate, so a
+//!   handler or storage function that takes one cannot run before identity did.
+//!
+//! Failures fail closed: no or bad credential → 401 with `WWW-Authenticate`; proven but not
+//! allowed → 403; no signing keys obtainable → 503 with `Retry-After`. Bodies are JSON with a
+//! stable `code` (see [`Rejection`]).
+//!
+//! ## The smallest whole program (axum)
+//!
+//! ```no_run
+//! use axum::{Router, routing::get};
+//! use ztgate::{AccessConfig, Gate, Policy, Principal, Verified};
+//!
+//! async fn whoami(who: Verified<Principal>) -> String {
+//!     who.id()
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let access = AccessConfig::new("https://acme.cloudflareaccess.com", ["<aud tag>"])?;
+//!     let gate = Gate::builder(access)
+//!         .policy(Policy::new().allow_emails(["alice@acme.com"]).allow_service_tokens(["ci.access"]))
+//!         .build()?;
+//!     let app = Router::new().route("/admin/whoami", get(whoami)).layer(gate);
+//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//!     axum::serve(listener, app).await?;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! ## Features
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `native` | yes | the reqwest JWKS fetcher and moka single-flight cache |
+//! | `aws_lc_rs` | yes | RS256 through aws-lc (≈10× faster than `rust_crypto`) |
+//! | `rust_crypto` | no | RS256 in pure Rust (pick instead of `aws_lc_rs`) |
+//! | `axum` | no | the `Verified<Principal>` extractor, `IntoResponse` for [`Rejection`] |
+//! | `dev` | no | [`dev`]: a local issuer for dev mode and tests |
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+#[cfg(not(feature = "native"))]
+compile_error!("ztgate currently needs the `native` feature (the Workers build comes later)");
+
+#[cfg(all(feature = "aws_lc_rs", feature = "rust_crypto"))]
+compile_error!("enable exactly one of the `aws_lc_rs` and `rust_crypto` features");
+
+#[cfg(not(any(feature = "aws_lc_rs", feature = "rust_crypto")))]
+compile_error!("enable one crypto backend: `aws_lc_rs` (default) or `rust_crypto`");
+
+#[cfg(feature = "axum")]
+mod axum;
+pub mod clock;
+#[cfg(feature = "dev")]
+pub mod dev;
+mod error;
+mod gate;
+pub mod identity;
+mod layer;
+mod principal;
+pub mod request;
+pub mod storage;
+
+pub use error::{ConfigError, Rejection};
+pub use gate::{Gate, GateBuilder};
+pub use identity::{AccessConfig, Policy};
+pub use layer::{IdentityService, ResponseFuture};
+pub use principal::{AccessUser, NoClaims, Principal, ServiceToken, Verified};

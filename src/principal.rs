@@ -1,0 +1,136 @@
+//! Who is calling, once proven: [`Principal`] and the proof wrapper [`Verified`].
+
+use std::fmt;
+use std::ops::Deref;
+
+use serde::{Deserialize, Deserializer};
+
+/// A proven caller.
+///
+/// Users and service tokens are different variants on purpose: a service token is never a
+/// user, even if its JWT happens to carry an `email` claim, so an email allowlist can never
+/// admit a machine credential by accident.
+///
+/// `C` is the type the caller chose for extra claims of user tokens (see [`NoClaims`]).
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum Principal<C = NoClaims> {
+    /// A person who logged in through Cloudflare Access.
+    User(AccessUser<C>),
+    /// A Cloudflare Access service token (machine-to-machine).
+    Service(ServiceToken),
+}
+
+impl<C> Principal<C> {
+    /// A stable identifier for logs and audit trails: `user:<email>` or `service:<common_name>`.
+    pub fn id(&self) -> String {
+        match self {
+            Self::User(u) => format!("user:{}", u.email),
+            Self::Service(s) => format!("service:{}", s.common_name),
+        }
+    }
+
+    /// `"user"` or `"service"`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::User(_) => "user",
+            Self::Service(_) => "service",
+        }
+    }
+
+    /// The user, if this principal is one.
+    pub fn as_user(&self) -> Option<&AccessUser<C>> {
+        match self {
+            Self::User(u) => Some(u),
+            Self::Service(_) => None,
+        }
+    }
+
+    /// The service token, if this principal is one.
+    pub fn as_service(&self) -> Option<&ServiceToken> {
+        match self {
+            Self::Service(s) => Some(s),
+            Self::User(_) => None,
+        }
+    }
+}
+
+/// A person authenticated by Cloudflare Access.
+#[derive(Clone, PartialEq)]
+#[non_exhaustive]
+pub struct AccessUser<C = NoClaims> {
+    /// The `email` claim, as Access sent it.
+    pub email: String,
+    /// The `sub` claim: the user's stable id at Access.
+    pub sub: String,
+    /// The `country` claim, if present.
+    pub country: Option<String>,
+    /// The `identity_nonce` claim, if present. Redacted from `Debug`.
+    pub identity_nonce: Option<String>,
+    /// Extra claims, deserialized from the whole claim set into the caller's type.
+    pub custom: C,
+}
+
+impl<C: fmt::Debug> fmt::Debug for AccessUser<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AccessUser")
+            .field("email", &self.email)
+            .field("sub", &self.sub)
+            .field("country", &self.country)
+            .field("identity_nonce", &self.identity_nonce.as_ref().map(|_| "<redacted>"))
+            .field("custom", &self.custom)
+            .finish()
+    }
+}
+
+/// A Cloudflare Access service token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ServiceToken {
+    /// The `common_name` claim: the token's Client ID, e.g. `abc123.access`.
+    pub common_name: String,
+}
+
+/// The default "no extra claims" type: accepts any claim set and keeps nothing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NoClaims;
+
+impl<'de> Deserialize<'de> for NoClaims {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        serde::de::IgnoredAny::deserialize(d).map(|_| NoClaims)
+    }
+}
+
+/// Proof that the identity layer verified `P`.
+///
+/// Only ztgate can build one: there is no public constructor, so a handler that takes
+/// `Verified<Principal>` cannot run unless identity ran first. The Tower layer puts it in the
+/// request extensions; with the `axum` feature it is an extractor that fails closed when the
+/// layer is missing.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Verified<P> {
+    principal: P,
+}
+
+impl<P> Verified<P> {
+    pub(crate) fn new(principal: P) -> Self {
+        Self { principal }
+    }
+
+    /// The verified principal.
+    pub fn principal(&self) -> &P {
+        &self.principal
+    }
+
+    /// Gives up the proof and keeps the value.
+    pub fn into_inner(self) -> P {
+        self.principal
+    }
+}
+
+impl<P> Deref for Verified<P> {
+    type Target = P;
+    fn deref(&self) -> &P {
+        &self.principal
+    }
+}

@@ -1,0 +1,335 @@
+//! Layer 1 — Request: what arrived, before anything is believed.
+//!
+//! [`RequestFacts::extract`] reads the credentials and context of an incoming request
+//! without verifying anything. It is pure, bounded and total: every header it reads has a
+//! size limit, malformed or ambiguous input is a [`RequestError`], and nothing panics.
+//!
+//! Request code never verifies: a token found here is only a candidate for the identity layer.
+//!
+//! ```
+//! use ztgate::request::{CredentialSource, RequestFacts, RequestLimits};
+//!
+//! let req = http::Request::builder()
+//!     .uri("/admin/whoami")
+//!     .header("cf-access-jwt-assertion", "eyJhbGciOi.e30.c2ln")
+//!     .header("cookie", "CF_Authorization=ignored-because-the-header-wins")
+//!     .body(())
+//!     .unwrap();
+//! let facts = RequestFacts::extract(&req, &RequestLimits::default()).unwrap();
+//! let jwt = facts.access_jwt().unwrap();
+//! assert_eq!(jwt.source(), CredentialSource::Header);
+//! // Debug output never shows the token itself.
+//! assert!(!format!("{facts:?}").contains("eyJhbGciOi"));
+//! ```
+
+use std::fmt;
+
+use http::{HeaderMap, HeaderName, Method, Request};
+
+/// Header Cloudflare Access sets on every request it lets through to the origin.
+pub const ACCESS_JWT_HEADER: &str = "cf-access-jwt-assertion";
+/// Cookie Cloudflare Access sets in the browser after login.
+pub const ACCESS_JWT_COOKIE: &str = "CF_Authorization";
+
+/// Size limits for everything the request layer reads.
+///
+/// The defaults are generous for real Access tokens (1–4 KB) and far below what lets one
+/// request pin memory or CPU.
+#[derive(Clone, Debug)]
+pub struct RequestLimits {
+    /// Largest accepted credential: the assertion header, or the token inside the cookie.
+    pub max_token_bytes: usize,
+    /// Largest accepted `Cookie` header (all `Cookie` fields together).
+    pub max_cookie_bytes: usize,
+    /// Longest path kept for logs; longer paths are cut (never rejected).
+    pub max_logged_path_bytes: usize,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        Self { max_token_bytes: 16 * 1024, max_cookie_bytes: 32 * 1024, max_logged_path_bytes: 256 }
+    }
+}
+
+/// Why the request layer refused a request before identity was attempted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RequestError {
+    /// A credential-bearing header exceeded its size limit.
+    HeaderTooLarge {
+        /// Which header.
+        header: &'static str,
+        /// Its limit in bytes.
+        limit: usize,
+    },
+    /// The same credential arrived more than once with different values: refusing beats
+    /// guessing which one the client meant (cookie tossing, header smuggling).
+    AmbiguousCredential {
+        /// Which header or cookie.
+        name: &'static str,
+    },
+}
+
+impl fmt::Display for RequestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::HeaderTooLarge { header, limit } => {
+                write!(f, "the {header} header is larger than {limit} bytes")
+            }
+            Self::AmbiguousCredential { name } => {
+                write!(f, "{name} was sent more than once with different values")
+            }
+        }
+    }
+}
+
+impl std::error::Error for RequestError {}
+
+/// Where a credential was found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CredentialSource {
+    /// A request header (for Access: `Cf-Access-Jwt-Assertion`).
+    Header,
+    /// A cookie (for Access: `CF_Authorization`).
+    Cookie,
+}
+
+/// A credential as it arrived: unverified bytes that must never be logged.
+///
+/// `Debug` prints only its length. Read it with [`Credential::expose`], which says at the
+/// call site that a secret is being handled.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credential {
+    value: String,
+    source: CredentialSource,
+}
+
+impl Credential {
+    /// The raw credential. Pass it to a verifier; never to a log.
+    pub fn expose(&self) -> &str {
+        &self.value
+    }
+
+    /// Where it was found.
+    pub fn source(&self) -> CredentialSource {
+        self.source
+    }
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Credential({:?}, {} bytes, redacted)", self.source, self.value.len())
+    }
+}
+
+/// What a request claims about itself. Nothing here is proof.
+#[derive(Clone, Debug)]
+pub struct RequestFacts {
+    access_jwt: Option<Credential>,
+    method: Method,
+    path: String,
+    client_ip: Option<String>,
+    country: Option<String>,
+}
+
+impl RequestFacts {
+    /// Reads the facts of a request (body untouched).
+    pub fn extract<B>(req: &Request<B>, limits: &RequestLimits) -> Result<Self, RequestError> {
+        Self::from_parts(req.method(), req.uri().path(), req.headers(), limits)
+    }
+
+    /// Reads the facts from already separated request parts.
+    pub fn from_parts(
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+        limits: &RequestLimits,
+    ) -> Result<Self, RequestError> {
+        Ok(Self {
+            access_jwt: access_jwt(headers, limits)?,
+            method: method.clone(),
+            path: truncate(path, limits.max_logged_path_bytes).to_owned(),
+            client_ip: short_header(headers, "cf-connecting-ip", 64),
+            country: short_header(headers, "cf-ipcountry", 8),
+        })
+    }
+
+    /// The Cloudflare Access JWT, if the request carries one.
+    pub fn access_jwt(&self) -> Option<&Credential> {
+        self.access_jwt.as_ref()
+    }
+
+    /// The request method.
+    pub fn method(&self) -> &Method {
+        &self.method
+    }
+
+    /// The request path (no query string, which may carry tokens), cut for logging.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// `CF-Connecting-IP` as sent. Only Cloudflare's edge makes it meaningful: log it, never
+    /// authorize on it.
+    pub fn client_ip(&self) -> Option<&str> {
+        self.client_ip.as_deref()
+    }
+
+    /// `CF-IPCountry` as sent. Same caveat as [`RequestFacts::client_ip`].
+    pub fn country(&self) -> Option<&str> {
+        self.country.as_deref()
+    }
+}
+
+/// The Access JWT: the assertion header if present (even if empty or broken: a bad header
+/// never falls through to the cookie), else the `CF_Authorization` cookie.
+fn access_jwt(headers: &HeaderMap, limits: &RequestLimits) -> Result<Option<Credential>, RequestError> {
+    let mut values = headers.get_all(ACCESS_JWT_HEADER).iter();
+    if let Some(first) = values.next() {
+        if values.next().is_some() {
+            return Err(RequestError::AmbiguousCredential { name: "Cf-Access-Jwt-Assertion" });
+        }
+        if first.len() > limits.max_token_bytes {
+            return Err(RequestError::HeaderTooLarge {
+                header: "Cf-Access-Jwt-Assertion",
+                limit: limits.max_token_bytes,
+            });
+        }
+        // Non-ASCII bytes cannot form a JWT; keep them as an (invalid) credential so identity
+        // rejects it with 401 rather than treating the request as anonymous.
+        let value = String::from_utf8_lossy(first.as_bytes()).into_owned();
+        return Ok(Some(Credential { value, source: CredentialSource::Header }));
+    }
+    cookie(headers, ACCESS_JWT_COOKIE, limits)
+        .map(|found| found.map(|value| Credential { value, source: CredentialSource::Cookie }))
+}
+
+/// Finds one cookie across every `Cookie` field (HTTP/2 splits them).
+fn cookie(
+    headers: &HeaderMap,
+    name: &'static str,
+    limits: &RequestLimits,
+) -> Result<Option<String>, RequestError> {
+    let fields = headers.get_all(http::header::COOKIE);
+    let total: usize = fields.iter().map(|v| v.len()).sum();
+    if total > limits.max_cookie_bytes {
+        return Err(RequestError::HeaderTooLarge { header: "Cookie", limit: limits.max_cookie_bytes });
+    }
+    let mut found: Option<&[u8]> = None;
+    for field in fields {
+        for pair in field.as_bytes().split(|b| *b == b';') {
+            let pair = pair.trim_ascii();
+            let Some(eq) = pair.iter().position(|b| *b == b'=') else { continue };
+            if &pair[..eq] != name.as_bytes() {
+                continue;
+            }
+            let mut value = pair[eq + 1..].trim_ascii();
+            if value.len() >= 2 && value[0] == b'"' && value[value.len() - 1] == b'"' {
+                value = &value[1..value.len() - 1];
+            }
+            match found {
+                Some(previous) if previous != value => {
+                    return Err(RequestError::AmbiguousCredential { name });
+                }
+                _ => found = Some(value),
+            }
+        }
+    }
+    match found {
+        None => Ok(None),
+        Some(value) if value.len() > limits.max_token_bytes => {
+            Err(RequestError::HeaderTooLarge { header: "Cookie", limit: limits.max_token_bytes })
+        }
+        Some(value) => Ok(Some(String::from_utf8_lossy(value).into_owned())),
+    }
+}
+
+fn short_header(headers: &HeaderMap, name: &'static str, max: usize) -> Option<String> {
+    let value = headers.get(HeaderName::from_static(name))?;
+    let text = value.to_str().ok()?;
+    (text.len() <= max).then(|| text.to_owned())
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(headers: &[(&str, &str)]) -> Result<RequestFacts, RequestError> {
+        let mut b = Request::builder().uri("/x");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        RequestFacts::extract(&b.body(()).unwrap(), &RequestLimits::default())
+    }
+
+    #[test]
+    fn header_wins_over_cookie() {
+        let f = facts(&[(ACCESS_JWT_HEADER, "h.h.h"), ("cookie", "CF_Authorization=c.c.c")]).unwrap();
+        assert_eq!(f.access_jwt().unwrap().expose(), "h.h.h");
+    }
+
+    #[test]
+    fn empty_header_does_not_fall_through_to_cookie() {
+        let f = facts(&[(ACCESS_JWT_HEADER, ""), ("cookie", "CF_Authorization=c.c.c")]).unwrap();
+        let jwt = f.access_jwt().unwrap();
+        assert_eq!((jwt.expose(), jwt.source()), ("", CredentialSource::Header));
+    }
+
+    #[test]
+    fn cookie_is_found_among_others_and_across_fields() {
+        let f =
+            facts(&[("cookie", "a=1; b=2"), ("cookie", "theme=dark; CF_Authorization=\"c.c.c\"")]).unwrap();
+        assert_eq!(f.access_jwt().unwrap().expose(), "c.c.c");
+        assert_eq!(f.access_jwt().unwrap().source(), CredentialSource::Cookie);
+    }
+
+    #[test]
+    fn cookie_name_match_is_exact() {
+        let f =
+            facts(&[("cookie", "cf_authorization=x; CF_Authorization_old=y; XCF_Authorization=z")]).unwrap();
+        assert!(f.access_jwt().is_none());
+    }
+
+    #[test]
+    fn conflicting_cookies_are_ambiguous() {
+        let err = facts(&[("cookie", "CF_Authorization=a; CF_Authorization=b")]).unwrap_err();
+        assert_eq!(err, RequestError::AmbiguousCredential { name: ACCESS_JWT_COOKIE });
+        // The same value twice is harmless (a browser with two matching paths).
+        assert!(facts(&[("cookie", "CF_Authorization=a; CF_Authorization=a")]).is_ok());
+    }
+
+    #[test]
+    fn repeated_assertion_header_is_ambiguous() {
+        let err = facts(&[(ACCESS_JWT_HEADER, "a.b.c"), (ACCESS_JWT_HEADER, "a.b.c")]).unwrap_err();
+        assert!(matches!(err, RequestError::AmbiguousCredential { .. }));
+    }
+
+    #[test]
+    fn oversized_header_and_cookie_are_refused() {
+        let big = "a".repeat(64 * 1024);
+        assert!(matches!(facts(&[(ACCESS_JWT_HEADER, &big)]), Err(RequestError::HeaderTooLarge { .. })));
+        let cookie = format!("CF_Authorization={big}");
+        assert!(matches!(facts(&[("cookie", &cookie)]), Err(RequestError::HeaderTooLarge { .. })));
+        let token = format!("CF_Authorization={}", "a".repeat(20 * 1024));
+        assert!(matches!(facts(&[("cookie", &token)]), Err(RequestError::HeaderTooLarge { .. })));
+    }
+
+    #[test]
+    fn long_paths_are_cut_on_a_char_boundary() {
+        let path = format!("/{}", "é".repeat(300));
+        let req = Request::builder().uri(path.as_str()).body(()).unwrap();
+        let f = RequestFacts::extract(&req, &RequestLimits::default()).unwrap();
+        assert!(f.path().len() <= 256);
+    }
+}

@@ -1,0 +1,39 @@
+//! Layer 3 — Storage: capabilities, not conventions.
+//!
+//! Storage code never reads headers or tokens. It takes proof: a [`Verified`] principal, or an
+//! [`Actor`] made from one. Since neither can be built outside ztgate without a verification,
+//! a storage function whose signature asks for one cannot be called before identity ran.
+//!
+//! ```
+//! use ztgate::{Principal, Verified, storage::Actor};
+//!
+//! // A storage function states its prerequisite in its signature.
+//! fn insert_note(db: &mut Vec<(String, String)>, by: &Actor, text: &str) {
+//!     db.push((by.id().to_owned(), text.to_owned()));
+//! }
+//!
+//! fn handler(who: &Verified<Principal>, db: &mut Vec<(String, String)>) {
+//!     insert_note(db, &Actor::from(who), "hello");
+//! }
+//! ```
+
+use crate::principal::{Principal, Verified};
+
+/// The audit identity of a verified caller, as storage records it (e.g. a row's author).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Actor {
+    id: String,
+}
+
+impl Actor {
+    /// `user:<email>` or `service:<common_name>`.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl<C> From<&Verified<Principal<C>>> for Actor {
+    fn from(v: &Verified<Principal<C>>) -> Self {
+        Self { id: v.principal().id() }
+    }
+}
