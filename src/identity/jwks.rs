@@ -304,8 +304,10 @@ struct State {
     current: Option<Fresh>,
     /// Completed fetch attempts; each generation is fetched at most once.
     generation: u64,
-    /// Start time of the latest fetch attempt.
-    last_attempt: Option<u64>,
+    /// When the latest fetch failed (cleared by a success): retries wait for the cooldown.
+    last_failure: Option<u64>,
+    /// When an unknown `kid` last caused a refetch: at most one per cooldown.
+    last_kid_refetch: Option<u64>,
 }
 
 struct Shared {
@@ -313,6 +315,7 @@ struct Shared {
     clock: Arc<dyn Clock>,
     config: JwksConfig,
     state: RwLock<State>,
+    /// A fetch is running; stale-key readers use what they have instead of waiting.
     refreshing: AtomicBool,
     /// Coalesces concurrent fetches: key = the generation being replaced.
     flights: moka::future::Cache<u64, Arc<KeySet>>,
@@ -331,8 +334,13 @@ impl fmt::Debug for JwksCache {
 }
 
 enum Plan {
+    /// Use this (fresh, or stale while a refresh runs or backs off) set.
     Use(Arc<KeySet>),
-    Fetch { generation: u64, fallback: Option<Arc<KeySet>> },
+    /// Fetch (or join the fetch of) this generation; fall back to the stale set on failure.
+    Fetch {
+        generation: u64,
+        fallback: Option<Arc<KeySet>>,
+    },
     Unavailable(Duration),
 }
 
@@ -354,47 +362,42 @@ impl JwksCache {
     /// The verification key for `kid`, fetching or refreshing the JWKS as the rules allow.
     pub async fn key(&self, kid: &str) -> Result<Arc<DecodingKey>, KeyError> {
         let now = self.shared.clock.now();
-        let (set, unknown_kid_may_refetch, generation) = match self.plan(now) {
-            Plan::Use(set) => (set, true, None),
+        let (set, just_fetched) = match self.plan(now) {
+            Plan::Use(set) => (set, false),
             Plan::Unavailable(retry_after) => return Err(KeyError::Unavailable { retry_after }),
-            Plan::Fetch { generation, fallback } => match self.fetch(generation).await {
-                Ok(set) => (set, false, Some(generation)),
-                Err(retry_after) => match fallback {
-                    Some(set) => (set, false, Some(generation)),
-                    None => return Err(KeyError::Unavailable { retry_after }),
-                },
+            Plan::Fetch { generation, fallback } => match (self.fetch(generation).await, fallback) {
+                (Ok(set), _) => (set, true),
+                (Err(_), Some(stale)) => (stale, true),
+                (Err(retry_after), None) => return Err(KeyError::Unavailable { retry_after }),
             },
         };
         if let Some(key) = set.get(kid) {
             return Ok(key.clone());
         }
-        // Unknown kid on a set we did not just fetch: maybe the keys rotated. Refetch once per
-        // cooldown, however many unknown kids arrive.
-        if unknown_kid_may_refetch {
-            let (cooled, generation) = {
-                let state = self.shared.state.read().unwrap_or_else(|p| p.into_inner());
-                (self.cooled_down(&state, now), generation.unwrap_or(state.generation))
-            };
-            if cooled {
-                if let Ok(set) = self.fetch(generation).await {
-                    return set.get(kid).cloned().ok_or(KeyError::UnknownKid);
-                }
+        if just_fetched {
+            return Err(KeyError::UnknownKid);
+        }
+        // An unknown kid on a set we did not just fetch: maybe the keys rotated. One refetch
+        // per cooldown however many unknown kids arrive; requests arriving during that refetch
+        // join it instead of being refused.
+        if let Some(generation) = self.claim_kid_refetch(now) {
+            if let Ok(set) = self.fetch(generation).await {
+                return set.get(kid).cloned().ok_or(KeyError::UnknownKid);
             }
         }
         Err(KeyError::UnknownKid)
     }
 
-    /// Fetches now unless the cooldown forbids it, and reports the outcome. For warming the
-    /// cache at start-up and for health checks.
+    /// Fetches now unless a recent failure forbids it, and reports how many keys are usable.
+    /// For warming the cache at start-up and for health checks.
     pub async fn refresh(&self) -> Result<usize, KeyError> {
         let now = self.shared.clock.now();
         let generation = {
-            let state = self.shared.state.read().unwrap_or_else(|p| p.into_inner());
-            if !self.cooled_down(&state, now) {
-                let retry_after = self.retry_after(&state, now);
+            let state = self.read();
+            if !self.failure_cooled(&state, now) {
                 return match &state.current {
                     Some(fresh) if now < fresh.dead_at => Ok(fresh.set.len()),
-                    _ => Err(KeyError::Unavailable { retry_after }),
+                    _ => Err(KeyError::Unavailable { retry_after: self.retry_after(&state, now) }),
                 };
             }
             state.generation
@@ -405,99 +408,119 @@ impl JwksCache {
             .map_err(|retry_after| KeyError::Unavailable { retry_after })
     }
 
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.shared.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.shared.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn plan(&self, now: u64) -> Plan {
-        let state = self.shared.state.read().unwrap_or_else(|p| p.into_inner());
+        let state = self.read();
+        let may_fetch = self.failure_cooled(&state, now);
         match &state.current {
             Some(fresh) if now < fresh.stale_at => Plan::Use(fresh.set.clone()),
             Some(fresh) if now < fresh.dead_at => {
-                let in_flight = self.shared.refreshing.load(Ordering::Acquire);
-                if in_flight || !self.cooled_down(&state, now) {
-                    Plan::Use(fresh.set.clone())
-                } else {
+                if may_fetch && !self.shared.refreshing.load(Ordering::Acquire) {
                     Plan::Fetch { generation: state.generation, fallback: Some(fresh.set.clone()) }
+                } else {
+                    Plan::Use(fresh.set.clone())
                 }
             }
-            _ if self.cooled_down(&state, now) => {
-                Plan::Fetch { generation: state.generation, fallback: None }
-            }
+            _ if may_fetch => Plan::Fetch { generation: state.generation, fallback: None },
             _ => Plan::Unavailable(self.retry_after(&state, now)),
         }
     }
 
-    fn cooled_down(&self, state: &State, now: u64) -> bool {
-        state
-            .last_attempt
-            .is_none_or(|t| now >= t.saturating_add(self.shared.config.refetch_cooldown.as_secs()))
+    /// The generation to refetch for an unknown kid, if this request may cause or join one.
+    fn claim_kid_refetch(&self, now: u64) -> Option<u64> {
+        let mut state = self.write();
+        if self.shared.refreshing.load(Ordering::Acquire) {
+            return Some(state.generation);
+        }
+        let cooldown = self.shared.config.refetch_cooldown.as_secs();
+        let kid_cooled = state.last_kid_refetch.is_none_or(|t| now >= t.saturating_add(cooldown));
+        if !kid_cooled || !self.failure_cooled(&state, now) {
+            return None;
+        }
+        state.last_kid_refetch = Some(now);
+        Some(state.generation)
+    }
+
+    fn failure_cooled(&self, state: &State, now: u64) -> bool {
+        let cooldown = self.shared.config.refetch_cooldown.as_secs();
+        state.last_failure.is_none_or(|t| now >= t.saturating_add(cooldown))
     }
 
     fn retry_after(&self, state: &State, now: u64) -> Duration {
-        let next = state
-            .last_attempt
-            .map_or(now, |t| t.saturating_add(self.shared.config.refetch_cooldown.as_secs()));
+        let cooldown = self.shared.config.refetch_cooldown.as_secs();
+        let next = state.last_failure.map_or(now, |t| t.saturating_add(cooldown));
         Duration::from_secs(next.saturating_sub(now).max(1))
     }
 
     /// Fetches the generation after `generation`, joining a fetch already in flight for it.
     /// On failure returns how long until a retry is allowed.
     async fn fetch(&self, generation: u64) -> Result<Arc<KeySet>, Duration> {
-        let shared = &self.shared;
-        let outcome = shared
-            .flights
-            .try_get_with(generation, async {
-                {
-                    let mut state = shared.state.write().unwrap_or_else(|p| p.into_inner());
-                    if state.generation != generation {
-                        // Someone completed this generation between our plan and now.
-                        return match &state.current {
-                            Some(fresh) => Ok(fresh.set.clone()),
-                            None => Err(FetchError::NoUsableKeys),
-                        };
-                    }
-                    state.last_attempt = Some(shared.clock.now());
-                }
-                shared.refreshing.store(true, Ordering::Release);
-                let _reset = ResetOnDrop(&shared.refreshing);
-                let result = shared
-                    .fetcher
-                    .fetch()
-                    .await
-                    .and_then(|doc| Ok((KeySet::parse(&doc.body, shared.config.max_keys)?, doc.max_age)));
-                let now = shared.clock.now();
-                let mut state = shared.state.write().unwrap_or_else(|p| p.into_inner());
-                state.generation = generation + 1;
-                match result {
-                    Ok((set, max_age)) => {
-                        let set = Arc::new(set);
-                        let cfg = &shared.config;
-                        let age = max_age
-                            .unwrap_or(cfg.default_max_age)
-                            .clamp(cfg.min_max_age, cfg.max_max_age.max(cfg.min_max_age))
-                            .as_secs();
-                        let stale_at = now.saturating_add(age);
-                        state.current = Some(Fresh {
-                            set: set.clone(),
-                            stale_at,
-                            dead_at: stale_at.saturating_add(cfg.grace.as_secs()),
-                        });
-                        tracing::info!(
-                            layer = "identity",
-                            outcome = "jwks_refreshed",
-                            keys = set.len(),
-                            max_age_secs = age
-                        );
-                        Ok(set)
-                    }
-                    Err(e) => {
-                        tracing::warn!(layer = "identity", outcome = "jwks_fetch_failed", error = %e);
-                        Err(e)
-                    }
-                }
-            })
-            .await;
+        let outcome = self.shared.flights.try_get_with(generation, self.fetch_generation(generation)).await;
         outcome.map_err(|_| {
-            let state = self.shared.state.read().unwrap_or_else(|p| p.into_inner());
+            let state = self.read();
             self.retry_after(&state, self.shared.clock.now())
         })
+    }
+
+    /// The single fetch of one generation. Runs in one task; concurrent callers wait for it.
+    async fn fetch_generation(&self, generation: u64) -> Result<Arc<KeySet>, FetchError> {
+        let shared = &self.shared;
+        {
+            let state = self.read();
+            if state.generation != generation {
+                // This generation completed between the caller's plan and now.
+                return match &state.current {
+                    Some(fresh) => Ok(fresh.set.clone()),
+                    None => Err(FetchError::NoUsableKeys),
+                };
+            }
+        }
+        shared.refreshing.store(true, Ordering::Release);
+        let _reset = ResetOnDrop(&shared.refreshing);
+        let result = shared
+            .fetcher
+            .fetch()
+            .await
+            .and_then(|doc| Ok((KeySet::parse(&doc.body, shared.config.max_keys)?, doc.max_age)));
+        let now = shared.clock.now();
+        let mut state = self.write();
+        state.generation = generation + 1;
+        match result {
+            Ok((set, max_age)) => {
+                let set = Arc::new(set);
+                let cfg = &shared.config;
+                let age = max_age
+                    .unwrap_or(cfg.default_max_age)
+                    .clamp(cfg.min_max_age, cfg.max_max_age.max(cfg.min_max_age))
+                    .as_secs();
+                let stale_at = now.saturating_add(age);
+                state.current = Some(Fresh {
+                    set: set.clone(),
+                    stale_at,
+                    dead_at: stale_at.saturating_add(cfg.grace.as_secs()),
+                });
+                state.last_failure = None;
+                tracing::info!(
+                    layer = "identity",
+                    outcome = "jwks_refreshed",
+                    keys = set.len(),
+                    max_age_secs = age
+                );
+                Ok(set)
+            }
+            Err(e) => {
+                state.last_failure = Some(now);
+                tracing::warn!(layer = "identity", outcome = "jwks_fetch_failed", error = %e);
+                Err(e)
+            }
+        }
     }
 }
 

@@ -1,0 +1,332 @@
+//! JWKS cache behaviour against a real HTTP server on 127.0.0.1 that counts its fetches,
+//! with a fixed clock moved by hand.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+use ztgate::clock::FixedClock;
+use ztgate::dev::{DevKey, jwks_json, user_claims};
+use ztgate::identity::jwks::KeySet;
+use ztgate::identity::{FetchError, HttpFetcher, JwksConfig, TokenError};
+use ztgate::{AccessConfig, Gate, Rejection};
+
+fn alice_at(now: u64) -> serde_json::Value {
+    user_claims(TEAM, AUD, "alice@acme.com", now, 48 * 3600)
+}
+
+async fn ok(gate: &Gate, token: &str) {
+    if let Err(e) = gate.check(&request_with_token(token)).await {
+        panic!("expected success, got {e:?}");
+    }
+}
+
+async fn err(gate: &Gate, token: &str) -> Rejection {
+    gate.check(&request_with_token(token)).await.expect_err("expected a rejection")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_start_with_1000_concurrent_requests_fetches_once() {
+    let key = key("k1");
+    let server = JwksServer::start(&[&key]).await;
+    // Slow the first answer a little so the requests really overlap the fetch.
+    server.set_mode(Mode::Stall(Duration::from_millis(300)));
+    let gate = gate(&server.url(), clock());
+    let token = key.sign(&alice_at(NOW));
+    let mut tasks = Vec::new();
+    for _ in 0..1000 {
+        let gate = gate.clone();
+        let token = token.clone();
+        tasks.push(tokio::spawn(async move { gate.check(&request_with_token(&token)).await.is_ok() }));
+    }
+    for t in tasks {
+        assert!(t.await.unwrap());
+    }
+    assert_eq!(server.fetches(), 1);
+}
+
+#[tokio::test]
+async fn unknown_kid_flood_fetches_once_per_cooldown() {
+    let key = key("k1");
+    let server = JwksServer::start(&[&key]).await;
+    let clock = clock();
+    let gate = gate(&server.url(), clock.clone());
+    ok(&gate, &key.sign(&alice_at(NOW))).await;
+    assert_eq!(server.fetches(), 1);
+    // Forged kids (the signature is irrelevant: the key lookup happens first).
+    for i in 0..200 {
+        let forged =
+            key.sign_with_header(&json!({"alg": "RS256", "kid": format!("forged-{i}")}), &alice_at(NOW));
+        assert_eq!(err(&gate, &forged).await, Rejection::InvalidToken(TokenError::UnknownKey));
+    }
+    assert_eq!(server.fetches(), 2, "one refetch for the whole flood");
+    clock.advance(Duration::from_secs(29));
+    let forged = key.sign_with_header(&json!({"alg": "RS256", "kid": "late"}), &alice_at(NOW));
+    err(&gate, &forged).await;
+    assert_eq!(server.fetches(), 2, "still inside the 30 s cooldown");
+    clock.advance(Duration::from_secs(1));
+    err(&gate, &forged).await;
+    assert_eq!(server.fetches(), 3, "cooldown over: one more refetch");
+    // The known key kept working throughout.
+    ok(&gate, &key.sign(&alice_at(NOW))).await;
+    assert_eq!(server.fetches(), 3);
+}
+
+#[tokio::test]
+async fn rotated_key_is_picked_up_through_its_unknown_kid() {
+    let (old, new) = (key("old"), key("new"));
+    let server = JwksServer::start(&[&old]).await;
+    let gate = gate(&server.url(), clock());
+    ok(&gate, &old.sign(&alice_at(NOW))).await;
+    server.set_keys(&[&old, &new]);
+    ok(&gate, &new.sign(&alice_at(NOW))).await;
+    assert_eq!(server.fetches(), 2);
+    ok(&gate, &old.sign(&alice_at(NOW))).await;
+    assert_eq!(server.fetches(), 2);
+}
+
+#[tokio::test]
+async fn removed_key_stops_working_after_refresh() {
+    let (old, new) = (key("old"), key("new"));
+    let server = JwksServer::start(&[&old, &new]).await;
+    let clock = clock();
+    let gate = gate(&server.url(), clock.clone());
+    ok(&gate, &old.sign(&alice_at(NOW))).await;
+    server.set_keys(&[&new]);
+    clock.advance(Duration::from_secs(601));
+    let now = NOW + 601;
+    assert_eq!(err(&gate, &old.sign(&alice_at(now))).await, Rejection::InvalidToken(TokenError::UnknownKey));
+    ok(&gate, &new.sign(&alice_at(now))).await;
+}
+
+#[tokio::test]
+async fn keys_are_refreshed_after_the_default_max_age() {
+    let key = key("k1");
+    let server = JwksServer::start(&[&key]).await;
+    let clock = clock();
+    let gate = gate(&server.url(), clock.clone());
+    ok(&gate, &key.sign(&alice_at(NOW))).await;
+    clock.advance(Duration::from_secs(599));
+    ok(&gate, &key.sign(&alice_at(NOW))).await;
+    assert_eq!(server.fetches(), 1, "fresh for 10 minutes");
+    clock.advance(Duration::from_secs(1));
+    ok(&gate, &key.sign(&alice_at(NOW))).await;
+    assert_eq!(server.fetches(), 2);
+}
+
+#[tokio::test]
+async fn cache_control_max_age_is_honoured_and_clamped() {
+    let key = key("k1");
+    let token = key.sign(&alice_at(NOW));
+    for (header, fresh_for) in
+        [("public, max-age=120", 120), ("max-age=5", 60), ("no-store", 60), ("max-age=999999", 3600)]
+    {
+        let server = JwksServer::start(&[&key]).await;
+        server.set_cache_control(Some(header));
+        let clock = clock();
+        let gate = gate(&server.url(), clock.clone());
+        ok(&gate, &token).await;
+        clock.advance(Duration::from_secs(fresh_for - 1));
+        ok(&gate, &token).await;
+        assert_eq!(server.fetches(), 1, "{header}: still fresh");
+        clock.advance(Duration::from_secs(1));
+        ok(&gate, &token).await;
+        assert_eq!(server.fetches(), 2, "{header}: stale after {fresh_for}s");
+    }
+}
+
+#[tokio::test]
+async fn keys_outlive_a_failed_refresh_within_the_grace() {
+    let key = key("k1");
+    let server = JwksServer::start(&[&key]).await;
+    let clock = clock();
+    let gate = gate(&server.url(), clock.clone());
+    ok(&gate, &key.sign(&alice_at(NOW))).await;
+    server.set_mode(Mode::Status(500));
+    clock.advance(Duration::from_secs(601));
+    ok(&gate, &key.sign(&alice_at(NOW))).await;
+    assert_eq!(server.fetches(), 2, "the refresh was attempted");
+    // Failed refreshes are retried no sooner than the cooldown.
+    ok(&gate, &key.sign(&alice_at(NOW))).await;
+    assert_eq!(server.fetches(), 2);
+    clock.advance(Duration::from_secs(30));
+    ok(&gate, &key.sign(&alice_at(NOW))).await;
+    assert_eq!(server.fetches(), 3);
+    // Recovery: the next due refresh succeeds and the keys are fresh again.
+    server.set_mode(Mode::Serve);
+    clock.advance(Duration::from_secs(30));
+    ok(&gate, &key.sign(&alice_at(NOW))).await;
+    assert_eq!(server.fetches(), 4);
+    clock.advance(Duration::from_secs(599));
+    ok(&gate, &key.sign(&alice_at(NOW))).await;
+    assert_eq!(server.fetches(), 4);
+}
+
+#[tokio::test]
+async fn keys_expire_after_the_grace_and_give_503_with_retry_after() {
+    let key = key("k1");
+    let server = JwksServer::start(&[&key]).await;
+    let clock = clock();
+    let gate = gate(&server.url(), clock.clone());
+    ok(&gate, &key.sign(&alice_at(NOW))).await;
+    server.set_mode(Mode::Status(503));
+    clock.advance(Duration::from_secs(600 + 24 * 3600 - 1));
+    let token = key.sign(&alice_at(clock_now(&clock)));
+    ok(&gate, &token).await;
+    clock.advance(Duration::from_secs(1));
+    let rejection = err(&gate, &token).await;
+    assert!(matches!(rejection, Rejection::KeysUnavailable { .. }), "{rejection:?}");
+    let response = rejection.to_response::<String>();
+    assert_eq!(response.status(), 503);
+    let retry_after: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=30).contains(&retry_after), "{retry_after}");
+}
+
+fn clock_now(clock: &Arc<FixedClock>) -> u64 {
+    use ztgate::clock::Clock;
+    clock.now()
+}
+
+#[tokio::test]
+async fn jwks_down_at_cold_start_is_503_then_recovers_after_the_cooldown() {
+    let key = key("k1");
+    let server = JwksServer::start(&[&key]).await;
+    server.set_mode(Mode::Status(500));
+    let clock = clock();
+    let gate = gate(&server.url(), clock.clone());
+    let token = key.sign(&alice_at(NOW));
+    for _ in 0..10 {
+        assert!(matches!(err(&gate, &token).await, Rejection::KeysUnavailable { .. }));
+    }
+    assert_eq!(server.fetches(), 1, "a down JWKS endpoint is not hammered");
+    server.set_mode(Mode::Serve);
+    clock.advance(Duration::from_secs(30));
+    ok(&gate, &token).await;
+    assert_eq!(server.fetches(), 2);
+}
+
+async fn cold_fetch_fails_with(mode: Mode) -> usize {
+    let key = key("k1");
+    let server = JwksServer::start(&[&key]).await;
+    server.set_mode(mode.clone());
+    let gate = Gate::builder(AccessConfig::new(TEAM, [AUD]).unwrap())
+        .fetcher(Arc::new(
+            HttpFetcher::with_limits(&server.url(), Duration::from_millis(500), 64 * 1024).unwrap(),
+        ))
+        .clock(clock())
+        .policy(policy())
+        .build()
+        .unwrap();
+    let rejection = err(&gate, &key.sign(&alice_at(NOW))).await;
+    assert!(matches!(rejection, Rejection::KeysUnavailable { .. }), "{mode:?}: {rejection:?}");
+    server.fetches()
+}
+
+#[tokio::test]
+async fn stalled_jwks_endpoint_times_out() {
+    let started = std::time::Instant::now();
+    cold_fetch_fails_with(Mode::Stall(Duration::from_secs(10))).await;
+    assert!(started.elapsed() < Duration::from_secs(5), "the fetch timeout bounds the wait");
+}
+
+#[tokio::test]
+async fn huge_jwks_bodies_are_refused_while_streaming() {
+    cold_fetch_fails_with(Mode::Huge(2 * 1024 * 1024)).await;
+    cold_fetch_fails_with(Mode::HugeChunked(2 * 1024 * 1024)).await;
+}
+
+#[tokio::test]
+async fn jwks_garbage_and_wrong_content_type_are_refused() {
+    cold_fetch_fails_with(Mode::Garbage).await;
+    cold_fetch_fails_with(Mode::ContentType("text/html")).await;
+    cold_fetch_fails_with(Mode::Status(404)).await;
+}
+
+#[tokio::test]
+async fn jwks_redirects_are_not_followed() {
+    let key = key("k1");
+    let elsewhere = JwksServer::start(&[&key]).await;
+    assert_eq!(cold_fetch_fails_with(Mode::Redirect(elsewhere.url())).await, 1);
+    assert_eq!(elsewhere.fetches(), 0);
+}
+
+fn raw_jwk(kid: &str, n_bits: usize, e: &[u8]) -> serde_json::Value {
+    use base64::Engine;
+    let mut n = vec![0xc5u8; n_bits / 8];
+    let last = n.len() - 1;
+    n[last] |= 1;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    json!({"kty": "RSA", "kid": kid, "n": b64.encode(&n), "e": b64.encode(e)})
+}
+
+#[test]
+fn key_filter_keeps_only_strong_rs256_signature_keys() {
+    let good = key("good");
+    let mut enc = good.public_jwk();
+    enc["kid"] = json!("enc");
+    enc["use"] = json!("enc");
+    let mut rs512 = good.public_jwk();
+    rs512["kid"] = json!("rs512");
+    rs512["alg"] = json!("RS512");
+    let mut hs = good.public_jwk();
+    hs["kid"] = json!("hs");
+    hs["alg"] = json!("HS256");
+    let mut no_verify = good.public_jwk();
+    no_verify["kid"] = json!("ops");
+    no_verify["key_ops"] = json!(["encrypt"]);
+    let mut no_use_no_alg = good.public_jwk();
+    no_use_no_alg["kid"] = json!("bare");
+    no_use_no_alg.as_object_mut().unwrap().remove("use");
+    no_use_no_alg.as_object_mut().unwrap().remove("alg");
+    let doc = json!({
+        "keys": [
+            good.public_jwk(), enc, rs512, hs, no_verify, no_use_no_alg,
+            raw_jwk("weak-1024", 1024, &[1, 0, 1]),
+            raw_jwk("e-is-1", 2048, &[1]),
+            raw_jwk("e-even", 2048, &[2]),
+            raw_jwk("huge-16384", 16384, &[1, 0, 1]),
+            {"kty": "EC", "kid": "ec", "crv": "P-256", "x": "AA", "y": "AA"},
+            {"kty": "oct", "kid": "oct", "k": "c2VjcmV0"},
+            {"kty": "RSA", "kid": 7, "n": "AA", "e": "AQAB"},
+            "not an object",
+        ],
+        "public_cert": {"kid": "good", "cert": "-----BEGIN CERTIFICATE-----"},
+        "public_certs": [{"kid": "good", "cert": "-----BEGIN CERTIFICATE-----"}],
+    });
+    let set = KeySet::parse(doc.to_string().as_bytes(), 64).unwrap();
+    assert_eq!(set.len(), 2, "{set:?}");
+    assert!(set.get("good").is_some() && set.get("bare").is_some());
+}
+
+#[test]
+fn duplicate_kids_are_dropped_rather_than_guessed() {
+    let (a, b, c) = (key("dup"), key("dup"), key("other"));
+    let set = KeySet::parse(jwks_json(&[&a, &b, &c]).as_bytes(), 64).unwrap();
+    assert!(set.get("dup").is_none());
+    assert!(set.get("other").is_some());
+    assert_eq!(KeySet::parse(jwks_json(&[&a, &b]).as_bytes(), 64).unwrap_err(), FetchError::NoUsableKeys);
+}
+
+#[test]
+fn key_count_is_capped() {
+    let keys: Vec<DevKey> = (0..5).map(|i| key(&format!("k{i}"))).collect();
+    let refs: Vec<&DevKey> = keys.iter().collect();
+    assert_eq!(KeySet::parse(jwks_json(&refs).as_bytes(), 3).unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn a_document_with_only_weak_keys_is_a_failed_fetch_not_an_empty_key_set() {
+    let key = key("k1");
+    let server = JwksServer::start(&[&key]).await;
+    let clock = clock();
+    let gate = gate_with(&server.url(), clock.clone(), policy(), JwksConfig::default());
+    ok(&gate, &key.sign(&alice_at(NOW))).await;
+    // The endpoint now serves only a weak key: the good keys already cached must survive.
+    server.set_body(json!({"keys": [raw_jwk("k1", 1024, &[1, 0, 1])]}).to_string());
+    clock.advance(Duration::from_secs(601));
+    ok(&gate, &key.sign(&alice_at(NOW))).await;
+    assert_eq!(server.fetches(), 2);
+}
