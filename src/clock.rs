@@ -29,6 +29,11 @@ impl Clock for SystemClock {
     }
 }
 
+/// The system time in Unix seconds: shorthand for `SystemClock.now()`.
+pub fn unix_now() -> u64 {
+    SystemClock.now()
+}
+
 /// A clock that only moves when told to. For tests and reproducible fuzzing.
 ///
 /// ```

@@ -20,7 +20,9 @@ impl ConfigError {
         Self { setting, message: message.into() }
     }
 
-    /// The setting at fault, e.g. `team_domain`.
+    /// The setting at fault: one of `team_domain`, `audiences`, `leeway`, `certs_url`,
+    /// `policy`, `fetcher`. These names are stable, so a program can map them to its own
+    /// configuration keys (the admin server maps `team_domain` to `ZTGATE_TEAM_DOMAIN`).
     pub fn setting(&self) -> &'static str {
         self.setting
     }

@@ -92,7 +92,11 @@ impl Service<http::Request<String>> for ReadyOnce {
 
     fn call(&mut self, _req: http::Request<String>) -> Self::Future {
         let was_ready = std::mem::replace(&mut self.ready, false);
-        std::future::ready(if was_ready { Ok(http::Response::new("ok".into())) } else { Err("called without readiness") })
+        std::future::ready(if was_ready {
+            Ok(http::Response::new("ok".into()))
+        } else {
+            Err("called without readiness")
+        })
     }
 }
 
@@ -100,7 +104,8 @@ impl Service<http::Request<String>> for ReadyOnce {
 async fn layer_calls_the_instance_that_poll_ready_readied() {
     let key = key("k1");
     let server = JwksServer::start(&[&key]).await;
-    let mut svc = ServiceBuilder::new().layer(gate(&server.url(), clock())).service(ReadyOnce { ready: false });
+    let mut svc =
+        ServiceBuilder::new().layer(gate(&server.url(), clock())).service(ReadyOnce { ready: false });
     let token = key.sign(&user_claims(TEAM, AUD, "alice@acme.com", NOW, 60));
     for _ in 0..3 {
         let response = svc.ready().await.unwrap().call(request_with_token(&token)).await;
@@ -137,7 +142,12 @@ async fn axum_router_over_real_http_admits_and_refuses() {
     let base = serve(app).await;
     let client = reqwest::Client::new();
     let token = key.sign(&user_claims(TEAM, AUD, "alice@acme.com", NOW, 60));
-    let ok = client.get(format!("{base}/admin/whoami")).header("cf-access-jwt-assertion", &token).send().await.unwrap();
+    let ok = client
+        .get(format!("{base}/admin/whoami"))
+        .header("cf-access-jwt-assertion", &token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ok.status(), 200);
     assert_eq!(ok.text().await.unwrap(), "user:alice@acme.com");
     // A 64 KB header through a real HTTP stack is a clean 4xx and the server keeps serving.
@@ -148,6 +158,7 @@ async fn axum_router_over_real_http_admits_and_refuses() {
         .await
         .unwrap();
     assert_eq!(huge.status(), 431);
-    let again = client.get(format!("{base}/admin/whoami")).header("cookie", format!("CF_Authorization={token}"));
+    let again =
+        client.get(format!("{base}/admin/whoami")).header("cookie", format!("CF_Authorization={token}"));
     assert_eq!(again.send().await.unwrap().status(), 200);
 }

@@ -57,10 +57,17 @@ impl AccessConfig {
         while team_domain.ends_with('/') {
             team_domain.pop();
         }
-        let rest =
-            team_domain.strip_prefix("https://").or_else(|| team_domain.strip_prefix("http://")).ok_or_else(
-                || ConfigError::new("team_domain", format!("{team_domain:?} must start with https://")),
-            )?;
+        let rest = match (team_domain.strip_prefix("https://"), team_domain.strip_prefix("http://")) {
+            (Some(rest), _) => rest,
+            // Plain http only for a local issuer (dev mode, tests): never for a real team.
+            (None, Some(rest)) if is_loopback_authority(rest) => rest,
+            _ => {
+                return Err(ConfigError::new(
+                    "team_domain",
+                    format!("{team_domain:?} must start with https:// (http:// only for loopback hosts)"),
+                ));
+            }
+        };
         if rest.is_empty() || rest.contains(['/', '?', '#', ' ', '@']) {
             return Err(ConfigError::new(
                 "team_domain",
@@ -100,6 +107,16 @@ impl AccessConfig {
     pub fn default_certs_url(&self) -> String {
         format!("{}/cdn-cgi/access/certs", self.team_domain)
     }
+}
+
+/// `127.0.0.1:8080`, `[::1]:80`, `localhost:3000`...
+fn is_loopback_authority(authority: &str) -> bool {
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.split(':').next().unwrap_or(""),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Why an Access token was refused. `Display` is for people; no variant carries token bytes.
@@ -371,6 +388,10 @@ mod tests {
             "https://acme.cloudflareaccess.com"
         );
         assert!(AccessConfig::new("acme.cloudflareaccess.com", ["aud"]).is_err());
+        assert!(AccessConfig::new("http://acme.cloudflareaccess.com", ["aud"]).is_err());
+        assert!(AccessConfig::new("http://127.0.0.1:8080", ["aud"]).is_ok());
+        assert!(AccessConfig::new("http://[::1]:8080", ["aud"]).is_ok());
+        assert!(AccessConfig::new("http://127.0.0.1.evil.com", ["aud"]).is_err());
         assert!(AccessConfig::new("https://acme.cloudflareaccess.com/path", ["aud"]).is_err());
         assert!(AccessConfig::new("https://acme.cloudflareaccess.com", Vec::<String>::new()).is_err());
         assert!(AccessConfig::new("https://acme.cloudflareaccess.com", [" "]).is_err());
@@ -385,7 +406,7 @@ mod tests {
         assert!(split("a.b").is_err());
         assert!(split("a.b.c.d").is_err());
         assert!(split("a..c").is_err());
-        assert!(split(&"a.b.".repeat(1)).is_err());
+        assert!(split("a.b.").is_err());
         assert!(split(&format!("a.{}.c", "b".repeat(MAX_TOKEN_BYTES))).is_err());
     }
 }

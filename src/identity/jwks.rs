@@ -51,6 +51,33 @@ pub struct FetchedJwks {
     pub max_age: Option<Duration>,
 }
 
+/// A fetcher that always returns the same document: for tests, benchmarks, fuzzing, and
+/// deployments that pin their keys in configuration.
+#[derive(Clone)]
+pub struct StaticFetcher {
+    body: Arc<[u8]>,
+}
+
+impl StaticFetcher {
+    /// Serves `jwks_json` on every fetch.
+    pub fn new(jwks_json: impl Into<Vec<u8>>) -> Self {
+        Self { body: jwks_json.into().into() }
+    }
+}
+
+impl fmt::Debug for StaticFetcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StaticFetcher").field("bytes", &self.body.len()).finish()
+    }
+}
+
+impl KeyFetcher for StaticFetcher {
+    fn fetch(&self) -> BoxFuture<'_, Result<FetchedJwks, FetchError>> {
+        let body = self.body.to_vec();
+        Box::pin(async move { Ok(FetchedJwks { body, max_age: None }) })
+    }
+}
+
 /// Why a JWKS fetch failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -380,10 +407,10 @@ impl JwksCache {
         // An unknown kid on a set we did not just fetch: maybe the keys rotated. One refetch
         // per cooldown however many unknown kids arrive; requests arriving during that refetch
         // join it instead of being refused.
-        if let Some(generation) = self.claim_kid_refetch(now) {
-            if let Ok(set) = self.fetch(generation).await {
-                return set.get(kid).cloned().ok_or(KeyError::UnknownKid);
-            }
+        if let Some(generation) = self.claim_kid_refetch(now)
+            && let Ok(set) = self.fetch(generation).await
+        {
+            return set.get(kid).cloned().ok_or(KeyError::UnknownKid);
         }
         Err(KeyError::UnknownKid)
     }

@@ -16,5 +16,5 @@ pub mod policy;
 pub use access_jwt::{AccessConfig, AccessVerifier, TokenError};
 #[cfg(feature = "native")]
 pub use http_fetcher::{DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_JWKS_BYTES, HttpFetcher};
-pub use jwks::{FetchError, FetchedJwks, JwksCache, JwksConfig, KeyError, KeyFetcher};
+pub use jwks::{FetchError, FetchedJwks, JwksCache, JwksConfig, KeyError, KeyFetcher, StaticFetcher};
 pub use policy::Policy;
