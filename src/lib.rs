@@ -79,6 +79,11 @@ pub mod request;
 pub mod storage;
 
 pub use error::{ConfigError, Rejection};
+
+/// The README's examples, compiled as doc tests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 pub use gate::{Gate, GateBuilder};
 pub use identity::{AccessConfig, Policy};
 pub use layer::{IdentityService, ResponseFuture};
