@@ -20,7 +20,6 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 use serde::de::{DeserializeOwned, Deserializer, IgnoredAny};
 
@@ -270,15 +269,8 @@ impl<C: DeserializeOwned> AccessVerifier<C> {
             KeyError::UnknownKid => TokenError::UnknownKey,
             KeyError::Unavailable { retry_after } => TokenError::KeysUnavailable { retry_after },
         })?;
-        match jsonwebtoken::crypto::verify(
-            parts.signature,
-            parts.signing_input.as_bytes(),
-            &key,
-            Algorithm::RS256,
-        ) {
-            Ok(true) => {}
-            Ok(false) => return Err(TokenError::Signature),
-            Err(_) => return Err(TokenError::Malformed("signature encoding")),
+        if !key.verify(parts.signing_input.as_bytes(), parts.signature) {
+            return Err(TokenError::Signature);
         }
         let payload =
             URL_SAFE_NO_PAD.decode(parts.payload).map_err(|_| TokenError::Malformed("payload encoding"))?;

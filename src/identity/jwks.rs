@@ -27,9 +27,9 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::DecodingKey;
 use serde::Deserialize;
 
+use super::backend::Rs256Key;
 use crate::clock::Clock;
 
 /// A boxed, sendable future, as returned by [`KeyFetcher::fetch`].
@@ -176,7 +176,7 @@ impl Default for JwksConfig {
 /// The usable keys of one JWKS document, by `kid`.
 #[derive(Clone)]
 pub struct KeySet {
-    keys: HashMap<String, Arc<DecodingKey>>,
+    keys: HashMap<String, Arc<Rs256Key>>,
 }
 
 impl fmt::Debug for KeySet {
@@ -198,7 +198,7 @@ impl KeySet {
             keys: Vec<serde_json::Value>,
         }
         let doc: Doc = serde_json::from_slice(body).map_err(|e| FetchError::Malformed(e.to_string()))?;
-        let mut keys: HashMap<String, Arc<DecodingKey>> = HashMap::new();
+        let mut keys: HashMap<String, Arc<Rs256Key>> = HashMap::new();
         let mut duplicated: Vec<String> = Vec::new();
         let mut skipped = 0usize;
         for raw in doc.keys {
@@ -232,7 +232,7 @@ impl KeySet {
     }
 
     /// The key for `kid`, if kept.
-    pub fn get(&self, kid: &str) -> Option<&Arc<DecodingKey>> {
+    pub fn get(&self, kid: &str) -> Option<&Arc<Rs256Key>> {
         self.keys.get(kid)
     }
 
@@ -262,7 +262,7 @@ struct RawJwk {
 
 const MAX_KID_BYTES: usize = 256;
 
-fn accept_key(raw: serde_json::Value) -> Option<(String, DecodingKey)> {
+fn accept_key(raw: serde_json::Value) -> Option<(String, Rs256Key)> {
     let jwk: RawJwk = serde_json::from_value(raw).ok()?;
     if jwk.kty != "RSA" || jwk.kid.is_empty() || jwk.kid.len() > MAX_KID_BYTES {
         return None;
@@ -285,7 +285,7 @@ fn accept_key(raw: serde_json::Value) -> Option<(String, DecodingKey)> {
     if e.is_empty() || e.len() > 4 || e[e.len() - 1] & 1 == 0 || e == [1] {
         return None;
     }
-    Some((jwk.kid, DecodingKey::from_rsa_raw_components(n, e)))
+    Some((jwk.kid, Rs256Key::from_components(n, e)?))
 }
 
 fn strip_leading_zeros(b: &[u8]) -> &[u8] {
@@ -387,7 +387,7 @@ impl JwksCache {
     }
 
     /// The verification key for `kid`, fetching or refreshing the JWKS as the rules allow.
-    pub async fn key(&self, kid: &str) -> Result<Arc<DecodingKey>, KeyError> {
+    pub async fn key(&self, kid: &str) -> Result<Arc<Rs256Key>, KeyError> {
         let now = self.shared.clock.now();
         let (set, just_fetched) = match self.plan(now) {
             Plan::Use(set) => (set, false),

@@ -8,6 +8,7 @@
 //! [`RequestFacts`](crate::request::RequestFacts).
 
 pub mod access_jwt;
+pub mod backend;
 #[cfg(feature = "native")]
 mod http_fetcher;
 pub mod jwks;
