@@ -45,8 +45,12 @@ impl std::error::Error for ConfigError {}
 /// | `MissingCredential` | 401 | `missing_credential` |
 /// | `InvalidToken(Expired)` | 401 | `token_expired` |
 /// | `InvalidToken(_)` | 401 | `invalid_token` |
+/// | `InvalidCredential` | 401 | `invalid_credential` |
 /// | `Forbidden` | 403 | `forbidden` |
+/// | `Replayed` | 409 | `replayed` |
+/// | `PayloadTooLarge` | 413 | `payload_too_large` |
 /// | `KeysUnavailable` | 503 + `Retry-After` | `keys_unavailable` |
+/// | `NotConfigured` | 503 | `not_configured` |
 /// | `LayerMissing` | 500 | `identity_layer_missing` |
 ///
 /// Every 401 carries `WWW-Authenticate`. Bodies are JSON: `{"code": .., "message": ..}`; the
@@ -60,8 +64,28 @@ pub enum Rejection {
     MissingCredential,
     /// A credential was present but did not verify.
     InvalidToken(TokenError),
+    /// A non-JWT credential (signed token, webhook signature, API key, client certificate)
+    /// was present but did not verify.
+    InvalidCredential {
+        /// Which mechanism refused it, e.g. `"api_key"`.
+        mechanism: &'static str,
+        /// Why, for people (never contains the credential).
+        reason: &'static str,
+    },
     /// The caller is proven but the policy does not admit them.
     Forbidden,
+    /// A message that was already accepted once (webhook replay).
+    Replayed,
+    /// The request body exceeds the limit a mechanism reads.
+    PayloadTooLarge {
+        /// The limit, in bytes.
+        limit: usize,
+    },
+    /// The mechanism this route needs has no secret or key configured.
+    NotConfigured {
+        /// What is missing, e.g. `"webhook secret"`.
+        what: &'static str,
+    },
     /// No signing keys could be obtained; nothing can be verified right now.
     KeysUnavailable {
         /// Sent as `Retry-After`.
@@ -93,7 +117,13 @@ impl fmt::Display for Rejection {
             Self::Request(e) => e.fmt(f),
             Self::MissingCredential => f.write_str("no credential: this endpoint requires Cloudflare Access"),
             Self::InvalidToken(e) => e.fmt(f),
+            Self::InvalidCredential { mechanism, reason } => {
+                write!(f, "invalid {mechanism} credential: {reason}")
+            }
             Self::Forbidden => f.write_str("authenticated, but not allowed here"),
+            Self::Replayed => f.write_str("this message was already accepted once"),
+            Self::PayloadTooLarge { limit } => write!(f, "the body is larger than {limit} bytes"),
+            Self::NotConfigured { what } => write!(f, "this endpoint is not configured: no {what}"),
             Self::KeysUnavailable { .. } => f.write_str("signing keys are unavailable; try again shortly"),
             Self::LayerMissing => f.write_str("the identity layer is not installed for this route"),
         }
@@ -108,9 +138,13 @@ impl Rejection {
         match self {
             Self::Request(RequestError::HeaderTooLarge { .. }) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::Request(_) => StatusCode::BAD_REQUEST,
-            Self::MissingCredential | Self::InvalidToken(_) => StatusCode::UNAUTHORIZED,
+            Self::MissingCredential | Self::InvalidToken(_) | Self::InvalidCredential { .. } => {
+                StatusCode::UNAUTHORIZED
+            }
             Self::Forbidden => StatusCode::FORBIDDEN,
-            Self::KeysUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Replayed => StatusCode::CONFLICT,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::KeysUnavailable { .. } | Self::NotConfigured { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::LayerMissing => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -123,8 +157,12 @@ impl Rejection {
             Self::MissingCredential => "missing_credential",
             Self::InvalidToken(TokenError::Expired) => "token_expired",
             Self::InvalidToken(_) => "invalid_token",
+            Self::InvalidCredential { .. } => "invalid_credential",
             Self::Forbidden => "forbidden",
+            Self::Replayed => "replayed",
+            Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::KeysUnavailable { .. } => "keys_unavailable",
+            Self::NotConfigured { .. } => "not_configured",
             Self::LayerMissing => "identity_layer_missing",
         }
     }
@@ -141,7 +179,7 @@ impl Rejection {
             Self::MissingCredential => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"ztgate\""));
             }
-            Self::InvalidToken(_) => {
+            Self::InvalidToken(_) | Self::InvalidCredential { .. } => {
                 headers.insert(
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("Bearer realm=\"ztgate\", error=\"invalid_token\""),

@@ -76,6 +76,7 @@ pub mod identity;
 mod layer;
 mod principal;
 pub mod request;
+pub mod secrets;
 pub mod storage;
 
 pub use error::{ConfigError, Rejection};
@@ -88,3 +89,4 @@ pub use gate::{Gate, GateBuilder};
 pub use identity::{AccessConfig, Policy};
 pub use layer::{IdentityService, ResponseFuture};
 pub use principal::{AccessUser, NoClaims, Principal, ServiceToken, Verified};
+pub use secrets::Secret;
