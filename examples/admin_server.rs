@@ -54,6 +54,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tracing_subscriber::EnvFilter;
 use ztgate::dev::{DevKey, jwks_json, user_claims};
+use ztgate::identity::{AccessJwt, Requirement};
 use ztgate::storage::Actor;
 use ztgate::{AccessConfig, ConfigError, Gate, Policy, Principal, Verified};
 
@@ -95,13 +96,14 @@ async fn run() -> Result<(), Fatal> {
     let addr = listener.local_addr().map_err(|e| Fatal::Runtime(e.to_string()))?;
 
     // Dev mode needs the bound address: the issuer and the JWKS URL are this server itself.
-    let (gate, dev) = match settings.identity {
-        Identity::Access(gate) => (gate, None),
+    let (access, dev) = match settings.identity {
+        Identity::Access(access) => (access, None),
         Identity::Dev => {
             let dev = DevIssuer::new(addr)?;
-            (dev.gate()?, Some(dev))
+            (dev.access()?, Some(dev))
         }
     };
+    let gate = Gate::new(Requirement::One(access.clone()));
 
     let mut app = Router::new()
         .route("/healthz", get(healthz))
@@ -130,7 +132,7 @@ async fn run() -> Result<(), Fatal> {
     // Warm the key cache once the server is up (in dev mode the JWKS is served by this very
     // listener). A failure is only logged: requests then get 503 until keys are reachable.
     tokio::spawn(async move {
-        match gate.verifier().keys().refresh().await {
+        match access.verifier().keys().refresh().await {
             Ok(n) => tracing::info!(layer = "identity", outcome = "jwks_warm", keys = n),
             Err(e) => tracing::warn!(layer = "identity", outcome = "jwks_warm_failed", error = ?e),
         }
@@ -339,8 +341,8 @@ impl Notes {
 // Configuration
 
 enum Identity {
-    /// Production: a gate for the configured Cloudflare Access team.
-    Access(Gate),
+    /// Production: Access verification for the configured Cloudflare Access team.
+    Access(Arc<AccessJwt>),
     /// No team domain: a local issuer, built once the listen address is known.
     Dev,
 }
@@ -359,7 +361,7 @@ impl Settings {
         })?;
         let db = PathBuf::from(env("ZTGATE_DB")?.unwrap_or_else(|| DEFAULT_DB.to_owned()));
         let identity = match env("ZTGATE_TEAM_DOMAIN")? {
-            Some(team) => Identity::Access(production_gate(&team)?),
+            Some(team) => Identity::Access(production_access(&team)?),
             None => {
                 // Half a production configuration without a team domain is a mistake, not a
                 // request for dev mode: refuse rather than start with a local issuer.
@@ -379,7 +381,7 @@ impl Settings {
     }
 }
 
-fn production_gate(team: &str) -> Result<Gate, EnvError> {
+fn production_access(team: &str) -> Result<Arc<AccessJwt>, EnvError> {
     if !team.starts_with("https://") {
         return Err(EnvError::new(
             "ZTGATE_TEAM_DOMAIN",
@@ -406,7 +408,7 @@ fn production_gate(team: &str) -> Result<Gate, EnvError> {
     if let Some(url) = env("ZTGATE_CERTS_URL")? {
         builder = builder.certs_url(url);
     }
-    Ok(builder.build()?)
+    Ok(Arc::new(builder.build_mechanism()?))
 }
 
 /// Dev mode: this process is its own Access issuer, at `http://<listen address>`.
@@ -437,16 +439,19 @@ impl DevIssuer {
         Ok(Self { key, origin: format!("http://{}", SocketAddr::new(ip, addr.port())) })
     }
 
-    /// A real gate, fetching our JWKS over HTTP exactly as production fetches Cloudflare's.
-    fn gate(&self) -> Result<Gate, EnvError> {
-        Ok(Gate::builder(AccessConfig::new(&self.origin, [DEV_AUD])?)
-            .certs_url(format!("{}{CERTS_PATH}", self.origin))
-            .policy(Policy::new().allow_emails([DEV_EMAIL]))
-            .build()?)
+    /// Real Access verification, fetching our JWKS over HTTP exactly as production fetches
+    /// Cloudflare's.
+    fn access(&self) -> Result<Arc<AccessJwt>, EnvError> {
+        Ok(Arc::new(
+            Gate::builder(AccessConfig::new(&self.origin, [DEV_AUD])?)
+                .certs_url(format!("{}{CERTS_PATH}", self.origin))
+                .policy(Policy::new().allow_emails([DEV_EMAIL]))
+                .build_mechanism()?,
+        ))
     }
 
     fn curl_line(&self) -> String {
-        let now = ztgate::clock::Clock::now(&ztgate::clock::SystemClock);
+        let now = ztgate::clock::unix_now();
         let token =
             self.key.sign(&user_claims(&self.origin, DEV_AUD, DEV_EMAIL, now, DEV_TOKEN_TTL.as_secs()));
         format!("curl -H 'Cf-Access-Jwt-Assertion: {token}' {}/admin/whoami", self.origin)

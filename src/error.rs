@@ -51,6 +51,7 @@ impl std::error::Error for ConfigError {}
 /// | `PayloadTooLarge` | 413 | `payload_too_large` |
 /// | `KeysUnavailable` | 503 + `Retry-After` | `keys_unavailable` |
 /// | `NotConfigured` | 503 | `not_configured` |
+/// | `NoPolicy` | 403 | `no_policy` |
 /// | `LayerMissing` | 500 | `identity_layer_missing` |
 ///
 /// Every 401 carries `WWW-Authenticate`. Bodies are JSON: `{"code": .., "message": ..}`; the
@@ -91,6 +92,9 @@ pub enum Rejection {
         /// Sent as `Retry-After`.
         retry_after: Duration,
     },
+    /// No policy is declared for this method and path ([`RoutePolicies`](crate::RoutePolicies)
+    /// denies by default).
+    NoPolicy,
     /// A handler asked for a `Verified` principal but the identity layer did not run:
     /// a wiring bug, refused rather than served.
     LayerMissing,
@@ -125,6 +129,7 @@ impl fmt::Display for Rejection {
             Self::PayloadTooLarge { limit } => write!(f, "the body is larger than {limit} bytes"),
             Self::NotConfigured { what } => write!(f, "this endpoint is not configured: no {what}"),
             Self::KeysUnavailable { .. } => f.write_str("signing keys are unavailable; try again shortly"),
+            Self::NoPolicy => f.write_str("no access policy is declared for this route"),
             Self::LayerMissing => f.write_str("the identity layer is not installed for this route"),
         }
     }
@@ -141,7 +146,7 @@ impl Rejection {
             Self::MissingCredential | Self::InvalidToken(_) | Self::InvalidCredential { .. } => {
                 StatusCode::UNAUTHORIZED
             }
-            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::Forbidden | Self::NoPolicy => StatusCode::FORBIDDEN,
             Self::Replayed => StatusCode::CONFLICT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::KeysUnavailable { .. } | Self::NotConfigured { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -163,6 +168,7 @@ impl Rejection {
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::KeysUnavailable { .. } => "keys_unavailable",
             Self::NotConfigured { .. } => "not_configured",
+            Self::NoPolicy => "no_policy",
             Self::LayerMissing => "identity_layer_missing",
         }
     }

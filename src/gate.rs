@@ -8,12 +8,18 @@ use serde::de::DeserializeOwned;
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::{ConfigError, Rejection};
-use crate::identity::{AccessConfig, AccessVerifier, JwksCache, JwksConfig, KeyFetcher, Policy};
+use crate::identity::mechanism::Outcome;
+use crate::identity::{
+    AccessConfig, AccessJwt, AccessVerifier, JwksCache, JwksConfig, KeyFetcher, Policy, Requirement,
+};
 use crate::principal::{NoClaims, Principal, Verified};
 use crate::request::{RequestFacts, RequestLimits};
 
-/// Cloudflare Access verification plus a policy: everything needed to turn a request into a
-/// [`Verified<Principal>`] or a [`Rejection`].
+/// A [`Requirement`] (mechanisms and how they combine) plus request limits: everything needed
+/// to turn a request into a [`Verified<Principal>`] or a [`Rejection`].
+///
+/// [`Gate::builder`] makes the common Cloudflare Access gate; [`Gate::new`] takes any
+/// requirement (any-of, all-of, API keys, mTLS, public...).
 ///
 /// Cheap to clone (one `Arc`); clones share the JWKS cache. A `Gate` is itself the Tower
 /// [`Layer`](tower_layer::Layer): `router.layer(gate)`.
@@ -22,8 +28,7 @@ pub struct Gate<C = NoClaims> {
 }
 
 struct GateInner<C> {
-    verifier: AccessVerifier<C>,
-    policy: Policy<C>,
+    requirement: Requirement<C>,
     limits: RequestLimits,
 }
 
@@ -33,12 +38,9 @@ impl<C> Clone for Gate<C> {
     }
 }
 
-impl<C> fmt::Debug for Gate<C> {
+impl<C: 'static> fmt::Debug for Gate<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Gate")
-            .field("verifier", &self.inner.verifier)
-            .field("policy", &self.inner.policy)
-            .finish()
+        f.debug_struct("Gate").field("requirement", &self.inner.requirement).finish()
     }
 }
 
@@ -78,30 +80,51 @@ impl<C: DeserializeOwned + Send + Sync + 'static> Gate<C> {
         })
     }
 
-    /// Runs verification and the policy on already extracted facts.
+    /// Runs the requirement on already extracted facts.
     pub async fn check_facts(&self, facts: &RequestFacts) -> Result<Verified<Principal<C>>, Rejection> {
-        let Some(token) = facts.access_jwt() else {
-            tracing::info!(layer = "identity", outcome = "missing_credential", method = %facts.method(), path = facts.path());
-            return Err(Rejection::MissingCredential);
-        };
-        let principal = match self.inner.verifier.verify(token.expose()).await {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::info!(layer = "identity", outcome = "invalid_credential", reason = %e, method = %facts.method(), path = facts.path());
-                return Err(e.into());
+        let (method, path) = (facts.method(), facts.path());
+        match self.inner.requirement.evaluate(facts).await {
+            Outcome::Verified(principal, proofs) => {
+                let via: Vec<&str> = proofs.iter().map(|p| p.mechanism).collect();
+                tracing::info!(layer = "identity", outcome = "verified", principal = %principal.id(), via = ?via, %method, path);
+                Ok(Verified::new(principal, proofs))
             }
-        };
-        if !self.inner.policy.allows(&principal) {
-            tracing::warn!(layer = "identity", outcome = "forbidden", principal = %principal.id(), method = %facts.method(), path = facts.path());
-            return Err(Rejection::Forbidden);
+            Outcome::NotPresent => {
+                tracing::info!(layer = "identity", outcome = "missing_credential", %method, path);
+                Err(Rejection::MissingCredential)
+            }
+            Outcome::Refused(rejection) => {
+                tracing::info!(layer = "identity", outcome = "refused", code = rejection.code(), reason = %rejection, %method, path);
+                Err(rejection)
+            }
         }
-        tracing::info!(layer = "identity", outcome = "verified", principal = %principal.id(), method = %facts.method(), path = facts.path());
-        Ok(Verified::new(principal))
+    }
+}
+
+impl<C> Gate<C> {
+    /// The requirement this gate enforces.
+    pub fn requirement(&self) -> &Requirement<C> {
+        &self.inner.requirement
+    }
+}
+
+impl<C: Send + Sync + 'static> Gate<C> {
+    /// A gate enforcing `requirement` with default request limits.
+    pub fn new(requirement: Requirement<C>) -> Self {
+        Self::with_limits(requirement, RequestLimits::default())
     }
 
-    /// The verifier, e.g. to warm its key cache at start-up with `keys().refresh()`.
-    pub fn verifier(&self) -> &AccessVerifier<C> {
-        &self.inner.verifier
+    /// A gate enforcing `requirement` with explicit request limits (e.g. to trust Cloudflare's
+    /// client-certificate headers).
+    pub fn with_limits(requirement: Requirement<C>, limits: RequestLimits) -> Self {
+        Self { inner: Arc::new(GateInner { requirement, limits }) }
+    }
+}
+
+impl Gate<NoClaims> {
+    /// A gate that admits everyone as [`Principal::Anonymous`]: public routes, declared.
+    pub fn public() -> Self {
+        Self::new(Requirement::Public)
     }
 }
 
@@ -182,8 +205,16 @@ impl<C: DeserializeOwned + Send + Sync + 'static> GateBuilder<C> {
         self
     }
 
-    /// Builds the gate.
+    /// Builds the gate: the Access mechanism alone, with the configured request limits.
     pub fn build(self) -> Result<Gate<C>, ConfigError> {
+        let limits = self.limits.clone();
+        let access = self.build_mechanism()?;
+        Ok(Gate::with_limits(Requirement::mechanism(access), limits))
+    }
+
+    /// Builds only the Access mechanism, to combine with others in a [`Requirement`]
+    /// (the request limits set here are then unused: give them to the [`Gate`]).
+    pub fn build_mechanism(self) -> Result<AccessJwt<C>, ConfigError> {
         let policy = self.policy.ok_or_else(|| {
             ConfigError::new("policy", "no policy: declare who may pass (an empty Policy admits nobody)")
         })?;
@@ -192,13 +223,7 @@ impl<C: DeserializeOwned + Send + Sync + 'static> GateBuilder<C> {
             None => default_fetcher(self.certs_url.unwrap_or_else(|| self.config.default_certs_url()))?,
         };
         let keys = JwksCache::new(fetcher, self.clock.clone(), self.jwks);
-        Ok(Gate {
-            inner: Arc::new(GateInner {
-                verifier: AccessVerifier::new(self.config, keys, self.clock),
-                policy,
-                limits: self.limits,
-            }),
-        })
+        Ok(AccessJwt::new(AccessVerifier::new(self.config, keys, self.clock), policy))
     }
 }
 

@@ -25,49 +25,76 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use http::{Request, Response};
+use http::{Method, Request, Response};
 use serde::de::DeserializeOwned;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::error::Rejection;
 use crate::gate::Gate;
+use crate::routes::RoutePolicies;
 
-impl<S, C> Layer<S> for Gate<C> {
-    type Service = IdentityService<S, C>;
+fn cut(path: &str) -> &str {
+    let mut end = path.len().min(256);
+    while !path.is_char_boundary(end) {
+        end -= 1;
+    }
+    &path[..end]
+}
+
+/// Chooses the [`Gate`] for a request: a [`Gate`] always chooses itself; [`RoutePolicies`]
+/// chooses by method and path, and `None` (no declared policy) is refused.
+pub trait SelectGate: Clone + Send + Sync + 'static {
+    /// The custom-claims type of the gates.
+    type Claims;
+
+    /// The gate for this request, or `None` when no policy is declared for it.
+    fn select(&self, method: &Method, path: &str) -> Option<&Gate<Self::Claims>>;
+}
+
+impl<C: Send + Sync + 'static> SelectGate for Gate<C> {
+    type Claims = C;
+
+    fn select(&self, _method: &Method, _path: &str) -> Option<&Gate<C>> {
+        Some(self)
+    }
+}
+
+impl<S, C: Send + Sync + 'static> Layer<S> for Gate<C> {
+    type Service = IdentityService<S, Gate<C>>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        IdentityService { inner, gate: self.clone() }
+        IdentityService { inner, gates: self.clone() }
     }
 }
 
-/// Middleware that verifies identity before calling `S`. Made by [`Gate`] as a [`Layer`].
-pub struct IdentityService<S, C> {
+impl<S, C: Send + Sync + 'static> Layer<S> for RoutePolicies<C> {
+    type Service = IdentityService<S, RoutePolicies<C>>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        IdentityService { inner, gates: self.clone() }
+    }
+}
+
+/// Middleware that verifies identity before calling `S`. Made by a [`Gate`] or
+/// [`RoutePolicies`] as a [`Layer`].
+#[derive(Clone, Debug)]
+pub struct IdentityService<S, G> {
     inner: S,
-    gate: Gate<C>,
-}
-
-impl<S: Clone, C> Clone for IdentityService<S, C> {
-    fn clone(&self) -> Self {
-        Self { inner: self.inner.clone(), gate: self.gate.clone() }
-    }
-}
-
-impl<S: std::fmt::Debug, C> std::fmt::Debug for IdentityService<S, C> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IdentityService").field("inner", &self.inner).field("gate", &self.gate).finish()
-    }
+    gates: G,
 }
 
 /// The future of [`IdentityService`].
 pub type ResponseFuture<R, E> = Pin<Box<dyn Future<Output = Result<R, E>> + Send>>;
 
-impl<S, C, ReqBody, ResBody> Service<Request<ReqBody>> for IdentityService<S, C>
+impl<S, G, ReqBody, ResBody> Service<Request<ReqBody>> for IdentityService<S, G>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send,
     ReqBody: Send + 'static,
     ResBody: From<String> + 'static,
-    C: DeserializeOwned + Clone + Send + Sync + 'static,
+    G: SelectGate,
+    G::Claims: DeserializeOwned + Clone + Send + Sync + 'static,
 {
     type Response = Response<ResBody>;
     type Error = S::Error;
@@ -81,7 +108,10 @@ where
         // Call the instance that poll_ready made ready; leave a fresh clone in its place.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let gate = self.gate.clone();
+        let Some(gate) = self.gates.select(req.method(), req.uri().path()).cloned() else {
+            tracing::warn!(layer = "identity", outcome = "no_policy", method = %req.method(), path = %cut(req.uri().path()));
+            return Box::pin(async { Ok(Rejection::NoPolicy.to_response()) });
+        };
         // Read the request now, so the future holds owned facts rather than a borrow of it.
         let facts = gate.extract(&req);
         Box::pin(async move {

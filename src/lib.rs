@@ -52,6 +52,7 @@
 //! | `rust_crypto` | no | RS256 in pure Rust (pick instead of `aws_lc_rs`) |
 //! | `axum` | no | the `Verified<Principal>` extractor, `IntoResponse` for [`Rejection`] |
 //! | `dev` | no | [`dev`]: a local issuer for dev mode and tests |
+//! | `jwt_simple` | no | RS256 signatures checked by jwt-simple (pure Rust), not jsonwebtoken |
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -76,6 +77,7 @@ pub mod identity;
 mod layer;
 mod principal;
 pub mod request;
+mod routes;
 pub mod secrets;
 pub mod storage;
 
@@ -87,6 +89,7 @@ pub use error::{ConfigError, Rejection};
 pub struct ReadmeDoctests;
 pub use gate::{Gate, GateBuilder};
 pub use identity::{AccessConfig, Policy};
-pub use layer::{IdentityService, ResponseFuture};
+pub use layer::{IdentityService, ResponseFuture, SelectGate};
 pub use principal::{AccessUser, NoClaims, Principal, ServiceToken, Verified};
+pub use routes::RoutePolicies;
 pub use secrets::Secret;

@@ -19,22 +19,39 @@ pub enum Principal<C = NoClaims> {
     User(AccessUser<C>),
     /// A Cloudflare Access service token (machine-to-machine).
     Service(ServiceToken),
+    /// A named API key.
+    ApiKey(ApiKeyPrincipal),
+    /// The subject of an HMAC-signed token (unsubscribe link, magic link, session cookie).
+    SignedToken(SignedTokenPrincipal),
+    /// A client certificate that Cloudflare verified (mTLS).
+    ClientCert(ClientCertPrincipal),
+    /// Nobody: a route declared public.
+    Anonymous,
 }
 
 impl<C> Principal<C> {
-    /// A stable identifier for logs and audit trails: `user:<email>` or `service:<common_name>`.
+    /// A stable identifier for logs and audit trails: `user:<email>`, `service:<common_name>`,
+    /// `api_key:<name>`, `signed:<purpose>:<subject>`, `cert:<sha256 fingerprint>`, `anonymous`.
     pub fn id(&self) -> String {
         match self {
             Self::User(u) => format!("user:{}", u.email),
             Self::Service(s) => format!("service:{}", s.common_name),
+            Self::ApiKey(k) => format!("api_key:{}", k.name),
+            Self::SignedToken(t) => format!("signed:{}:{}", t.purpose, t.subject),
+            Self::ClientCert(c) => format!("cert:{}", c.fingerprint_sha256),
+            Self::Anonymous => "anonymous".to_owned(),
         }
     }
 
-    /// `"user"` or `"service"`.
+    /// `"user"`, `"service"`, `"api_key"`, `"signed_token"`, `"client_cert"` or `"anonymous"`.
     pub fn kind(&self) -> &'static str {
         match self {
             Self::User(_) => "user",
             Self::Service(_) => "service",
+            Self::ApiKey(_) => "api_key",
+            Self::SignedToken(_) => "signed_token",
+            Self::ClientCert(_) => "client_cert",
+            Self::Anonymous => "anonymous",
         }
     }
 
@@ -42,7 +59,7 @@ impl<C> Principal<C> {
     pub fn as_user(&self) -> Option<&AccessUser<C>> {
         match self {
             Self::User(u) => Some(u),
-            Self::Service(_) => None,
+            _ => None,
         }
     }
 
@@ -50,7 +67,7 @@ impl<C> Principal<C> {
     pub fn as_service(&self) -> Option<&ServiceToken> {
         match self {
             Self::Service(s) => Some(s),
-            Self::User(_) => None,
+            _ => None,
         }
     }
 }
@@ -91,6 +108,38 @@ pub struct ServiceToken {
     pub common_name: String,
 }
 
+/// A caller holding a configured API key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ApiKeyPrincipal {
+    /// The key's configured name (never the key itself).
+    pub name: String,
+}
+
+/// The holder of a valid HMAC-signed token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SignedTokenPrincipal {
+    /// What the token speaks for, e.g. an email address.
+    pub subject: String,
+    /// What the token was minted for, e.g. `unsubscribe`.
+    pub purpose: String,
+    /// Unix seconds after which the token is refused.
+    pub expires_at: u64,
+}
+
+/// A client that presented a certificate Cloudflare verified and did not find revoked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClientCertPrincipal {
+    /// SHA-256 fingerprint of the certificate, lowercase hex.
+    pub fingerprint_sha256: String,
+    /// Subject distinguished name, as Cloudflare reported it.
+    pub subject_dn: String,
+    /// Issuer distinguished name, as Cloudflare reported it.
+    pub issuer_dn: String,
+}
+
 /// The default "no extra claims" type: accepts any claim set and keeps nothing.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct NoClaims;
@@ -110,11 +159,33 @@ impl<'de> Deserialize<'de> for NoClaims {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Verified<P> {
     principal: P,
+    proofs: Vec<Proof>,
+}
+
+/// One mechanism's verdict inside a [`Verified`]: which mechanism proved whom.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Proof {
+    /// The mechanism, e.g. `"access_jwt"`, `"api_key"`, `"public"`.
+    pub mechanism: &'static str,
+    /// The principal it proved, as [`Principal::id`].
+    pub principal_id: String,
 }
 
 impl<P> Verified<P> {
-    pub(crate) fn new(principal: P) -> Self {
-        Self { principal }
+    pub(crate) fn new(principal: P, proofs: Vec<Proof>) -> Self {
+        Self { principal, proofs }
+    }
+
+    /// Every mechanism that took part, in order. With an all-of requirement (e.g. an Access
+    /// user *and* an API key) the principal is the first one's and the others are listed here.
+    pub fn proofs(&self) -> &[Proof] {
+        &self.proofs
+    }
+
+    /// Whether `mechanism` took part in the proof.
+    pub fn proved_by(&self, mechanism: &str) -> bool {
+        self.proofs.iter().any(|p| p.mechanism == mechanism)
     }
 
     /// The verified principal.

@@ -84,3 +84,158 @@ mod tests {
         assert_ne!(s, Secret::from("hunter2-very-secreT"));
     }
 }
+
+/// Why a secret could not be read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SecretError {
+    /// The source has no value (unset variable, missing binding).
+    Missing(String),
+    /// The source failed (store unreachable...).
+    Unavailable(String),
+}
+
+impl fmt::Display for SecretError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Missing(what) => write!(f, "secret {what} is not set"),
+            Self::Unavailable(why) => write!(f, "secret store unavailable: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for SecretError {}
+
+/// A boxed, sendable future, as returned by [`SecretSource::get`].
+pub type SecretFuture<'a> = std::pin::Pin<Box<dyn Future<Output = Result<Secret, SecretError>> + Send + 'a>>;
+
+/// Where a secret comes from: a static value, an environment variable, a Workers secret, a
+/// Secrets-Store style `await get()`. Wrap slow sources in [`CachedSecret`], and read them at
+/// most once per request with [`PerRequest`].
+pub trait SecretSource: Send + Sync + fmt::Debug + 'static {
+    /// Reads the current value.
+    fn get(&self) -> SecretFuture<'_>;
+}
+
+impl<S: SecretSource> SecretSource for std::sync::Arc<S> {
+    fn get(&self) -> SecretFuture<'_> {
+        (**self).get()
+    }
+}
+
+/// A fixed value.
+#[derive(Clone, Debug)]
+pub struct StaticSecret(Secret);
+
+impl StaticSecret {
+    /// Always returns `secret`.
+    pub fn new(secret: impl Into<Secret>) -> Self {
+        Self(secret.into())
+    }
+}
+
+impl SecretSource for StaticSecret {
+    fn get(&self) -> SecretFuture<'_> {
+        let value = self.0.clone();
+        Box::pin(async move { Ok(value) })
+    }
+}
+
+/// An environment variable, read on every `get` (so a process that updates its environment,
+/// or a test, sees the change). Empty counts as missing.
+#[derive(Clone, Debug)]
+pub struct EnvSecret {
+    var: String,
+}
+
+impl EnvSecret {
+    /// Reads `var`.
+    pub fn new(var: impl Into<String>) -> Self {
+        Self { var: var.into() }
+    }
+}
+
+impl SecretSource for EnvSecret {
+    fn get(&self) -> SecretFuture<'_> {
+        let value = match std::env::var(&self.var) {
+            Ok(v) if !v.is_empty() => Ok(Secret::from(v)),
+            _ => Err(SecretError::Missing(self.var.clone())),
+        };
+        Box::pin(async move { value })
+    }
+}
+
+/// Caches another source for a short TTL, so a rotated secret takes effect without a
+/// restart (after at most `ttl`) while the store is asked at most about once per `ttl`.
+/// Failures are not cached.
+pub struct CachedSecret {
+    source: Box<dyn SecretSource>,
+    ttl: std::time::Duration,
+    clock: std::sync::Arc<dyn crate::clock::Clock>,
+    cached: std::sync::Mutex<Option<(Secret, u64)>>,
+}
+
+impl fmt::Debug for CachedSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CachedSecret").field("source", &self.source).field("ttl", &self.ttl).finish()
+    }
+}
+
+impl CachedSecret {
+    /// Caches `source` for `ttl` (e.g. 60 s), timed by `clock`.
+    pub fn new(
+        source: impl SecretSource,
+        ttl: std::time::Duration,
+        clock: std::sync::Arc<dyn crate::clock::Clock>,
+    ) -> Self {
+        Self { source: Box::new(source), ttl, clock, cached: std::sync::Mutex::new(None) }
+    }
+}
+
+impl SecretSource for CachedSecret {
+    fn get(&self) -> SecretFuture<'_> {
+        Box::pin(async move {
+            let now = self.clock.now();
+            if let Some((secret, at)) = &*self.cached.lock().unwrap_or_else(|p| p.into_inner())
+                && now < at.saturating_add(self.ttl.as_secs())
+            {
+                return Ok(secret.clone());
+            }
+            let fresh = self.source.get().await?;
+            *self.cached.lock().unwrap_or_else(|p| p.into_inner()) = Some((fresh.clone(), now));
+            Ok(fresh)
+        })
+    }
+}
+
+/// A secret read at most once for the lifetime of this value: make one per request, so every
+/// mechanism in the request sees the same value and the store is asked once.
+pub struct PerRequest<'a> {
+    source: &'a dyn SecretSource,
+    value: std::sync::OnceLock<Result<Secret, SecretError>>,
+}
+
+impl fmt::Debug for PerRequest<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PerRequest")
+            .field("source", &self.source)
+            .field("read", &self.value.get().is_some())
+            .finish()
+    }
+}
+
+impl<'a> PerRequest<'a> {
+    /// Memoizes `source`.
+    pub fn new(source: &'a dyn SecretSource) -> Self {
+        Self { source, value: std::sync::OnceLock::new() }
+    }
+
+    /// The value, read on first use.
+    pub async fn get(&self) -> Result<Secret, SecretError> {
+        if let Some(v) = self.value.get() {
+            return v.clone();
+        }
+        let fetched = self.source.get().await;
+        self.value.get_or_init(|| fetched).clone()
+    }
+}

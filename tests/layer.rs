@@ -162,3 +162,34 @@ async fn axum_router_over_real_http_admits_and_refuses() {
         client.get(format!("{base}/admin/whoami")).header("cookie", format!("CF_Authorization={token}"));
     assert_eq!(again.send().await.unwrap().status(), 200);
 }
+
+#[tokio::test]
+async fn route_policies_deny_routes_nobody_declared() {
+    use ztgate::RoutePolicies;
+    use ztgate::identity::{ApiKeyAuth, ApiKeys, Requirement};
+    let keys = Arc::new(ApiKeys::parse("ops:0123456789abcdef0123456789").unwrap());
+    let policies = RoutePolicies::new()
+        .route("GET", "/healthz", Requirement::public())
+        .unwrap()
+        .route("GET", "/ops/{*rest}", Requirement::mechanism(ApiKeyAuth::new(keys)))
+        .unwrap();
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/ops/stats", get(whoami))
+        .route("/forgotten", get(|| async { "this handler has no policy" }))
+        .layer(policies);
+    let base = serve(app).await;
+    let client = reqwest::Client::new();
+    assert_eq!(client.get(format!("{base}/healthz")).send().await.unwrap().status(), 200);
+    let forgotten = client.get(format!("{base}/forgotten")).send().await.unwrap();
+    assert_eq!(forgotten.status(), 403);
+    let body: serde_json::Value = forgotten.json().await.unwrap();
+    assert_eq!(body["code"], "no_policy");
+    let stats = client.get(format!("{base}/ops/stats")).header("x-api-key", "0123456789abcdef0123456789");
+    let stats = stats.send().await.unwrap();
+    assert_eq!(stats.status(), 200);
+    assert_eq!(stats.text().await.unwrap(), "api_key:ops");
+    assert_eq!(client.get(format!("{base}/ops/stats")).send().await.unwrap().status(), 401);
+    // Method matters: POST on a GET-only declaration is undeclared.
+    assert_eq!(client.post(format!("{base}/healthz")).send().await.unwrap().status(), 403);
+}

@@ -27,6 +27,7 @@ pub struct Policy<C = crate::NoClaims> {
     emails: HashSet<String>,
     domains: HashSet<String>,
     service_tokens: HashSet<String>,
+    api_keys: HashSet<String>,
     predicates: Vec<Predicate<C>>,
 }
 
@@ -36,6 +37,7 @@ impl<C> Clone for Policy<C> {
             emails: self.emails.clone(),
             domains: self.domains.clone(),
             service_tokens: self.service_tokens.clone(),
+            api_keys: self.api_keys.clone(),
             predicates: self.predicates.clone(),
         }
     }
@@ -65,6 +67,7 @@ impl<C> Policy<C> {
             emails: HashSet::new(),
             domains: HashSet::new(),
             service_tokens: HashSet::new(),
+            api_keys: HashSet::new(),
             predicates: Vec::new(),
         }
     }
@@ -96,6 +99,13 @@ impl<C> Policy<C> {
         self
     }
 
+    /// Admits callers holding the API keys with these names.
+    pub fn allow_api_keys<I: IntoIterator<Item = S>, S: AsRef<str>>(mut self, names: I) -> Self {
+        self.api_keys
+            .extend(names.into_iter().map(|n| n.as_ref().trim().to_owned()).filter(|n| !n.is_empty()));
+        self
+    }
+
     /// Admits principals for which `predicate` returns true (e.g. a group claim check).
     pub fn allow_if(mut self, predicate: impl Fn(&Principal<C>) -> bool + Send + Sync + 'static) -> Self {
         self.predicates.push(Arc::new(predicate));
@@ -113,6 +123,8 @@ impl<C> Policy<C> {
                         .is_some_and(|(local, domain)| !local.is_empty() && self.domains.contains(domain))
             }
             Principal::Service(service) => self.service_tokens.contains(&service.common_name),
+            Principal::ApiKey(key) => self.api_keys.contains(&key.name),
+            _ => false,
         };
         by_rule || self.predicates.iter().any(|p| p(principal))
     }

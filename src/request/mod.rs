@@ -26,17 +26,28 @@ use std::fmt;
 
 use http::{HeaderMap, HeaderName, Method, Request};
 
+mod client_cert;
+
+pub use client_cert::{CertVerification, ClientCertFacts};
+
 /// Header Cloudflare Access sets on every request it lets through to the origin.
 pub const ACCESS_JWT_HEADER: &str = "cf-access-jwt-assertion";
 /// Cookie Cloudflare Access sets in the browser after login.
 pub const ACCESS_JWT_COOKIE: &str = "CF_Authorization";
 
-/// Size limits for everything the request layer reads.
+/// Size limits for everything the request layer reads, and which forwarded facts to believe.
 ///
 /// The defaults are generous for real Access tokens (1–4 KB) and far below what lets one
 /// request pin memory or CPU.
 #[derive(Clone, Debug)]
 pub struct RequestLimits {
+    /// Read Cloudflare's `cf-cert-*` client-certificate headers ("Add TLS client auth headers"
+    /// managed transform). Only set this when every request reaches you through Cloudflare
+    /// (e.g. a Cloudflare Tunnel or authenticated origin pulls): anyone who can reach the origin
+    /// directly can send these headers. Default `false`: the headers are ignored.
+    pub trust_client_cert_headers: bool,
+    /// Largest accepted query string (kept for mechanisms that read a token parameter).
+    pub max_query_bytes: usize,
     /// Largest accepted credential: the assertion header, or the token inside the cookie.
     pub max_token_bytes: usize,
     /// Largest accepted `Cookie` header (all `Cookie` fields together).
@@ -47,7 +58,13 @@ pub struct RequestLimits {
 
 impl Default for RequestLimits {
     fn default() -> Self {
-        Self { max_token_bytes: 16 * 1024, max_cookie_bytes: 32 * 1024, max_logged_path_bytes: 256 }
+        Self {
+            trust_client_cert_headers: false,
+            max_query_bytes: 4 * 1024,
+            max_token_bytes: 16 * 1024,
+            max_cookie_bytes: 32 * 1024,
+            max_logged_path_bytes: 256,
+        }
     }
 }
 
@@ -92,6 +109,8 @@ pub enum CredentialSource {
     Header,
     /// A cookie (for Access: `CF_Authorization`).
     Cookie,
+    /// The query string.
+    Query,
 }
 
 /// A credential as it arrived: unverified bytes that must never be logged.
@@ -126,6 +145,11 @@ impl fmt::Debug for Credential {
 #[derive(Clone, Debug)]
 pub struct RequestFacts {
     access_jwt: Option<Credential>,
+    bearer: Option<Credential>,
+    api_key: Option<Credential>,
+    client_cert: Option<ClientCertFacts>,
+    query: Option<Credential>,
+    cookies: Option<Credential>,
     method: Method,
     path: String,
     client_ip: Option<String>,
@@ -135,7 +159,7 @@ pub struct RequestFacts {
 impl RequestFacts {
     /// Reads the facts of a request (body untouched).
     pub fn extract<B>(req: &Request<B>, limits: &RequestLimits) -> Result<Self, RequestError> {
-        Self::from_parts(req.method(), req.uri().path(), req.headers(), limits)
+        Self::from_parts_with_query(req.method(), req.uri().path(), req.uri().query(), req.headers(), limits)
     }
 
     /// Reads the facts from already separated request parts.
@@ -145,8 +169,37 @@ impl RequestFacts {
         headers: &HeaderMap,
         limits: &RequestLimits,
     ) -> Result<Self, RequestError> {
+        Self::from_parts_with_query(method, path, None, headers, limits)
+    }
+
+    /// Like [`RequestFacts::from_parts`], with the raw query string (without `?`).
+    pub fn from_parts_with_query(
+        method: &Method,
+        path: &str,
+        query: Option<&str>,
+        headers: &HeaderMap,
+        limits: &RequestLimits,
+    ) -> Result<Self, RequestError> {
+        let query = match query {
+            Some(q) if q.len() > limits.max_query_bytes => {
+                return Err(RequestError::HeaderTooLarge {
+                    header: "query string",
+                    limit: limits.max_query_bytes,
+                });
+            }
+            Some(q) => Some(Credential { value: q.to_owned(), source: CredentialSource::Query }),
+            None => None,
+        };
+        let client_cert =
+            if limits.trust_client_cert_headers { ClientCertFacts::from_cf_headers(headers) } else { None };
         Ok(Self {
             access_jwt: access_jwt(headers, limits)?,
+            bearer: bearer(headers, limits)?,
+            api_key: single_header(headers, "x-api-key", "X-Api-Key", limits)?
+                .map(|value| Credential { value, source: CredentialSource::Header }),
+            client_cert,
+            query,
+            cookies: cookie_header(headers, limits)?,
             method: method.clone(),
             path: truncate(path, limits.max_logged_path_bytes).to_owned(),
             client_ip: short_header(headers, "cf-connecting-ip", 64),
@@ -157,6 +210,54 @@ impl RequestFacts {
     /// The Cloudflare Access JWT, if the request carries one.
     pub fn access_jwt(&self) -> Option<&Credential> {
         self.access_jwt.as_ref()
+    }
+
+    /// `Authorization: Bearer <credential>`, if present (the scheme is case-insensitive).
+    pub fn bearer(&self) -> Option<&Credential> {
+        self.bearer.as_ref()
+    }
+
+    /// `X-Api-Key`, if present.
+    pub fn api_key_header(&self) -> Option<&Credential> {
+        self.api_key.as_ref()
+    }
+
+    /// Client-certificate facts: from Cloudflare's `cf-cert-*` headers when the hop is trusted
+    /// ([`RequestLimits::trust_client_cert_headers`]), or set by a Workers adapter from
+    /// `request.cf.tlsClientAuth`.
+    pub fn client_cert(&self) -> Option<&ClientCertFacts> {
+        self.client_cert.as_ref()
+    }
+
+    /// Replaces the client-certificate facts (for adapters that read them from elsewhere,
+    /// such as `request.cf.tlsClientAuth` in Workers).
+    pub fn with_client_cert(mut self, facts: Option<ClientCertFacts>) -> Self {
+        self.client_cert = facts;
+        self
+    }
+
+    /// The first value of query parameter `name`, percent-decoded. Query strings can carry
+    /// tokens (unsubscribe links), so this returns a [`Credential`].
+    pub fn query_param(&self, name: &str) -> Option<Credential> {
+        let query = self.query.as_ref()?.expose();
+        query.split('&').find_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k)? == name)
+                .then(|| percent_decode(v))
+                .flatten()
+                .map(|value| Credential { value, source: CredentialSource::Query })
+        })
+    }
+
+    /// The value of cookie `name`, if sent exactly once (or always with the same value).
+    pub fn cookie(&self, name: &str) -> Result<Option<Credential>, RequestError> {
+        let Some(cookies) = &self.cookies else { return Ok(None) };
+        find_cookie(cookies.expose().as_bytes(), name).map(|found| {
+            found.map(|v| Credential {
+                value: String::from_utf8_lossy(v).into_owned(),
+                source: CredentialSource::Cookie,
+            })
+        })
     }
 
     /// The request method.
@@ -200,48 +301,116 @@ fn access_jwt(headers: &HeaderMap, limits: &RequestLimits) -> Result<Option<Cred
         let value = String::from_utf8_lossy(first.as_bytes()).into_owned();
         return Ok(Some(Credential { value, source: CredentialSource::Header }));
     }
-    cookie(headers, ACCESS_JWT_COOKIE, limits)
-        .map(|found| found.map(|value| Credential { value, source: CredentialSource::Cookie }))
-}
-
-/// Finds one cookie across every `Cookie` field (HTTP/2 splits them).
-fn cookie(
-    headers: &HeaderMap,
-    name: &'static str,
-    limits: &RequestLimits,
-) -> Result<Option<String>, RequestError> {
-    let fields = headers.get_all(http::header::COOKIE);
-    let total: usize = fields.iter().map(|v| v.len()).sum();
-    if total > limits.max_cookie_bytes {
-        return Err(RequestError::HeaderTooLarge { header: "Cookie", limit: limits.max_cookie_bytes });
-    }
-    let mut found: Option<&[u8]> = None;
-    for field in fields {
-        for pair in field.as_bytes().split(|b| *b == b';') {
-            let pair = pair.trim_ascii();
-            let Some(eq) = pair.iter().position(|b| *b == b'=') else { continue };
-            if &pair[..eq] != name.as_bytes() {
-                continue;
-            }
-            let mut value = pair[eq + 1..].trim_ascii();
-            if value.len() >= 2 && value[0] == b'"' && value[value.len() - 1] == b'"' {
-                value = &value[1..value.len() - 1];
-            }
-            match found {
-                Some(previous) if previous != value => {
-                    return Err(RequestError::AmbiguousCredential { name });
-                }
-                _ => found = Some(value),
-            }
-        }
-    }
-    match found {
+    let Some(cookies) = cookie_header(headers, limits)? else { return Ok(None) };
+    match find_cookie(cookies.expose().as_bytes(), ACCESS_JWT_COOKIE)? {
         None => Ok(None),
         Some(value) if value.len() > limits.max_token_bytes => {
             Err(RequestError::HeaderTooLarge { header: "Cookie", limit: limits.max_token_bytes })
         }
-        Some(value) => Ok(Some(String::from_utf8_lossy(value).into_owned())),
+        Some(value) => Ok(Some(Credential {
+            value: String::from_utf8_lossy(value).into_owned(),
+            source: CredentialSource::Cookie,
+        })),
     }
+}
+
+/// Every `Cookie` field joined with `; ` (HTTP/2 splits them), bounded.
+fn cookie_header(headers: &HeaderMap, limits: &RequestLimits) -> Result<Option<Credential>, RequestError> {
+    let fields = headers.get_all(http::header::COOKIE);
+    let total: usize = fields.iter().map(|v| v.len() + 2).sum();
+    if total > limits.max_cookie_bytes {
+        return Err(RequestError::HeaderTooLarge { header: "Cookie", limit: limits.max_cookie_bytes });
+    }
+    let mut joined = String::new();
+    for field in fields {
+        if !joined.is_empty() {
+            joined.push_str("; ");
+        }
+        joined.push_str(&String::from_utf8_lossy(field.as_bytes()));
+    }
+    Ok((!joined.is_empty()).then_some(Credential { value: joined, source: CredentialSource::Cookie }))
+}
+
+/// Finds one cookie by exact name; conflicting duplicates are ambiguous.
+fn find_cookie<'a>(cookies: &'a [u8], name: &str) -> Result<Option<&'a [u8]>, RequestError> {
+    let mut found: Option<&[u8]> = None;
+    for pair in cookies.split(|b| *b == b';') {
+        let pair = pair.trim_ascii();
+        let Some(eq) = pair.iter().position(|b| *b == b'=') else { continue };
+        if &pair[..eq] != name.as_bytes() {
+            continue;
+        }
+        let mut value = pair[eq + 1..].trim_ascii();
+        if value.len() >= 2 && value[0] == b'"' && value[value.len() - 1] == b'"' {
+            value = &value[1..value.len() - 1];
+        }
+        match found {
+            Some(previous) if previous != value => {
+                return Err(RequestError::AmbiguousCredential { name: cookie_label(name) });
+            }
+            _ => found = Some(value),
+        }
+    }
+    Ok(found)
+}
+
+fn cookie_label(name: &str) -> &'static str {
+    if name == ACCESS_JWT_COOKIE { ACCESS_JWT_COOKIE } else { "a cookie" }
+}
+
+/// One header that must appear at most once, bounded.
+fn single_header(
+    headers: &HeaderMap,
+    name: &'static str,
+    label: &'static str,
+    limits: &RequestLimits,
+) -> Result<Option<String>, RequestError> {
+    let mut values = headers.get_all(name).iter();
+    let Some(first) = values.next() else { return Ok(None) };
+    if values.next().is_some() {
+        return Err(RequestError::AmbiguousCredential { name: label });
+    }
+    if first.len() > limits.max_token_bytes {
+        return Err(RequestError::HeaderTooLarge { header: label, limit: limits.max_token_bytes });
+    }
+    Ok(Some(String::from_utf8_lossy(first.as_bytes()).into_owned()))
+}
+
+/// `Authorization: Bearer x`. Other schemes are not a bearer credential.
+fn bearer(headers: &HeaderMap, limits: &RequestLimits) -> Result<Option<Credential>, RequestError> {
+    let Some(value) = single_header(headers, "authorization", "Authorization", limits)? else {
+        return Ok(None);
+    };
+    let (scheme, rest) = value.split_once(' ').unwrap_or((&value, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Ok(None);
+    }
+    Ok(Some(Credential { value: rest.trim_matches(' ').to_owned(), source: CredentialSource::Header }))
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3)?;
+                let hex = std::str::from_utf8(hex).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 fn short_header(headers: &HeaderMap, name: &'static str, max: usize) -> Option<String> {

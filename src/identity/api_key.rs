@@ -1,0 +1,174 @@
+//! API keys and shared-secret service tokens: named, stored as SHA-256 digests, compared in
+//! constant time, revocable at run time.
+//!
+//! The presented key is hashed first, so the comparison always runs over 32 bytes whatever
+//! its length, and every stored digest is compared (no early exit on a match, a length or a
+//! prefix). Only digests are kept in memory.
+//!
+//! ```
+//! use ztgate::identity::ApiKeys;
+//!
+//! let keys = ApiKeys::parse("deploy:0123456789abcdef0123,backup:fedcba9876543210fedc").unwrap();
+//! assert_eq!(keys.verify("0123456789abcdef0123").as_deref(), Some("deploy"));
+//! assert_eq!(keys.verify("0123456789abcdef012"), None); // a prefix is not a key
+//! assert!(keys.revoke("deploy"));
+//! assert_eq!(keys.verify("0123456789abcdef0123"), None);
+//! ```
+
+use std::fmt;
+use std::sync::RwLock;
+
+use sha2::{Digest, Sha256};
+use subtle::{ConditionallySelectable, ConstantTimeEq};
+
+use crate::error::ConfigError;
+use crate::secrets::Secret;
+
+/// Shortest key accepted: 16 bytes (e.g. 128 bits of hex-encoded randomness, 32 characters,
+/// is the recommended size; 16 is the floor).
+pub const MIN_KEY_BYTES: usize = 16;
+/// Longest key accepted when presented; longer inputs are refused before hashing.
+pub const MAX_KEY_BYTES: usize = 512;
+
+struct StoredKey {
+    name: String,
+    digest: [u8; 32],
+}
+
+/// A revocable set of named API keys.
+#[derive(Default)]
+pub struct ApiKeys {
+    keys: RwLock<Vec<StoredKey>>,
+}
+
+impl fmt::Debug for ApiKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
+        f.debug_struct("ApiKeys")
+            .field("names", &keys.iter().map(|k| k.name.as_str()).collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl ApiKeys {
+    /// An empty set (admits nobody).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Parses `name:secret,name:secret` (the `ZTGATE_API_KEYS` format). Names are
+    /// `[A-Za-z0-9_.-]{1,64}`; secrets at least [`MIN_KEY_BYTES`] long.
+    pub fn parse(spec: &str) -> Result<Self, ConfigError> {
+        let keys = Self::new();
+        for entry in spec.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let (name, secret) = entry
+                .split_once(':')
+                .ok_or_else(|| ConfigError::new("api_keys", "each entry must be name:secret"))?;
+            keys.insert(name.trim(), Secret::from(secret.trim()))?;
+        }
+        Ok(keys)
+    }
+
+    /// Adds (or replaces) the key called `name`.
+    pub fn insert(&self, name: &str, key: Secret) -> Result<(), ConfigError> {
+        if name.is_empty()
+            || name.len() > 64
+            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        {
+            return Err(ConfigError::new(
+                "api_keys",
+                format!("{name:?} is not a valid key name ([A-Za-z0-9_.-]{{1,64}})"),
+            ));
+        }
+        if key.len() < MIN_KEY_BYTES || key.len() > MAX_KEY_BYTES {
+            return Err(ConfigError::new(
+                "api_keys",
+                format!("the key named {name:?} must be {MIN_KEY_BYTES} to {MAX_KEY_BYTES} bytes long"),
+            ));
+        }
+        let digest: [u8; 32] = Sha256::digest(key.expose()).into();
+        let mut keys = self.keys.write().unwrap_or_else(|p| p.into_inner());
+        if keys.iter().any(|k| k.name != name && bool::from(k.digest.ct_eq(&digest))) {
+            return Err(ConfigError::new(
+                "api_keys",
+                format!("the key named {name:?} duplicates another key"),
+            ));
+        }
+        keys.retain(|k| k.name != name);
+        keys.push(StoredKey { name: name.to_owned(), digest });
+        Ok(())
+    }
+
+    /// Revokes the key called `name`; returns whether it existed. Takes effect for the next
+    /// request.
+    pub fn revoke(&self, name: &str) -> bool {
+        let mut keys = self.keys.write().unwrap_or_else(|p| p.into_inner());
+        let before = keys.len();
+        keys.retain(|k| k.name != name);
+        keys.len() != before
+    }
+
+    /// Names of the configured keys.
+    pub fn names(&self) -> Vec<String> {
+        self.keys.read().unwrap_or_else(|p| p.into_inner()).iter().map(|k| k.name.clone()).collect()
+    }
+
+    /// The name of the key equal to `presented`, if any. Constant-time in the key contents.
+    pub fn verify(&self, presented: &str) -> Option<String> {
+        if presented.is_empty() || presented.len() > MAX_KEY_BYTES {
+            return None;
+        }
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
+        let mut found = subtle::Choice::from(0);
+        let mut index = 0u64;
+        for (i, key) in keys.iter().enumerate() {
+            let matches = key.digest.ct_eq(&digest);
+            index.conditional_assign(&(i as u64), matches);
+            found |= matches;
+        }
+        bool::from(found).then(|| keys[index as usize].name.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_with_an_extra_character_or_only_a_prefix_are_refused() {
+        let keys = ApiKeys::parse("ops:abcdefghijklmnopqrstuvwxyz012345").unwrap();
+        assert_eq!(keys.verify("abcdefghijklmnopqrstuvwxyz012345").as_deref(), Some("ops"));
+        assert_eq!(keys.verify("abcdefghijklmnopqrstuvwxyz0123456"), None);
+        assert_eq!(keys.verify("abcdefghijklmnopqrstuvwxyz01234"), None);
+        assert_eq!(keys.verify("Abcdefghijklmnopqrstuvwxyz012345"), None);
+        assert_eq!(keys.verify(""), None);
+        assert_eq!(keys.verify(&"a".repeat(MAX_KEY_BYTES + 1)), None);
+    }
+
+    #[test]
+    fn bad_specs_are_refused_without_echoing_secrets() {
+        for spec in
+            ["nocolon", "name:short", ":abcdefghijklmnopqrstuvwxyz", "bad name:abcdefghijklmnopqrstuvwxyz"]
+        {
+            let err = ApiKeys::parse(spec).unwrap_err();
+            assert_eq!(err.setting(), "api_keys");
+            assert!(!err.to_string().contains("abcdefghijklmnop"), "{err}");
+        }
+        let err = ApiKeys::parse("a:abcdefghijklmnopqrstuvwxyz,b:abcdefghijklmnopqrstuvwxyz").unwrap_err();
+        assert!(err.to_string().contains("duplicates"));
+    }
+
+    #[test]
+    fn revocation_and_rotation_take_effect_immediately() {
+        let keys = ApiKeys::parse("a:aaaaaaaaaaaaaaaaaaaa,b:bbbbbbbbbbbbbbbbbbbb").unwrap();
+        assert!(keys.revoke("a"));
+        assert!(!keys.revoke("a"));
+        assert_eq!(keys.verify("aaaaaaaaaaaaaaaaaaaa"), None);
+        assert_eq!(keys.verify("bbbbbbbbbbbbbbbbbbbb").as_deref(), Some("b"));
+        keys.insert("b", Secret::from("cccccccccccccccccccc")).unwrap();
+        assert_eq!(keys.verify("bbbbbbbbbbbbbbbbbbbb"), None);
+        assert_eq!(keys.verify("cccccccccccccccccccc").as_deref(), Some("b"));
+        assert!(!format!("{keys:?}").contains("cccc"));
+    }
+}

@@ -1,0 +1,235 @@
+//! Per-route policies with deny by default.
+//!
+//! [`RoutePolicies`] is one layer for a whole router: each rule pairs a method and a path
+//! pattern with a [`Requirement`]; the first matching rule decides, and a request that matches
+//! no rule is refused with 403 `no_policy`. A route someone forgot to declare is therefore
+//! closed, not open.
+//!
+//! Patterns: literal segments, `{name}` for exactly one non-empty segment, and a final
+//! `{*rest}` for any remainder. Matching is on the raw path, segment by segment, with no
+//! normalization: a path the patterns do not recognise (`//`, `%2F`, a trailing `/`) matches
+//! nothing and is denied.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use ztgate::identity::{ApiKeyAuth, ApiKeys, Requirement};
+//! use ztgate::RoutePolicies;
+//!
+//! let keys = Arc::new(ApiKeys::parse("ops:0123456789abcdef0123").unwrap());
+//! let policies = RoutePolicies::new()
+//!     .route("GET", "/healthz", Requirement::public())
+//!     .unwrap()
+//!     .route("*", "/ops/{*rest}", Requirement::mechanism(ApiKeyAuth::new(keys)))
+//!     .unwrap();
+//! // router.layer(policies): everything else answers 403 no_policy.
+//! # let _ = policies;
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+
+use http::Method;
+
+use crate::error::ConfigError;
+use crate::gate::Gate;
+use crate::identity::Requirement;
+use crate::layer::SelectGate;
+use crate::principal::NoClaims;
+use crate::request::RequestLimits;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    One,
+    Rest,
+}
+
+struct Rule<C> {
+    method: Option<Method>,
+    pattern: Vec<Segment>,
+    source: String,
+    gate: Gate<C>,
+}
+
+/// Method + path → requirement, first match wins, no match → 403. Cheap to clone.
+pub struct RoutePolicies<C = NoClaims> {
+    rules: Arc<Vec<Rule<C>>>,
+    limits: RequestLimits,
+}
+
+impl<C> Clone for RoutePolicies<C> {
+    fn clone(&self) -> Self {
+        Self { rules: self.rules.clone(), limits: self.limits.clone() }
+    }
+}
+
+impl<C: 'static> fmt::Debug for RoutePolicies<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut list = f.debug_list();
+        for rule in self.rules.iter() {
+            let method = rule.method.as_ref().map_or("*", Method::as_str);
+            list.entry(&format_args!("{method} {} => {:?}", rule.source, rule.gate.requirement()));
+        }
+        list.finish()
+    }
+}
+
+impl RoutePolicies<NoClaims> {
+    /// No rules: denies everything until routes are declared.
+    pub fn new() -> Self {
+        Self::with_limits(RequestLimits::default())
+    }
+}
+
+impl Default for RoutePolicies<NoClaims> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<C: Send + Sync + 'static> RoutePolicies<C> {
+    /// No rules, with explicit request limits (shared by every rule's gate).
+    pub fn with_limits(limits: RequestLimits) -> Self {
+        Self { rules: Arc::new(Vec::new()), limits }
+    }
+
+    /// Declares `requirement` for `method` (`"GET"`, ..., or `"*"` for any) on `pattern`.
+    pub fn route(
+        mut self,
+        method: &str,
+        pattern: &str,
+        requirement: Requirement<C>,
+    ) -> Result<Self, ConfigError> {
+        let method = match method {
+            "*" => None,
+            m => Some(
+                Method::from_bytes(m.as_bytes())
+                    .map_err(|_| ConfigError::new("routes", format!("{m:?} is not a method")))?,
+            ),
+        };
+        let parsed = parse_pattern(pattern)?;
+        let rule = Rule {
+            method,
+            pattern: parsed,
+            source: pattern.to_owned(),
+            gate: Gate::with_limits(requirement, self.limits.clone()),
+        };
+        match Arc::get_mut(&mut self.rules) {
+            Some(rules) => rules.push(rule),
+            None => {
+                let mut rules: Vec<Rule<C>> = self.rules.iter().map(Rule::clone_rule).collect();
+                rules.push(rule);
+                self.rules = Arc::new(rules);
+            }
+        }
+        Ok(self)
+    }
+}
+
+impl<C> Rule<C> {
+    fn clone_rule(&self) -> Self {
+        Self {
+            method: self.method.clone(),
+            pattern: self.pattern.clone(),
+            source: self.source.clone(),
+            gate: self.gate.clone(),
+        }
+    }
+
+    fn matches(&self, method: &Method, path: &str) -> bool {
+        if self.method.as_ref().is_some_and(|m| m != method) {
+            return false;
+        }
+        let Some(rest) = path.strip_prefix('/') else { return false };
+        let mut segments = rest.split('/');
+        for want in &self.pattern {
+            match want {
+                // Like axum's `{*rest}`: `/admin/{*rest}` covers `/admin/...` but not `/admin`.
+                Segment::Rest => return segments.next().is_some(),
+                Segment::One => match segments.next() {
+                    Some(s) if !s.is_empty() => {}
+                    _ => return false,
+                },
+                Segment::Literal(lit) => match segments.next() {
+                    Some(s) if s == lit => {}
+                    _ => return false,
+                },
+            }
+        }
+        segments.next().is_none()
+    }
+}
+
+fn parse_pattern(pattern: &str) -> Result<Vec<Segment>, ConfigError> {
+    let bad = |why: &str| ConfigError::new("routes", format!("pattern {pattern:?}: {why}"));
+    let rest = pattern.strip_prefix('/').ok_or_else(|| bad("must start with /"))?;
+    let parts: Vec<&str> = rest.split('/').collect();
+    let mut out = Vec::with_capacity(parts.len());
+    for (i, part) in parts.iter().enumerate() {
+        let segment = if part.starts_with("{*") && part.ends_with('}') {
+            if i != parts.len() - 1 {
+                return Err(bad("{*rest} must be last"));
+            }
+            Segment::Rest
+        } else if part.starts_with('{') && part.ends_with('}') && part.len() > 2 {
+            Segment::One
+        } else if part.contains(['{', '}', '*']) {
+            return Err(bad("braces only around a whole segment"));
+        } else {
+            Segment::Literal((*part).to_owned())
+        };
+        out.push(segment);
+    }
+    Ok(out)
+}
+
+impl<C: Send + Sync + 'static> SelectGate for RoutePolicies<C> {
+    type Claims = C;
+
+    fn select(&self, method: &Method, path: &str) -> Option<&Gate<C>> {
+        self.rules.iter().find(|r| r.matches(method, path)).map(|r| &r.gate)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policies() -> RoutePolicies {
+        RoutePolicies::new()
+            .route("GET", "/healthz", Requirement::public())
+            .unwrap()
+            .route("DELETE", "/admin/notes/{id}", Requirement::any_of([]))
+            .unwrap()
+            .route("*", "/admin/{*rest}", Requirement::all_of([]))
+            .unwrap()
+    }
+
+    fn which(method: &str, path: &str) -> Option<String> {
+        let p = policies();
+        let m = Method::from_bytes(method.as_bytes()).unwrap();
+        p.select(&m, path).map(|g| format!("{:?}", g.requirement()))
+    }
+
+    #[test]
+    fn first_match_wins_and_unmatched_is_none() {
+        assert_eq!(which("GET", "/healthz").as_deref(), Some("public"));
+        assert_eq!(which("POST", "/healthz"), None);
+        assert_eq!(which("GET", "/healthz/"), None);
+        assert_eq!(which("GET", "//healthz"), None);
+        assert_eq!(which("DELETE", "/admin/notes/7").as_deref(), Some("any_of([])"));
+        assert_eq!(which("DELETE", "/admin/notes/").as_deref(), Some("all_of([])"));
+        assert_eq!(which("GET", "/admin").as_deref(), None);
+        assert_eq!(which("GET", "/admin/").as_deref(), Some("all_of([])"));
+        assert_eq!(which("GET", "/admin/x/y").as_deref(), Some("all_of([])"));
+        assert_eq!(which("GET", "/other"), None);
+    }
+
+    #[test]
+    fn bad_patterns_are_config_errors() {
+        for bad in ["healthz", "/a/{*rest}/b", "/a{id}", "/a/*"] {
+            assert!(RoutePolicies::new().route("GET", bad, Requirement::public()).is_err(), "{bad}");
+        }
+        assert!(RoutePolicies::new().route("GE T", "/x", Requirement::public()).is_err());
+    }
+}

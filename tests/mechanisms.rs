@@ -1,0 +1,277 @@
+//! API keys, mTLS flags, public routes, any-of/all-of composition and secret sources.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::*;
+use ztgate::clock::FixedClock;
+use ztgate::dev::user_claims;
+use ztgate::identity::{AccessJwt, ApiKeyAuth, ApiKeys, ClientCertAuth, Requirement};
+use ztgate::request::RequestLimits;
+use ztgate::secrets::{CachedSecret, EnvSecret, PerRequest, SecretFuture, SecretSource, StaticSecret};
+use ztgate::{AccessConfig, Gate, Principal, Rejection, Secret};
+
+const DEPLOY_KEY: &str = "deploy-0123456789abcdef0123456789";
+const BACKUP_KEY: &str = "backup-fedcba9876543210fedcba9876";
+
+fn keys() -> Arc<ApiKeys> {
+    Arc::new(ApiKeys::parse(&format!("deploy:{DEPLOY_KEY},backup:{BACKUP_KEY}")).unwrap())
+}
+
+fn req(headers: &[(&str, &str)]) -> http::Request<String> {
+    let mut b = http::Request::builder().uri("/ops/stats");
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(String::new()).unwrap()
+}
+
+async fn check(gate: &Gate, headers: &[(&str, &str)]) -> Result<Principal, Rejection> {
+    gate.check(&req(headers)).await.map(|v| v.into_inner())
+}
+
+fn api_key_gate(keys: Arc<ApiKeys>) -> Gate {
+    Gate::new(Requirement::mechanism(ApiKeyAuth::new(keys)))
+}
+
+#[tokio::test]
+async fn api_key_from_header_or_bearer_proves_its_name() {
+    let gate = api_key_gate(keys());
+    let by_header = check(&gate, &[("x-api-key", DEPLOY_KEY)]).await.unwrap();
+    assert_eq!(by_header.id(), "api_key:deploy");
+    let by_bearer = check(&gate, &[("authorization", &format!("Bearer {BACKUP_KEY}"))]).await.unwrap();
+    assert_eq!(by_bearer.id(), "api_key:backup");
+    let lower = check(&gate, &[("authorization", &format!("bearer {BACKUP_KEY}"))]).await.unwrap();
+    assert_eq!(lower.id(), "api_key:backup");
+}
+
+#[tokio::test]
+async fn api_key_with_an_extra_character_or_only_a_prefix_is_refused() {
+    let gate = api_key_gate(keys());
+    for bad in [format!("{DEPLOY_KEY}x"), DEPLOY_KEY[..DEPLOY_KEY.len() - 1].to_owned(), "deploy".to_owned()]
+    {
+        let err = check(&gate, &[("x-api-key", &bad)]).await.unwrap_err();
+        assert_eq!(err.code(), "invalid_credential", "{bad}");
+        assert_eq!(err.to_response::<String>().status(), 401);
+        assert!(err.to_response::<String>().headers().contains_key("www-authenticate"));
+    }
+    assert_eq!(check(&gate, &[]).await.unwrap_err(), Rejection::MissingCredential);
+}
+
+#[tokio::test]
+async fn conflicting_api_key_headers_are_ambiguous() {
+    let gate = api_key_gate(keys());
+    let err = check(&gate, &[("x-api-key", DEPLOY_KEY), ("authorization", &format!("Bearer {BACKUP_KEY}"))])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "ambiguous_credential");
+}
+
+#[tokio::test]
+async fn revoked_api_key_is_refused_at_once() {
+    let keys = keys();
+    let gate = api_key_gate(keys.clone());
+    assert!(check(&gate, &[("x-api-key", DEPLOY_KEY)]).await.is_ok());
+    assert!(keys.revoke("deploy"));
+    assert_eq!(check(&gate, &[("x-api-key", DEPLOY_KEY)]).await.unwrap_err().code(), "invalid_credential");
+    assert!(check(&gate, &[("x-api-key", BACKUP_KEY)]).await.is_ok());
+}
+
+#[tokio::test]
+async fn api_key_restricted_route_refuses_other_valid_keys_with_403() {
+    let gate = Gate::new(Requirement::mechanism(ApiKeyAuth::new(keys()).only(["backup"])));
+    assert_eq!(check(&gate, &[("x-api-key", DEPLOY_KEY)]).await.unwrap_err(), Rejection::Forbidden);
+    assert!(check(&gate, &[("x-api-key", BACKUP_KEY)]).await.is_ok());
+}
+
+fn trusted_limits() -> RequestLimits {
+    RequestLimits { trust_client_cert_headers: true, ..RequestLimits::default() }
+}
+
+const FP: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+fn cert_headers<'a>(verified: &'a str, revoked: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("cf-cert-presented", "true"),
+        ("cf-cert-verified", verified),
+        ("cf-cert-revoked", revoked),
+        ("cf-cert-fingerprint-sha256", FP),
+        ("cf-cert-subject-dn", "CN=backup-agent,O=Acme"),
+        ("cf-cert-issuer-dn", "CN=Acme Client CA"),
+    ]
+}
+
+#[tokio::test]
+async fn verified_unrevoked_client_cert_is_admitted() {
+    let gate = Gate::with_limits(Requirement::mechanism(ClientCertAuth::new()), trusted_limits());
+    for (verified, revoked) in [("true", "false"), ("SUCCESS", "0"), ("1", "false")] {
+        let p = check(&gate, &cert_headers(verified, revoked)).await.unwrap();
+        assert_eq!(p.id(), format!("cert:{FP}"));
+    }
+}
+
+#[tokio::test]
+async fn revoked_unverified_or_unknown_client_certs_are_refused() {
+    let gate = Gate::with_limits(Requirement::mechanism(ClientCertAuth::new()), trusted_limits());
+    for (verified, revoked) in [
+        ("true", "true"),
+        ("false", "false"),
+        ("FAILED:unable to get local issuer certificate", "false"),
+        ("yes", "false"),
+        ("true", "unknown"),
+    ] {
+        let err = check(&gate, &cert_headers(verified, revoked)).await.unwrap_err();
+        assert_eq!(err.code(), "invalid_credential", "{verified}/{revoked}");
+    }
+}
+
+#[tokio::test]
+async fn spoofed_cert_headers_on_an_untrusted_hop_prove_nothing() {
+    let gate = Gate::new(Requirement::mechanism(ClientCertAuth::new()));
+    let err = check(&gate, &cert_headers("SUCCESS", "0")).await.unwrap_err();
+    assert_eq!(err, Rejection::MissingCredential);
+}
+
+#[tokio::test]
+async fn client_cert_pins_by_fingerprint_or_subject() {
+    let other = ClientCertAuth::new().pin_fingerprints(["00".repeat(32)]);
+    let gate = Gate::with_limits(Requirement::mechanism(other), trusted_limits());
+    assert_eq!(check(&gate, &cert_headers("SUCCESS", "0")).await.unwrap_err(), Rejection::Forbidden);
+    let by_fp = ClientCertAuth::new().pin_fingerprints([FP.to_uppercase()]);
+    let gate = Gate::with_limits(Requirement::mechanism(by_fp), trusted_limits());
+    assert!(check(&gate, &cert_headers("SUCCESS", "0")).await.is_ok());
+    let by_dn = ClientCertAuth::new().pin_subject_dns(["CN=backup-agent,O=Acme"]);
+    let gate = Gate::with_limits(Requirement::mechanism(by_dn), trusted_limits());
+    assert!(check(&gate, &cert_headers("SUCCESS", "0")).await.is_ok());
+}
+
+#[tokio::test]
+async fn public_is_explicit_and_proves_anonymous() {
+    let verified = Gate::public().check(&req(&[])).await.unwrap();
+    assert_eq!(verified.principal(), &Principal::Anonymous);
+    assert!(verified.proved_by("public"));
+}
+
+async fn access_mechanism(url: &str, clock: Arc<FixedClock>) -> AccessJwt {
+    Gate::builder(AccessConfig::new(TEAM, [AUD]).unwrap())
+        .certs_url(url)
+        .clock(clock)
+        .policy(policy())
+        .build_mechanism()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn any_of_lets_the_present_credential_decide_and_never_falls_through() {
+    let key = key("k1");
+    let server = JwksServer::start(&[&key]).await;
+    let gate = Gate::new(Requirement::any_of([
+        Requirement::mechanism(access_mechanism(&server.url(), clock()).await),
+        Requirement::mechanism(ApiKeyAuth::new(keys())),
+    ]));
+    let token = key.sign(&user_claims(TEAM, AUD, "alice@acme.com", NOW, 60));
+    assert_eq!(
+        check(&gate, &[("cf-access-jwt-assertion", &token)]).await.unwrap().id(),
+        "user:alice@acme.com"
+    );
+    assert_eq!(check(&gate, &[("x-api-key", DEPLOY_KEY)]).await.unwrap().id(), "api_key:deploy");
+    // A bad Access token next to a valid API key: the bad credential denies.
+    let err =
+        check(&gate, &[("cf-access-jwt-assertion", "garbage"), ("x-api-key", DEPLOY_KEY)]).await.unwrap_err();
+    assert_eq!(err.code(), "invalid_token");
+    // A forbidden user next to a valid API key: still denied.
+    let mallory = key.sign(&user_claims(TEAM, AUD, "mallory@acme.com", NOW, 60));
+    let err =
+        check(&gate, &[("cf-access-jwt-assertion", &mallory), ("x-api-key", DEPLOY_KEY)]).await.unwrap_err();
+    assert_eq!(err, Rejection::Forbidden);
+    assert_eq!(check(&gate, &[]).await.unwrap_err(), Rejection::MissingCredential);
+}
+
+#[tokio::test]
+async fn all_of_needs_every_credential() {
+    let key = key("k1");
+    let server = JwksServer::start(&[&key]).await;
+    let gate = Gate::new(Requirement::all_of([
+        Requirement::mechanism(access_mechanism(&server.url(), clock()).await),
+        Requirement::mechanism(ApiKeyAuth::new(keys())),
+    ]));
+    let token = key.sign(&user_claims(TEAM, AUD, "alice@acme.com", NOW, 60));
+    let both =
+        gate.check(&req(&[("cf-access-jwt-assertion", &token), ("x-api-key", DEPLOY_KEY)])).await.unwrap();
+    assert_eq!(both.id(), "user:alice@acme.com");
+    assert!(both.proved_by("access_jwt") && both.proved_by("api_key"));
+    assert_eq!(both.proofs()[1].principal_id, "api_key:deploy");
+    assert_eq!(
+        check(&gate, &[("cf-access-jwt-assertion", &token)]).await.unwrap_err(),
+        Rejection::MissingCredential
+    );
+    assert_eq!(check(&gate, &[("x-api-key", DEPLOY_KEY)]).await.unwrap_err(), Rejection::MissingCredential);
+    let err =
+        check(&gate, &[("cf-access-jwt-assertion", &token), ("x-api-key", "wrong-wrong-wrong-wrong")]).await;
+    assert_eq!(err.unwrap_err().code(), "invalid_credential");
+    let mallory = key.sign(&user_claims(TEAM, AUD, "mallory@acme.com", NOW, 60));
+    let err = check(&gate, &[("cf-access-jwt-assertion", &mallory), ("x-api-key", DEPLOY_KEY)]).await;
+    assert_eq!(err.unwrap_err(), Rejection::Forbidden);
+}
+
+#[tokio::test]
+async fn empty_combinations_prove_nobody() {
+    for requirement in [Requirement::any_of([]), Requirement::all_of([])] {
+        let gate = Gate::new(requirement);
+        assert_eq!(
+            check(&gate, &[("x-api-key", DEPLOY_KEY)]).await.unwrap_err(),
+            Rejection::MissingCredential
+        );
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counting {
+    reads: AtomicUsize,
+    value: std::sync::Mutex<String>,
+}
+
+impl SecretSource for Counting {
+    fn get(&self) -> SecretFuture<'_> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        let value = Secret::from(self.value.lock().unwrap().clone());
+        Box::pin(async move { Ok(value) })
+    }
+}
+
+#[tokio::test]
+async fn secret_is_read_at_most_once_per_request() {
+    let source = Arc::new(Counting::default());
+    *source.value.lock().unwrap() = "s1".into();
+    let per_request = PerRequest::new(&source);
+    for _ in 0..5 {
+        assert_eq!(per_request.get().await.unwrap(), Secret::from("s1"));
+    }
+    assert_eq!(source.reads.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn rotated_secret_takes_effect_after_the_cache_ttl_without_restart() {
+    let source = Arc::new(Counting::default());
+    *source.value.lock().unwrap() = "old".into();
+    let clock = clock();
+    let cached = CachedSecret::new(source.clone(), Duration::from_secs(60), clock.clone());
+    assert_eq!(cached.get().await.unwrap(), Secret::from("old"));
+    *source.value.lock().unwrap() = "new".into();
+    clock.advance(Duration::from_secs(59));
+    assert_eq!(cached.get().await.unwrap(), Secret::from("old"));
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(cached.get().await.unwrap(), Secret::from("new"));
+    assert_eq!(source.reads.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn static_and_env_sources() {
+    assert_eq!(StaticSecret::new("abc").get().await.unwrap(), Secret::from("abc"));
+    let missing = EnvSecret::new("ZTGATE_TEST_SECRET_THAT_IS_NEVER_SET").get().await.unwrap_err();
+    assert!(missing.to_string().contains("ZTGATE_TEST_SECRET_THAT_IS_NEVER_SET"));
+    assert!(format!("{:?}", StaticSecret::new("hunter2")).contains("redacted"));
+}
