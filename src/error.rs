@@ -21,7 +21,8 @@ impl ConfigError {
     }
 
     /// The setting at fault: one of `team_domain`, `audiences`, `leeway`, `certs_url`,
-    /// `policy`, `fetcher`. These names are stable, so a program can map them to its own
+    /// `policy`, `fetcher`, `api_keys`, `hmac_keys`, `webhook_secret`, `webhook_tolerance`,
+    /// `routes`. These names are stable, so a program can map them to its own
     /// configuration keys (the admin server maps `team_domain` to `ZTGATE_TEAM_DOMAIN`).
     pub fn setting(&self) -> &'static str {
         self.setting
@@ -119,7 +120,7 @@ impl fmt::Display for Rejection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Request(e) => e.fmt(f),
-            Self::MissingCredential => f.write_str("no credential: this endpoint requires Cloudflare Access"),
+            Self::MissingCredential => f.write_str("no credential: this endpoint requires authentication"),
             Self::InvalidToken(e) => e.fmt(f),
             Self::InvalidCredential { mechanism, reason } => {
                 write!(f, "invalid {mechanism} credential: {reason}")

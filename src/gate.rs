@@ -109,19 +109,25 @@ impl<C> Gate<C> {
 }
 
 impl<C: Send + Sync + 'static> Gate<C> {
-    /// A gate enforcing `requirement` with default request limits.
-    pub fn new(requirement: Requirement<C>) -> Self {
-        Self::with_limits(requirement, RequestLimits::default())
-    }
-
-    /// A gate enforcing `requirement` with explicit request limits (e.g. to trust Cloudflare's
-    /// client-certificate headers).
-    pub fn with_limits(requirement: Requirement<C>, limits: RequestLimits) -> Self {
+    /// A gate whose principals carry custom claims `C` (see [`GateBuilder::custom_claims`]).
+    /// With the default claims type, use [`Gate::new`] or [`Gate::with_limits`].
+    pub fn with_claims(requirement: Requirement<C>, limits: RequestLimits) -> Self {
         Self { inner: Arc::new(GateInner { requirement, limits }) }
     }
 }
 
 impl Gate<NoClaims> {
+    /// A gate enforcing `requirement` with default request limits.
+    pub fn new(requirement: Requirement) -> Self {
+        Self::with_claims(requirement, RequestLimits::default())
+    }
+
+    /// A gate enforcing `requirement` with explicit request limits (e.g. to trust Cloudflare's
+    /// client-certificate headers).
+    pub fn with_limits(requirement: Requirement, limits: RequestLimits) -> Self {
+        Self::with_claims(requirement, limits)
+    }
+
     /// A gate that admits everyone as [`Principal::Anonymous`]: public routes, declared.
     pub fn public() -> Self {
         Self::new(Requirement::Public)
@@ -209,7 +215,7 @@ impl<C: DeserializeOwned + Send + Sync + 'static> GateBuilder<C> {
     pub fn build(self) -> Result<Gate<C>, ConfigError> {
         let limits = self.limits.clone();
         let access = self.build_mechanism()?;
-        Ok(Gate::with_limits(Requirement::mechanism(access), limits))
+        Ok(Gate::with_claims(Requirement::mechanism(access), limits))
     }
 
     /// Builds only the Access mechanism, to combine with others in a [`Requirement`]

@@ -51,7 +51,7 @@
 //! | `aws_lc_rs` | yes | RS256 through aws-lc (≈10× faster than `rust_crypto`) |
 //! | `rust_crypto` | no | RS256 in pure Rust (pick instead of `aws_lc_rs`) |
 //! | `axum` | no | the `Verified<Principal>` extractor, `IntoResponse` for [`Rejection`] |
-//! | `dev` | no | [`dev`]: a local issuer for dev mode and tests |
+//! | `dev` | no | `ztgate::dev`: a local issuer for dev mode and tests |
 //! | `jwt_simple` | no | RS256 signatures checked by jwt-simple (pure Rust), not jsonwebtoken |
 
 #![forbid(unsafe_code)]
@@ -90,6 +90,9 @@ pub struct ReadmeDoctests;
 pub use gate::{Gate, GateBuilder};
 pub use identity::{AccessConfig, Policy};
 pub use layer::{IdentityService, ResponseFuture, SelectGate};
-pub use principal::{AccessUser, NoClaims, Principal, ServiceToken, Verified};
+pub use principal::{
+    AccessUser, ApiKeyPrincipal, ClientCertPrincipal, NoClaims, Principal, Proof, ServiceToken,
+    SignedTokenPrincipal, Verified,
+};
 pub use routes::RoutePolicies;
 pub use secrets::Secret;

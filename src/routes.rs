@@ -112,7 +112,7 @@ impl<C: Send + Sync + 'static> RoutePolicies<C> {
             method,
             pattern: parsed,
             source: pattern.to_owned(),
-            gate: Gate::with_limits(requirement, self.limits.clone()),
+            gate: Gate::with_claims(requirement, self.limits.clone()),
         };
         match Arc::get_mut(&mut self.rules) {
             Some(rules) => rules.push(rule),

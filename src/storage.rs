@@ -26,7 +26,8 @@ pub struct Actor {
 }
 
 impl Actor {
-    /// `user:<email>` or `service:<common_name>`.
+    /// The principal's [`Principal::id`]: `user:<email>`, `service:<common_name>`,
+    /// `api_key:<name>`, `signed:<purpose>:<subject>`, `cert:<fingerprint>`, `anonymous`.
     pub fn id(&self) -> &str {
         &self.id
     }

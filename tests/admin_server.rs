@@ -16,16 +16,20 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
 use common::{AUD, JwksServer, TEAM};
+use hmac::{Hmac, Mac};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use ztgate::dev::{DevKey, service_claims, user_claims};
+use ztgate::identity::hmac_token::KeyRing;
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 const ADMIN: &str = "alice@acme.com";
 const SERVICE: &str = "ci.access";
-const VARS: [&str; 8] = [
+const VARS: [&str; 12] = [
     "ZTGATE_LISTEN",
     "ZTGATE_TEAM_DOMAIN",
     "ZTGATE_CERTS_URL",
@@ -33,8 +37,21 @@ const VARS: [&str; 8] = [
     "ZTGATE_ADMIN_EMAILS",
     "ZTGATE_SERVICE_TOKENS",
     "ZTGATE_DB",
+    "ZTGATE_API_KEYS",
+    "ZTGATE_HMAC_KEYS",
+    "ZTGATE_WEBHOOK_SECRET",
+    "ZTGATE_TRUST_CERT_HEADERS",
     "RUST_LOG",
 ];
+/// The API keys production mode is given (`ZTGATE_API_KEYS`).
+const OPS_KEY: &str = "ops-key-0123456789abcdef0123456789abcdef";
+const BACKUP_KEY: &str = "backup-key-fedcba9876543210fedcba98765432";
+/// HMAC keys for unsubscribe links (`ZTGATE_HMAC_KEYS`): k1 first, k2 for rotation.
+const HMAC_K1: &str = "k1-secret-0123456789abcdef0123456789abcdef";
+const HMAC_K2: &str = "k2-secret-fedcba9876543210fedcba9876543210";
+/// The Svix endpoint key; `ZTGATE_WEBHOOK_SECRET` is `whsec_` + its base64.
+const WEBHOOK_KEY: &[u8; 32] = b"svix-endpoint-key-for-the-tests!";
+const MIB: usize = 1024 * 1024;
 
 // ---------------------------------------------------------------------------------------------
 // Harness
@@ -246,33 +263,61 @@ fn service_token(common_name: &str) -> String {
     key().sign(&service_claims(TEAM, AUD, common_name, now(), 3600))
 }
 
-/// A production-mode server admitting ADMIN and SERVICE, its JWKS server and its database.
+/// A production-mode server admitting ADMIN and SERVICE, with API keys, HMAC keys and a
+/// webhook secret; its JWKS server, its database and its environment.
 struct Production {
     server: Server,
-    db: TempDb,
-    jwks: JwksServer,
+    /// Kept alive (and the file removed) for as long as the server runs.
+    _db: TempDb,
+    _jwks: JwksServer,
+    vars: Vec<(&'static str, String)>,
 }
 
 impl Production {
     async fn start() -> Self {
-        let jwks = JwksServer::start(&[key()]).await;
-        let db = TempDb::new();
-        let server = Server::start(&production_vars(&jwks, &db));
-        Self { server, db, jwks }
+        Self::start_with(&[]).await
     }
 
-    /// Stops the server and starts a new one on the same database.
+    /// Starts with `changes` applied to the default production environment (`None` unsets).
+    async fn start_with(changes: &[(&'static str, Option<&str>)]) -> Self {
+        let jwks = JwksServer::start(&[key()]).await;
+        let db = TempDb::new();
+        let mut vars = production_vars(&jwks, &db);
+        for (var, value) in changes {
+            vars = with(vars, var, *value);
+        }
+        let server = Server::start(&vars);
+        Self { server, _db: db, _jwks: jwks, vars }
+    }
+
+    /// Stops the server and starts a new one on the same database and environment.
     fn restart(&mut self) {
         // Kill and reap the old process before the new one opens the file.
         let _ = self.server.child.kill();
         let _ = self.server.child.wait();
-        self.server = Server::start(&production_vars(&self.jwks, &self.db));
+        self.server = Server::start(&self.vars);
+    }
+
+    /// Restarts with `var` changed (`None` unsets it).
+    fn restart_with(&mut self, var: &'static str, value: Option<&str>) {
+        self.vars = with(std::mem::take(&mut self.vars), var, value);
+        self.restart();
     }
 
     async fn get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
         let mut req = http().get(self.server.url(path));
         if let Some(token) = token {
             req = req.header("Cf-Access-Jwt-Assertion", token);
+        }
+        req.send().await.unwrap()
+    }
+
+    /// `method path` with `headers`, no body.
+    async fn call(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = http().request(method, self.server.url(path));
+        for (name, value) in headers {
+            req = req.header(*name, *value);
         }
         req.send().await.unwrap()
     }
@@ -285,10 +330,61 @@ impl Production {
         req.send().await.unwrap()
     }
 
+    async fn create_note(&self, text: &str) -> i64 {
+        let res = self.post_note(Some(&user_token(ADMIN)), &json!({ "text": text })).await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+        json_of(res).await["id"].as_i64().expect("numeric id")
+    }
+
     async fn notes(&self) -> Vec<Value> {
         let res = self.get("/admin/notes", Some(&user_token(ADMIN))).await;
         assert_eq!(res.status(), StatusCode::OK);
         res.json::<Vec<Value>>().await.unwrap()
+    }
+
+    async fn post_link_request(&self, token: &str, body: &Value) -> reqwest::Response {
+        let req = http().post(self.server.url("/admin/unsubscribe-links")).json(body);
+        req.header("Cf-Access-Jwt-Assertion", token).send().await.unwrap()
+    }
+
+    /// Mints an unsubscribe link token as ADMIN.
+    async fn mint_link(&self, email: &str, ttl_secs: u64) -> String {
+        let body = json!({ "email": email, "ttl_secs": ttl_secs });
+        let res = self.post_link_request(&user_token(ADMIN), &body).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        json_of(res).await["token"].as_str().expect("a token").to_owned()
+    }
+
+    async fn follow_link(&self, token: &str) -> reqwest::Response {
+        self.call("GET", &format!("/api/unsubscribe?token={token}"), &[]).await
+    }
+
+    /// Posts `body` as Svix delivery `id` signed at `timestamp`, with `signature` (default:
+    /// the correct one).
+    async fn post_webhook(
+        &self,
+        id: &str,
+        timestamp: u64,
+        body: &[u8],
+        signature: Option<String>,
+    ) -> reqwest::Response {
+        let signature = signature.unwrap_or_else(|| svix_signature(WEBHOOK_KEY, id, timestamp, body));
+        http()
+            .post(self.server.url("/webhooks/inbound"))
+            .header("content-type", "application/json")
+            .header("svix-id", id)
+            .header("svix-timestamp", timestamp.to_string())
+            .header("svix-signature", signature)
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn stats(&self) -> Value {
+        let res = self.call("GET", "/ops/stats", &[("X-Api-Key", OPS_KEY)]).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        json_of(res).await
     }
 }
 
@@ -301,6 +397,40 @@ fn production_vars(jwks: &JwksServer, db: &TempDb) -> Vec<(&'static str, String)
         ("ZTGATE_ADMIN_EMAILS", format!("{ADMIN}, bob@acme.com")),
         ("ZTGATE_SERVICE_TOKENS", SERVICE.into()),
         ("ZTGATE_DB", db.path()),
+        ("ZTGATE_API_KEYS", format!("ops:{OPS_KEY}, backup:{BACKUP_KEY}")),
+        ("ZTGATE_HMAC_KEYS", format!("k1:{HMAC_K1}")),
+        ("ZTGATE_WEBHOOK_SECRET", webhook_secret()),
+    ]
+}
+
+fn webhook_secret() -> String {
+    format!("whsec_{}", STANDARD.encode(WEBHOOK_KEY))
+}
+
+/// Svix's signature header value: `v1,` + base64 of HMAC-SHA256(key, "{id}.{timestamp}.{body}").
+fn svix_signature(key: &[u8], id: &str, timestamp: u64, body: &[u8]) -> String {
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
+    mac.update(format!("{id}.{timestamp}.").as_bytes());
+    mac.update(body);
+    format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
+}
+
+/// A fresh Svix message id, unique across tests and runs.
+fn msg_id(label: &str) -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos();
+    format!("msg_{label}_{}_{}_{nanos}", std::process::id(), N.fetch_add(1, Ordering::SeqCst))
+}
+
+/// Headers Cloudflare's "Add TLS client auth headers" transform sets for a verified cert.
+fn cert_headers(revoked: bool) -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("cf-cert-presented", "true"),
+        ("cf-cert-verified", "SUCCESS"),
+        ("cf-cert-revoked", if revoked { "1" } else { "0" }),
+        ("cf-cert-fingerprint-sha256", "ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12"),
+        ("cf-cert-subject-dn", "CN=deploy-bot,O=Acme"),
+        ("cf-cert-issuer-dn", "CN=Acme Client CA"),
     ]
 }
 
@@ -415,8 +545,35 @@ async fn unknown_admin_paths_need_identity_before_404() {
     assert_refused(res, StatusCode::UNAUTHORIZED, "missing_credential").await;
     let res = p.get("/admin/no-such-route", Some(&user_token(ADMIN))).await;
     assert_refused(res, StatusCode::NOT_FOUND, "not_found").await;
-    let res = p.get("/no-such-route", None).await;
-    assert_refused(res, StatusCode::NOT_FOUND, "not_found").await;
+    // A method no admin route has: still identity first, then a JSON 405.
+    let res = p.call("PUT", "/admin/notes", &[]).await;
+    assert_refused(res, StatusCode::UNAUTHORIZED, "missing_credential").await;
+    let admin = user_token(ADMIN);
+    let res = p.call("PUT", "/admin/notes", &[("Cf-Access-Jwt-Assertion", &admin)]).await;
+    assert_refused(res, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undeclared_routes_are_403_no_policy_whatever_the_credentials() {
+    let p = Production::start().await;
+    let admin = user_token(ADMIN);
+    for (method, path) in [
+        ("GET", "/secret-debug"),
+        ("GET", "/no-such-route"),
+        ("POST", "/healthz"),
+        ("GET", "/healthz/"),
+        ("GET", "//admin/whoami"),
+        ("GET", "/webhooks/inbound"),
+        ("POST", "/ops/stats"),
+        ("GET", "/cdn-cgi/access/certs"), // only declared in dev mode
+    ] {
+        for headers in [vec![], vec![("Cf-Access-Jwt-Assertion", admin.as_str()), ("X-Api-Key", OPS_KEY)]] {
+            let res = p.call(method, path, &headers).await;
+            assert_eq!(res.status(), StatusCode::FORBIDDEN, "{method} {path}");
+            assert_eq!(json_of(res).await["code"], "no_policy", "{method} {path}");
+        }
+    }
+    assert!(p.server.logs().contains("outcome=\"no_policy\""));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -612,4 +769,662 @@ fn unopenable_db_exits_2_naming_it() {
     let dir = TempDb::new().0.with_extension("missing-dir");
     let db = dir.join("notes.sqlite").to_str().unwrap().to_owned();
     assert_config_error(&[("ZTGATE_LISTEN", "127.0.0.1:0".into()), ("ZTGATE_DB", db)], "ZTGATE_DB");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dev mode: the API key
+
+#[tokio::test]
+async fn dev_mode_prints_an_api_key_curl_line_for_ops_stats() {
+    let db = TempDb::new();
+    let server = dev_server(&db);
+    let curl = server.stdout.iter().find(|l| l.contains("X-Api-Key")).expect("an API-key curl line");
+    let (_, rest) = curl.split_once("-H 'X-Api-Key: ").expect("the key header");
+    let (dev_key, url) = rest.split_once("' ").unwrap();
+    assert_eq!(url, server.url("/ops/stats"));
+    assert_eq!(dev_key.len(), 32, "{dev_key}");
+    assert!(dev_key.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()), "{dev_key}");
+
+    let res = http().get(url).header("X-Api-Key", dev_key).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(json_of(res).await["key"], "dev");
+    assert!(!server.logs().contains(dev_key), "the dev key was logged");
+
+    // A new key per start.
+    let again = dev_server(&db);
+    assert!(!again.stdout.iter().any(|l| l.contains(dev_key)), "the same dev key twice");
+}
+
+// ---------------------------------------------------------------------------------------------
+// DELETE /admin/notes/{id}: an Access admin AND an API key
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_with_access_and_api_key_is_204_and_the_note_is_gone() {
+    let p = Production::start().await;
+    let keep = p.create_note("keep me").await;
+    let doomed = p.create_note("delete me").await;
+    let admin = user_token(ADMIN);
+    let path = format!("/admin/notes/{doomed}");
+    let res = p.call("DELETE", &path, &[("Cf-Access-Jwt-Assertion", &admin), ("X-Api-Key", OPS_KEY)]).await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let notes = p.notes().await;
+    assert_eq!(notes.len(), 1);
+    assert_eq!(notes[0]["id"], keep);
+
+    // The deletion is recorded with the principal and both proofs.
+    let logs = p.server.logs();
+    let line = logs.lines().find(|l| l.contains("note_deleted")).expect("a deletion log line");
+    assert!(line.contains("layer=\"storage\""), "{line}");
+    assert!(line.contains(&format!("principal=user:{ADMIN}")), "{line}");
+    assert!(line.contains("access_jwt=") && line.contains("api_key=api_key:ops"), "{line}");
+
+    // `Authorization: Bearer` works as well as `X-Api-Key`; a second delete finds nothing.
+    let bearer = format!("Bearer {BACKUP_KEY}");
+    let res =
+        p.call("DELETE", &path, &[("Cf-Access-Jwt-Assertion", &admin), ("Authorization", &bearer)]).await;
+    assert_refused(res, StatusCode::NOT_FOUND, "not_found").await;
+    let res = p
+        .call("DELETE", "/admin/notes/seven", &[("Cf-Access-Jwt-Assertion", &admin), ("X-Api-Key", OPS_KEY)])
+        .await;
+    assert_refused(res, StatusCode::BAD_REQUEST, "invalid_id").await;
+}
+
+/// Deletes note `id` with `headers` and checks the refusal and that the note is still there.
+async fn assert_delete_refused(p: &Production, headers: &[(&str, &str)], status: StatusCode, code: &str) {
+    let id = p.create_note("must survive").await;
+    let res = p.call("DELETE", &format!("/admin/notes/{id}"), headers).await;
+    assert_refused(res, status, code).await;
+    assert!(p.notes().await.iter().any(|n| n["id"] == id), "note {id} was deleted");
+    assert!(!p.server.logs().contains("note_deleted"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_with_access_only_is_401_and_the_note_stays() {
+    let p = Production::start().await;
+    let admin = user_token(ADMIN);
+    let headers = [("Cf-Access-Jwt-Assertion", admin.as_str())];
+    assert_delete_refused(&p, &headers, StatusCode::UNAUTHORIZED, "missing_credential").await;
+    // A service token is an admin too, and still needs the key.
+    let service = service_token(SERVICE);
+    let headers = [("Cf-Access-Jwt-Assertion", service.as_str())];
+    assert_delete_refused(&p, &headers, StatusCode::UNAUTHORIZED, "missing_credential").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_with_api_key_only_is_401_and_the_note_stays() {
+    let p = Production::start().await;
+    assert_delete_refused(&p, &[("X-Api-Key", OPS_KEY)], StatusCode::UNAUTHORIZED, "missing_credential")
+        .await;
+    let bearer = format!("Bearer {OPS_KEY}");
+    let headers = [("Authorization", bearer.as_str())];
+    assert_delete_refused(&p, &headers, StatusCode::UNAUTHORIZED, "missing_credential").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_with_access_and_a_wrong_api_key_is_401_and_the_note_stays() {
+    let p = Production::start().await;
+    let admin = user_token(ADMIN);
+    let wrong = format!("{OPS_KEY}x");
+    let headers = [("Cf-Access-Jwt-Assertion", admin.as_str()), ("X-Api-Key", wrong.as_str())];
+    assert_delete_refused(&p, &headers, StatusCode::UNAUTHORIZED, "invalid_credential").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_by_a_forbidden_user_with_an_api_key_is_403_and_the_note_stays() {
+    let p = Production::start().await;
+    let mallory = user_token("mallory@acme.com");
+    let headers = [("Cf-Access-Jwt-Assertion", mallory.as_str()), ("X-Api-Key", OPS_KEY)];
+    assert_delete_refused(&p, &headers, StatusCode::FORBIDDEN, "forbidden").await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Unsubscribe links
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsubscribe_link_round_trip_is_recorded_once() {
+    let p = Production::start().await;
+    let token = p.mint_link("carol@example.com", 3600).await;
+    assert!(token.starts_with("v1.k1."), "{token}");
+    for _ in 0..2 {
+        let res = p.follow_link(&token).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(json_of(res).await, json!({ "email": "carol@example.com" }));
+    }
+    assert_eq!(p.stats().await["unsubscribes"], 1);
+    // Percent-encoded, the token still works (query parameters are decoded).
+    let encoded = token.replace('.', "%2E");
+    assert_eq!(p.follow_link(&encoded).await.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsubscribe_without_a_token_is_401_missing_credential() {
+    let p = Production::start().await;
+    for path in ["/api/unsubscribe", "/api/unsubscribe?other=1", "/api/unsubscribe?tokens=x"] {
+        let res = p.call("GET", path, &[]).await;
+        assert_refused(res, StatusCode::UNAUTHORIZED, "missing_credential").await;
+    }
+    // An Access admin is no unsubscribe token either.
+    let admin = user_token(ADMIN);
+    let res = p.call("GET", "/api/unsubscribe", &[("Cf-Access-Jwt-Assertion", &admin)]).await;
+    assert_refused(res, StatusCode::UNAUTHORIZED, "missing_credential").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_tampered_expired_or_misdirected_unsubscribe_tokens_are_401() {
+    let p = Production::start().await;
+    let good = p.mint_link("dave@example.com", 3600).await;
+    let same_ring = KeyRing::parse(&format!("k1:{HMAC_K1}")).unwrap();
+    let other_ring = KeyRing::parse(&format!("k1:{HMAC_K2}")).unwrap();
+    let hour = Duration::from_secs(3600);
+
+    let mut tampered = good.clone().into_bytes();
+    let i = tampered.len() - 5;
+    tampered[i] = if tampered[i] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    // The same subject with the expiry moved: the MAC no longer matches.
+    let parts: Vec<&str> = good.split('.').collect();
+    let later = format!("v1.k1.{}.{}.{}", parts[2].parse::<u64>().unwrap() + 1, parts[3], parts[4]);
+
+    for (what, token) in [
+        (
+            "another key ring, same kid",
+            other_ring.mint("unsubscribe", "dave@example.com", now(), hour).unwrap(),
+        ),
+        ("another purpose", same_ring.mint("magic-link", "dave@example.com", now(), hour).unwrap()),
+        ("expired", same_ring.mint("unsubscribe", "dave@example.com", now() - 7200, hour).unwrap()),
+        ("tampered MAC", tampered),
+        ("moved expiry", later),
+        ("garbage", "not-a-token".to_owned()),
+    ] {
+        let res = p.follow_link(&token).await;
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "{what}");
+        assert!(res.headers().contains_key("www-authenticate"), "{what}");
+        assert_eq!(json_of(res).await["code"], "invalid_credential", "{what}");
+    }
+    // The genuine one still works, and nothing else was recorded.
+    assert_eq!(p.follow_link(&good).await.status(), StatusCode::OK);
+    assert_eq!(p.stats().await["unsubscribes"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minting_links_needs_an_admin_and_a_valid_email_and_ttl() {
+    let p = Production::start().await;
+    let admin = user_token(ADMIN);
+    let long_email = format!("{}@example.com", "a".repeat(250));
+    for body in [
+        json!({ "ttl_secs": 60 }),
+        json!({ "email": "no-at-sign", "ttl_secs": 60 }),
+        json!({ "email": long_email, "ttl_secs": 60 }),
+        json!({ "email": "erin@example.com" }),
+        json!({ "email": "erin@example.com", "ttl_secs": 0 }),
+        json!({ "email": "erin@example.com", "ttl_secs": 30 * 86_400 + 1 }),
+        json!({ "email": "erin@example.com", "ttl_secs": -5 }),
+        json!({ "email": 7, "ttl_secs": 60 }),
+    ] {
+        let res = p.post_link_request(&admin, &body).await;
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(json_of(res).await["code"], "invalid_request", "{body}");
+    }
+    let max = json!({ "email": "erin@example.com", "ttl_secs": 30 * 86_400 });
+    assert_eq!(p.post_link_request(&admin, &max).await.status(), StatusCode::OK);
+
+    let res = p.post_link_request(&user_token("mallory@acme.com"), &max).await;
+    assert_refused(res, StatusCode::FORBIDDEN, "forbidden").await;
+    let res = http().post(p.server.url("/admin/unsubscribe-links")).json(&max).send().await.unwrap();
+    assert_refused(res, StatusCode::UNAUTHORIZED, "missing_credential").await;
+    let res = p.call("POST", "/admin/unsubscribe-links", &[("X-Api-Key", OPS_KEY)]).await;
+    assert_refused(res, StatusCode::UNAUTHORIZED, "missing_credential").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_survive_a_restart_and_a_key_rotation_with_fixed_hmac_keys() {
+    let mut p = Production::start().await;
+    let old_link = p.mint_link("frank@example.com", 3600).await;
+
+    p.restart();
+    assert_eq!(p.follow_link(&old_link).await.status(), StatusCode::OK);
+
+    // Rotation: the new key signs, the old one still verifies.
+    p.restart_with("ZTGATE_HMAC_KEYS", Some(&format!("k2:{HMAC_K2}, k1:{HMAC_K1}")));
+    assert_eq!(p.follow_link(&old_link).await.status(), StatusCode::OK);
+    let new_link = p.mint_link("frank@example.com", 3600).await;
+    assert!(new_link.starts_with("v1.k2."), "{new_link}");
+    assert_eq!(p.follow_link(&new_link).await.status(), StatusCode::OK);
+
+    // Once the old key is removed, its links die; the new ones live on.
+    p.restart_with("ZTGATE_HMAC_KEYS", Some(&format!("k2:{HMAC_K2}")));
+    let res = p.follow_link(&old_link).await;
+    assert_refused(res, StatusCode::UNAUTHORIZED, "invalid_credential").await;
+    assert_eq!(p.follow_link(&new_link).await.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_hmac_keys_links_die_with_the_process_and_the_log_says_so() {
+    let mut p = Production::start_with(&[("ZTGATE_HMAC_KEYS", None)]).await;
+    let logs = p.server.logs();
+    assert!(logs.contains("ZTGATE_HMAC_KEYS is unset") && logs.contains("restart"), "{logs}");
+    let link = p.mint_link("gina@example.com", 3600).await;
+    assert!(link.starts_with("v1.random."), "{link}");
+    assert_eq!(p.follow_link(&link).await.status(), StatusCode::OK);
+
+    p.restart();
+    let res = p.follow_link(&link).await;
+    assert_refused(res, StatusCode::UNAUTHORIZED, "invalid_credential").await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Webhooks (Svix)
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_webhook_is_200_and_stored() {
+    let p = Production::start().await;
+    let id = msg_id("ok");
+    let res = p.post_webhook(&id, now(), br#"{"type":"email.delivered"}"#, None).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(json_of(res).await, json!({ "id": id }));
+    assert_eq!(p.stats().await["webhooks"], 1);
+    assert!(p.server.logs().contains("webhook_stored"));
+
+    // Svix sends several signatures while a secret rotates: one match is enough. A body of
+    // exactly 1 MiB is within the cap.
+    let body = vec![b' '; MIB];
+    let (id, ts) = (msg_id("rotating"), now());
+    let both = format!("v1,{} {}", STANDARD.encode([0u8; 32]), svix_signature(WEBHOOK_KEY, &id, ts, &body));
+    assert_eq!(p.post_webhook(&id, ts, &body, Some(both)).await.status(), StatusCode::OK);
+    assert_eq!(p.stats().await["webhooks"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_with_a_bad_signature_is_401_and_not_stored() {
+    let p = Production::start().await;
+    let body = br#"{"type":"email.bounced"}"#;
+    let id = msg_id("bad");
+    let ts = now();
+    let other_key = svix_signature(b"another-endpoint-key-entirely!!!", &id, ts, body);
+    let other_body = svix_signature(WEBHOOK_KEY, &id, ts, b"{}");
+    let other_id = svix_signature(WEBHOOK_KEY, "msg_other", ts, body);
+    for (what, signature) in [
+        ("another key", other_key),
+        ("another body", other_body),
+        ("another id", other_id),
+        ("no v1 entry", "v1a,AAAA".to_owned()),
+        ("garbage", "nonsense".to_owned()),
+    ] {
+        let res = p.post_webhook(&id, ts, body, Some(signature)).await;
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "{what}");
+        assert!(res.headers().contains_key("www-authenticate"), "{what}");
+        assert_eq!(json_of(res).await["code"], "invalid_credential", "{what}");
+    }
+    // No headers at all.
+    let res = http().post(p.server.url("/webhooks/inbound")).body("{}").send().await.unwrap();
+    assert_refused(res, StatusCode::UNAUTHORIZED, "invalid_credential").await;
+    // A forged delivery did not burn the id: the genuine one is still accepted.
+    assert_eq!(p.post_webhook(&id, ts, body, None).await.status(), StatusCode::OK);
+    assert_eq!(p.stats().await["webhooks"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_with_a_stale_or_future_timestamp_is_401() {
+    let p = Production::start().await;
+    for (what, ts) in [("stale", now() - 600), ("future", now() + 600)] {
+        let res = p.post_webhook(&msg_id(what), ts, b"{}", None).await;
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "{what}");
+        assert_eq!(json_of(res).await["code"], "invalid_credential", "{what}");
+    }
+    assert_eq!(p.stats().await["webhooks"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_webhook_is_409_also_after_a_restart() {
+    let mut p = Production::start().await;
+    let id = msg_id("replay");
+    let ts = now();
+    let body = br#"{"type":"email.opened"}"#;
+    assert_eq!(p.post_webhook(&id, ts, body, None).await.status(), StatusCode::OK);
+    let res = p.post_webhook(&id, ts, body, None).await;
+    assert_refused(res, StatusCode::CONFLICT, "replayed").await;
+
+    // The guard is in SQLite: a new process remembers.
+    p.restart();
+    let res = p.post_webhook(&id, ts, body, None).await;
+    assert_refused(res, StatusCode::CONFLICT, "replayed").await;
+    assert_eq!(p.stats().await["webhooks"], 1);
+    // Another id is a new message.
+    assert_eq!(p.post_webhook(&msg_id("fresh"), now(), body, None).await.status(), StatusCode::OK);
+}
+
+/// Sends a raw HTTP/1.1 request (so that a declared length can differ from what is sent, or
+/// a body can be chunked) and reads the response while writing: the server may answer before
+/// the body is sent. Returns the status and the JSON body.
+fn raw_request(base: &str, head: &str, body_chunks: Vec<Vec<u8>>) -> (u16, Value) {
+    use std::io::Write;
+    let addr = base.strip_prefix("http://").unwrap();
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let head = head.to_owned();
+    let sender = std::thread::spawn(move || {
+        // Write errors are expected once the server has answered and closed.
+        let _ = writer.write_all(head.as_bytes());
+        for chunk in body_chunks {
+            if writer.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+    });
+    let mut response = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => response.extend_from_slice(&buf[..n]),
+        }
+        let text = String::from_utf8_lossy(&response);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned())
+                })
+                .and_then(|v| v.parse::<usize>().ok());
+            if length.is_some_and(|n| body.len() >= n) {
+                break;
+            }
+        }
+    }
+    let _ = sender.join();
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no response: {text:?}"));
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("{head}"));
+    (status, serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {body:?}")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_webhook_is_413_declared_or_streamed() {
+    let p = Production::start().await;
+    let base = p.server.base.clone();
+    let id = msg_id("big");
+    let ts = now();
+    let signature = svix_signature(WEBHOOK_KEY, &id, ts, b"");
+    let svix = format!("svix-id: {id}\r\nsvix-timestamp: {ts}\r\nsvix-signature: {signature}\r\n");
+
+    // Declared too large: refused before the body is read (only a little of it is sent).
+    let head = format!(
+        "POST /webhooks/inbound HTTP/1.1\r\nhost: {}\r\n{svix}content-length: {}\r\n\r\n",
+        &base[7..],
+        MIB + 1
+    );
+    let (b, h) = (base.clone(), head);
+    let (status, body) =
+        tokio::task::spawn_blocking(move || raw_request(&b, &h, vec![vec![b'x'; 1024]])).await.unwrap();
+    assert_eq!((status, body["code"].as_str()), (413, Some("payload_too_large")));
+
+    // Chunked, no declared length: refused once the cap is passed while reading.
+    let head = format!(
+        "POST /webhooks/inbound HTTP/1.1\r\nhost: {}\r\n{svix}transfer-encoding: chunked\r\n\r\n",
+        &base[7..]
+    );
+    let mut chunks = Vec::new();
+    for _ in 0..17 {
+        let mut chunk = format!("{:x}\r\n", 64 * 1024).into_bytes();
+        chunk.extend(std::iter::repeat_n(b'x', 64 * 1024));
+        chunk.extend_from_slice(b"\r\n");
+        chunks.push(chunk);
+    }
+    chunks.push(b"0\r\n\r\n".to_vec());
+    let (b, h) = (base.clone(), head);
+    let (status, body) = tokio::task::spawn_blocking(move || raw_request(&b, &h, chunks)).await.unwrap();
+    assert_eq!((status, body["code"].as_str()), (413, Some("payload_too_large")));
+
+    // And with reqwest, 1 MiB + 1 with a valid signature.
+    let big = vec![b' '; MIB + 1];
+    let res = p.post_webhook(&msg_id("big"), now(), &big, None).await;
+    assert_refused(res, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large").await;
+    assert_eq!(p.stats().await["webhooks"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_without_a_secret_is_503_not_configured() {
+    let p = Production::start_with(&[("ZTGATE_WEBHOOK_SECRET", None)]).await;
+    let res = p.post_webhook(&msg_id("unconfigured"), now(), b"{}", None).await;
+    assert_refused(res, StatusCode::SERVICE_UNAVAILABLE, "not_configured").await;
+    assert_eq!(p.stats().await["webhooks"], 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// /ops/stats: an API key
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ops_stats_with_an_api_key_is_200_and_names_the_key() {
+    let p = Production::start().await;
+    p.create_note("counted").await;
+    let res = p.call("GET", "/ops/stats", &[("X-Api-Key", OPS_KEY)]).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let stats = json_of(res).await;
+    assert_eq!((stats["key"].as_str(), stats["notes"].as_i64()), (Some("ops"), Some(1)));
+    let bearer = format!("Bearer {BACKUP_KEY}");
+    let res = p.call("GET", "/ops/stats", &[("Authorization", &bearer)]).await;
+    assert_eq!(json_of(res).await["key"], "backup");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ops_stats_with_a_wrong_or_no_api_key_is_401() {
+    let p = Production::start().await;
+    let prefix = &OPS_KEY[..OPS_KEY.len() - 1];
+    let longer = format!("{OPS_KEY}0");
+    for wrong in [prefix, longer.as_str(), "0123456789abcdef0123456789abcdef", HMAC_K1] {
+        let res = p.call("GET", "/ops/stats", &[("X-Api-Key", wrong)]).await;
+        assert_refused(res, StatusCode::UNAUTHORIZED, "invalid_credential").await;
+    }
+    let res = p.call("GET", "/ops/stats", &[]).await;
+    assert_refused(res, StatusCode::UNAUTHORIZED, "missing_credential").await;
+    // An Access admin is not an API key.
+    let admin = user_token(ADMIN);
+    let res = p.call("GET", "/ops/stats", &[("Cf-Access-Jwt-Assertion", &admin)]).await;
+    assert_refused(res, StatusCode::UNAUTHORIZED, "missing_credential").await;
+    // Two different keys in one request are ambiguous.
+    let bearer = format!("Bearer {BACKUP_KEY}");
+    let res = p.call("GET", "/ops/stats", &[("X-Api-Key", OPS_KEY), ("Authorization", &bearer)]).await;
+    assert_refused(res, StatusCode::BAD_REQUEST, "ambiguous_credential").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn production_without_api_keys_refuses_every_key() {
+    let p = Production::start_with(&[("ZTGATE_API_KEYS", None)]).await;
+    let res = p.call("GET", "/ops/stats", &[("X-Api-Key", OPS_KEY)]).await;
+    assert_refused(res, StatusCode::UNAUTHORIZED, "invalid_credential").await;
+    let res = p.call("GET", "/ops/stats", &[]).await;
+    assert_refused(res, StatusCode::UNAUTHORIZED, "missing_credential").await;
+    assert!(!p.server.stdout.iter().any(|l| l.contains("X-Api-Key")), "no dev key in production");
+}
+
+// ---------------------------------------------------------------------------------------------
+// /mtls/whoami: a client certificate, as Cloudflare reports it
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_whoami_with_trusted_headers_of_a_verified_cert_is_200() {
+    let p = Production::start_with(&[("ZTGATE_TRUST_CERT_HEADERS", Some("1"))]).await;
+    let res = p.call("GET", "/mtls/whoami", &cert_headers(false)).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let body = json_of(res).await;
+    assert_eq!(body["fingerprint"], "ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12");
+    assert_eq!(body["subject_dn"], "CN=deploy-bot,O=Acme");
+    assert!(p.server.logs().contains("ZTGATE_TRUST_CERT_HEADERS=1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_revoked_or_unverified_cert_is_401() {
+    let p = Production::start_with(&[("ZTGATE_TRUST_CERT_HEADERS", Some("1"))]).await;
+    let res = p.call("GET", "/mtls/whoami", &cert_headers(true)).await;
+    assert_refused(res, StatusCode::UNAUTHORIZED, "invalid_credential").await;
+
+    let mut failed = cert_headers(false);
+    failed[1] = ("cf-cert-verified", "FAILED:self signed certificate");
+    let res = p.call("GET", "/mtls/whoami", &failed).await;
+    assert_refused(res, StatusCode::UNAUTHORIZED, "invalid_credential").await;
+
+    let mut unknown = cert_headers(false);
+    unknown.remove(2); // no cf-cert-revoked: revocation unknown
+    let res = p.call("GET", "/mtls/whoami", &unknown).await;
+    assert_refused(res, StatusCode::UNAUTHORIZED, "invalid_credential").await;
+
+    let res = p.call("GET", "/mtls/whoami", &[]).await;
+    assert_refused(res, StatusCode::UNAUTHORIZED, "missing_credential").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spoofed_cert_headers_are_ignored_unless_trusted() {
+    for trust in [None, Some("0")] {
+        let p = Production::start_with(&[("ZTGATE_TRUST_CERT_HEADERS", trust)]).await;
+        let res = p.call("GET", "/mtls/whoami", &cert_headers(false)).await;
+        assert_refused(res, StatusCode::UNAUTHORIZED, "missing_credential").await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Secrets stay out of the logs
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_never_contain_keys_secrets_or_tokens() {
+    let rotated = format!("k2:{HMAC_K2},k1:{HMAC_K1}");
+    let p = Production::start_with(&[
+        ("RUST_LOG", Some("trace")),
+        ("ZTGATE_HMAC_KEYS", Some(&rotated)),
+        ("ZTGATE_TRUST_CERT_HEADERS", Some("1")),
+    ])
+    .await;
+    let admin = user_token(ADMIN);
+    let mallory = user_token("mallory@acme.com");
+    let wrong_key = "wrong-key-00000000000000000000000000000000";
+
+    // Every route, accepted and refused.
+    assert_eq!(p.get("/admin/whoami", Some(&admin)).await.status(), StatusCode::OK);
+    assert_eq!(p.get("/admin/whoami", Some(&mallory)).await.status(), StatusCode::FORBIDDEN);
+    let id = p.create_note("audit me").await;
+    let path = format!("/admin/notes/{id}");
+    let res = p.call("DELETE", &path, &[("Cf-Access-Jwt-Assertion", &mallory), ("X-Api-Key", OPS_KEY)]).await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    let res = p.call("DELETE", &path, &[("Cf-Access-Jwt-Assertion", &admin), ("X-Api-Key", wrong_key)]).await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let res = p.call("DELETE", &path, &[("Cf-Access-Jwt-Assertion", &admin), ("X-Api-Key", OPS_KEY)]).await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let link = p.mint_link("henry@example.com", 600).await;
+    assert_eq!(p.follow_link(&link).await.status(), StatusCode::OK);
+    let bad_link = format!("{link}x");
+    assert_eq!(p.follow_link(&bad_link).await.status(), StatusCode::UNAUTHORIZED);
+    let (webhook_id, ts, body) = (msg_id("logs"), now(), br#"{"type":"email.sent"}"#);
+    let signature = svix_signature(WEBHOOK_KEY, &webhook_id, ts, body);
+    assert_eq!(p.post_webhook(&webhook_id, ts, body, None).await.status(), StatusCode::OK);
+    assert_eq!(p.post_webhook(&webhook_id, ts, body, None).await.status(), StatusCode::CONFLICT);
+    let forged = svix_signature(b"forged-key-forged-key-forged-key", &webhook_id, ts, body);
+    assert_eq!(
+        p.post_webhook(&webhook_id, ts, body, Some(forged.clone())).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(p.call("GET", "/ops/stats", &[("X-Api-Key", OPS_KEY)]).await.status(), StatusCode::OK);
+    let bearer = format!("Bearer {wrong_key}");
+    assert_eq!(
+        p.call("GET", "/ops/stats", &[("Authorization", &bearer)]).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(p.call("GET", "/mtls/whoami", &cert_headers(false)).await.status(), StatusCode::OK);
+    assert_eq!(p.get("/secret-debug", Some(&admin)).await.status(), StatusCode::FORBIDDEN);
+
+    let logs = p.server.logs();
+    assert!(logs.contains("note_deleted") && logs.contains("webhook_stored"), "logging is on:\n{logs}");
+    let webhook_secret = webhook_secret();
+    let webhook_b64 = webhook_secret.strip_prefix("whsec_").unwrap();
+    let signature_b64 = signature.strip_prefix("v1,").unwrap();
+    let forged_b64 = forged.strip_prefix("v1,").unwrap();
+    for (what, secret) in [
+        ("API key", OPS_KEY),
+        ("backup API key", BACKUP_KEY),
+        ("wrong API key", wrong_key),
+        ("HMAC secret k1", HMAC_K1),
+        ("HMAC secret k2", HMAC_K2),
+        ("webhook secret", webhook_secret.as_str()),
+        ("webhook key (base64)", webhook_b64),
+        ("webhook signature", signature_b64),
+        ("forged webhook signature", forged_b64),
+        ("admin token", admin.as_str()),
+        ("forbidden user's token", mallory.as_str()),
+        ("unsubscribe token", link.as_str()),
+        ("bad unsubscribe token", bad_link.as_str()),
+    ] {
+        assert!(!logs.contains(secret), "the {what} was logged:\n{logs}");
+    }
+    // Nor any recognisable piece of a JWT or an unsubscribe token's MAC.
+    let jwt_signature = admin.rsplit('.').next().unwrap();
+    assert!(!logs.contains(jwt_signature), "a JWT signature was logged");
+    let link_mac = link.rsplit('.').next().unwrap();
+    assert!(!logs.contains(link_mac), "an unsubscribe token's MAC was logged");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Invalid configuration of the new variables: exit status 2, naming the variable, never
+// repeating the secret
+
+fn dev_config(db: &TempDb) -> Vec<(&'static str, String)> {
+    vec![("ZTGATE_LISTEN", "127.0.0.1:0".into()), ("ZTGATE_DB", db.path())]
+}
+
+fn assert_secret_config_error(var: &'static str, value: &str, secret_part: &str) {
+    let db = TempDb::new();
+    let vars = with(dev_config(&db), var, Some(value));
+    let (status, stderr) = run_to_exit(&vars);
+    assert_eq!(status.code(), Some(2), "{var}={value:?}: exit status {status:?}; stderr:\n{stderr}");
+    assert!(stderr.contains(var), "stderr does not name {var}:\n{stderr}");
+    assert!(!stderr.contains("panicked"), "panicked instead of a clean error:\n{stderr}");
+    if !secret_part.is_empty() {
+        assert!(!stderr.contains(secret_part), "the secret was repeated:\n{stderr}");
+    }
+}
+
+#[test]
+fn invalid_api_keys_exit_2_naming_it() {
+    for (value, secret) in [
+        ("no-colon-but-a-long-secret-0123456789", "long-secret-0123456789"),
+        ("ops:too-short", "too-short"),
+        ("bad name:abcdefghijklmnopqrstuvwxyz", "abcdefghijklmnop"),
+        ("a:abcdefghijklmnopqrstuvwxyz,b:abcdefghijklmnopqrstuvwxyz", "abcdefghijklmnop"),
+        (" , ", ""),
+        ("", ""),
+    ] {
+        assert_secret_config_error("ZTGATE_API_KEYS", value, secret);
+    }
+}
+
+#[test]
+fn invalid_hmac_keys_exit_2_naming_it() {
+    for (value, secret) in [
+        ("k1:short-secret", "short-secret"),
+        ("k1-no-colon-0123456789abcdef0123456789abcdef", "0123456789abcdef0123456789"),
+        ("bad kid:0123456789abcdef0123456789abcdef", "0123456789abcdef0123456789"),
+        ("k1:0123456789abcdef0123456789abcdef,k1:fedcba9876543210fedcba9876543210", "0123456789abcdef01"),
+        ("k1:0123456789abcdef0123456789abcdef,,", "0123456789abcdef01"),
+        ("", ""),
+    ] {
+        assert_secret_config_error("ZTGATE_HMAC_KEYS", value, secret);
+    }
+}
+
+#[test]
+fn invalid_webhook_secret_exits_2_naming_it() {
+    let short = format!("whsec_{}", STANDARD.encode([9u8; 8]));
+    let unprefixed = STANDARD.encode(WEBHOOK_KEY);
+    for (value, secret) in [
+        (unprefixed.as_str(), unprefixed.as_str()),
+        ("whsec_not*base64*at*all*0123456789", "not*base64"),
+        (short.as_str(), &short[6..]),
+        ("", ""),
+    ] {
+        assert_secret_config_error("ZTGATE_WEBHOOK_SECRET", value, secret);
+    }
+}
+
+#[test]
+fn invalid_trust_cert_headers_exits_2_naming_it() {
+    for value in ["yes", "true", "2", "01", ""] {
+        assert_secret_config_error("ZTGATE_TRUST_CERT_HEADERS", value, "");
+    }
 }

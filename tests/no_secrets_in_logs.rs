@@ -28,6 +28,7 @@ impl std::io::Write for Captured {
 #[tokio::test]
 async fn tokens_never_reach_logs_or_debug_output() {
     let logs = Captured::default();
+    let logs_handle = logs.clone();
     let writer = logs.clone();
     let subscriber = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::TRACE)
@@ -79,4 +80,60 @@ async fn tokens_never_reach_logs_or_debug_output() {
     // identity_nonce is redacted from Debug too.
     let principal = gate.check(&request_with_token(&good)).await.unwrap();
     assert!(!format!("{principal:?}").contains("dev-nonce"));
+
+    // The other mechanisms: API keys (good, wrong, revoked), signed tokens (good, tampered,
+    // wrong purpose), and trusted client-certificate headers.
+    use std::time::Duration;
+    use ztgate::identity::hmac_token::KeyRing;
+    use ztgate::identity::{ApiKeyAuth, ApiKeys, ClientCertAuth, Requirement, SignedTokenAuth, TokenSource};
+    use ztgate::{Gate, request::RequestLimits};
+    const API_KEY: &str = "live-key-7f3a9c1e5b2d4f6a8c0e";
+    const HMAC_SECRET: &str = "hmac-secret-5e7a9c1b3d5f7a9c1b3d5f7a9c1b3d5f";
+    let keys = Arc::new(ApiKeys::parse(&format!("ops:{API_KEY}")).unwrap());
+    let ring = Arc::new(KeyRing::parse(&format!("k1:{HMAC_SECRET}")).unwrap());
+    let signed = ring.mint("unsubscribe", "bob@acme.com", NOW, Duration::from_secs(600)).unwrap();
+    let wrong_purpose = ring.mint("login", "bob@acme.com", NOW, Duration::from_secs(600)).unwrap();
+    let gate = Gate::with_limits(
+        Requirement::any_of([
+            Requirement::mechanism(ApiKeyAuth::new(keys.clone())),
+            Requirement::mechanism(SignedTokenAuth::new(
+                ring,
+                "unsubscribe",
+                TokenSource::Query("token".into()),
+                clock(),
+            )),
+            Requirement::mechanism(ClientCertAuth::new()),
+        ]),
+        RequestLimits { trust_client_cert_headers: true, ..RequestLimits::default() },
+    );
+    let wrong_key = format!("{API_KEY}x");
+    let tampered = format!("{}A", &signed[..signed.len() - 1]);
+    let mut requests = vec![
+        http::Request::builder().header("x-api-key", API_KEY),
+        http::Request::builder().header("authorization", format!("Bearer {wrong_key}")),
+        http::Request::builder().uri(format!("/api/unsubscribe?token={signed}")),
+        http::Request::builder().uri(format!("/api/unsubscribe?token={tampered}")),
+        http::Request::builder().uri(format!("/api/unsubscribe?token={wrong_purpose}")),
+        http::Request::builder().header("cf-cert-presented", "1").header("cf-cert-verified", "SUCCESS"),
+    ];
+    for builder in requests.drain(..) {
+        let req = builder.body(String::new()).unwrap();
+        let result = gate.check(&req).await;
+        debug.push_str(&format!("{result:?} {:?} {gate:?}", gate.extract(&req)));
+    }
+    keys.revoke("ops");
+    let req = http::Request::builder().header("x-api-key", API_KEY).body(String::new()).unwrap();
+    debug.push_str(&format!("{:?} {keys:?}", gate.check(&req).await));
+
+    let logs = String::from_utf8(logs_handle.0.lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("api_key:ops"), "the API key's name is logged: {logs}");
+    for secret in
+        [API_KEY, wrong_key.as_str(), HMAC_SECRET, signed.as_str(), tampered.as_str(), wrong_purpose.as_str()]
+    {
+        assert!(!logs.contains(secret), "a secret or token reached the logs");
+        assert!(!debug.contains(secret), "a secret or token reached Debug output");
+    }
+    // The MAC part alone must not appear either.
+    let mac = signed.rsplit('.').next().unwrap();
+    assert!(!logs.contains(mac) && !debug.contains(mac));
 }

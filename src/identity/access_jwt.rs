@@ -10,7 +10,7 @@
 //!    configured tag; `exp` present and in the future; `nbf` and `iat`, if present, not in the
 //!    future; all within a bounded leeway. A time claim of the wrong JSON type (string, float,
 //!    null, negative) is refused, not treated as absent. Duplicate claim names are refused.
-//! 6. the principal: a `common_name` claim makes a [`ServiceToken`](crate::ServiceToken)
+//! 6. the principal: a `common_name` claim makes a [`ServiceToken`]
 //!    (never a user, whatever else it carries); otherwise a user with a non-empty `email`.
 
 use std::fmt;

@@ -14,6 +14,26 @@
 //!
 //! Empty combinations deny: `any_of([])` and `all_of([])` prove nobody.
 //!
+//! ```
+//! use std::sync::Arc;
+//! use ztgate::Gate;
+//! use ztgate::identity::{ApiKeyAuth, ApiKeys, ClientCertAuth, Requirement};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let keys = Arc::new(ApiKeys::parse("deploy:0123456789abcdef0123").unwrap());
+//! // A machine may call with an API key or a pinned client certificate.
+//! let gate = Gate::new(Requirement::any_of([
+//!     Requirement::mechanism(ApiKeyAuth::new(keys)),
+//!     Requirement::mechanism(ClientCertAuth::new().pin_subject_dns(["CN=deployer"])),
+//! ]));
+//! let req = http::Request::builder().header("x-api-key", "0123456789abcdef0123").body(()).unwrap();
+//! let who = gate.check(&req).await.unwrap();
+//! assert_eq!(who.id(), "api_key:deploy");
+//! assert!(who.proved_by("api_key"));
+//! # }
+//! ```
+//!
 //! [`Verified::proofs`]: crate::Verified::proofs
 
 use std::collections::HashSet;
@@ -319,6 +339,64 @@ impl<C: Send + Sync + 'static> Mechanism<C> for ClientCertAuth {
                 (Some(CertVerification::Success), None, _) => refuse("revocation status unknown"),
                 (Some(CertVerification::Success), _, None) => refuse("no certificate fingerprint"),
                 _ => refuse("certificate not verified"),
+            },
+        };
+        Box::pin(std::future::ready(outcome))
+    }
+}
+
+/// Where a [`SignedTokenAuth`] finds its token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TokenSource {
+    /// A query parameter, e.g. `?token=...` in an unsubscribe link.
+    Query(String),
+    /// A cookie, e.g. a session cookie.
+    Cookie(String),
+}
+
+/// HMAC-signed tokens (see [`hmac_token`](super::hmac_token)) for one purpose, read from a
+/// query parameter or a cookie. A token for another purpose, expired, forged or from a
+/// rotated-out key is refused (401).
+#[derive(Clone, Debug)]
+pub struct SignedTokenAuth {
+    ring: Arc<super::hmac_token::KeyRing>,
+    purpose: String,
+    source: TokenSource,
+    clock: Arc<dyn crate::clock::Clock>,
+}
+
+impl SignedTokenAuth {
+    /// Tokens minted by `ring` for `purpose`, found at `source`, checked against `clock`.
+    pub fn new(
+        ring: Arc<super::hmac_token::KeyRing>,
+        purpose: impl Into<String>,
+        source: TokenSource,
+        clock: Arc<dyn crate::clock::Clock>,
+    ) -> Self {
+        Self { ring, purpose: purpose.into(), source, clock }
+    }
+}
+
+impl<C: Send + Sync + 'static> Mechanism<C> for SignedTokenAuth {
+    fn name(&self) -> &'static str {
+        "signed_token"
+    }
+
+    fn attempt<'a>(&'a self, facts: &'a RequestFacts) -> BoxFuture<'a, Attempt<C>> {
+        let found = match &self.source {
+            TokenSource::Query(name) => Ok(facts.query_param(name)),
+            TokenSource::Cookie(name) => facts.cookie(name),
+        };
+        let outcome = match found {
+            Err(e) => Attempt::Refused(Rejection::Request(e)),
+            Ok(None) => Attempt::NotPresent,
+            Ok(Some(token)) => match self.ring.verify(token.expose(), &self.purpose, self.clock.now()) {
+                Ok(t) => Attempt::Verified(Principal::SignedToken(crate::principal::SignedTokenPrincipal {
+                    subject: t.subject,
+                    purpose: t.purpose,
+                    expires_at: t.expires_at,
+                })),
+                Err(e) => Attempt::Refused(e.into()),
             },
         };
         Box::pin(std::future::ready(outcome))

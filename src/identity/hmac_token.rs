@@ -1,0 +1,498 @@
+//! HMAC-signed tokens: unsubscribe links, magic links, session cookies.
+//!
+//! A token says "the holder may do *purpose* as *subject* until *expires_at*". It is signed
+//! with HMAC-SHA256 under one key of a [`KeyRing`]; the ring's first key signs and every key
+//! verifies, so keys rotate without breaking live tokens.
+//!
+//! ```text
+//! v1.<kid>.<expires_at>.<base64url(subject)>.<base64url(mac)>
+//! mac = HMAC-SHA256(secret[kid], "ztgate-hmac-v1" 0x00 kid 0x00 purpose 0x00 expires_at 0x00 subject)
+//! ```
+//!
+//! Every character is in `[A-Za-z0-9._-]`, so a token goes into a query string, a path segment
+//! or a cookie value without escaping. The purpose is not carried in the token: the verifier
+//! supplies the one it expects and the MAC covers it, so a token minted for another purpose
+//! fails as [`HmacTokenError::BadSignature`], exactly like a forgery. `docs/hmac-token-format.md`
+//! specifies the format for other implementations (a TypeScript minter for Workers) and
+//! `tests/vectors/hmac_token_v1.json` holds test vectors.
+//!
+//! ```
+//! use std::time::Duration;
+//! use ztgate::identity::hmac_token::{HmacTokenError, KeyRing};
+//!
+//! // In production: KeyRing::parse(&std::env::var("ZTGATE_HMAC_KEYS")?)?
+//! let ring = KeyRing::parse(
+//!     "k2:example-only-new-key-at-least-32-bytes,k1:example-only-old-key-at-least-32-bytes",
+//! )?;
+//! let now = 1_700_000_000; // from a `ztgate::clock::Clock`
+//!
+//! let token = ring.mint("unsubscribe", "alice@example.com", now, Duration::from_secs(30 * 86_400))?;
+//! let link = format!("https://example.com/unsubscribe?t={token}");
+//!
+//! let proven = ring.verify(&token, "unsubscribe", now + 60)?;
+//! assert_eq!(proven.subject, "alice@example.com");
+//! // Minted for unsubscribing, refused for signing in.
+//! assert_eq!(ring.verify(&token, "magic-link", now + 60), Err(HmacTokenError::BadSignature));
+//! # let _ = link;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! ## The checks, in order
+//!
+//! 0. the expected purpose is valid (otherwise a caller bug: [`HmacTokenError::InvalidPurpose`]);
+//! 1. the token is at most [`MAX_TOKEN_LEN`] bytes, checked before anything is decoded;
+//! 2. strict parsing: `v1.` and exactly four more segments; a key id of
+//!    `[A-Za-z0-9_-]{1,32}`; a decimal expiry without sign, whitespace or leading zeros; a
+//!    non-empty UTF-8 subject of at most [`MAX_SUBJECT_LEN`] bytes; canonical base64url
+//!    without padding (no `+`, `/`, `=`, and no stray bits in the last character);
+//! 3. the key id names a key of the ring;
+//! 4. the MAC, recomputed with the expected purpose and compared in constant time;
+//! 5. the expiry: refused when `now >= expires_at`, and when `expires_at` is more than
+//!    [`MAX_TTL`] (plus five minutes for clock skew) after `now`, which catches minters that put
+//!    milliseconds where seconds belong.
+//!
+//! A forged or tampered token stops at step 4, so it learns nothing about whether its expiry
+//! or purpose would have been accepted.
+
+use std::fmt;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::{ConfigError, Rejection, Secret};
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The longest token [`KeyRing::verify`] reads; longer input is refused before decoding.
+/// Every token [`KeyRing::mint`] makes is shorter (at most 1,467 bytes).
+pub const MAX_TOKEN_LEN: usize = 2048;
+/// The longest subject, in UTF-8 bytes.
+pub const MAX_SUBJECT_LEN: usize = 1024;
+/// The shortest key secret accepted, in bytes (HMAC-SHA256 gains nothing past 64).
+pub const MIN_SECRET_LEN: usize = 32;
+/// The longest lifetime [`KeyRing::mint`] accepts: 400 days, the longest browsers keep a cookie.
+pub const MAX_TTL: Duration = Duration::from_secs(400 * 86_400);
+
+/// Clock skew tolerated between a minter and the verifier for the [`MAX_TTL`] check.
+const CLOCK_SKEW_SECS: u64 = 300;
+const DOMAIN: &[u8] = b"ztgate-hmac-v1";
+const VERSION_PREFIX: &str = "v1.";
+const MAC_LEN: usize = 32;
+/// base64url without padding of [`MAC_LEN`] bytes.
+const MAC_B64_LEN: usize = 43;
+/// base64url without padding of [`MAX_SUBJECT_LEN`] bytes.
+const MAX_SUBJECT_B64_LEN: usize = (MAX_SUBJECT_LEN * 4).div_ceil(3);
+const MAX_KID_LEN: usize = 32;
+const MAX_PURPOSE_LEN: usize = 64;
+const MAX_EXPIRY_DIGITS: usize = 20;
+const SETTING: &str = "hmac_keys";
+
+/// One signing key: a key id and a secret of at least [`MIN_SECRET_LEN`] bytes.
+///
+/// `Debug` shows the key id only.
+#[derive(Clone)]
+pub struct HmacKey {
+    kid: String,
+    /// HMAC state with the key already absorbed: verifying clones it instead of hashing the
+    /// key again. It is key material, like the secret it came from.
+    keyed: HmacSha256,
+}
+
+impl HmacKey {
+    /// A key named `kid` (`[A-Za-z0-9_-]{1,32}`; it is written into every token it signs).
+    ///
+    /// The error names the setting `hmac_keys` and never repeats the input: a secret pasted
+    /// into the wrong place must not end up in a log.
+    pub fn new(kid: impl Into<String>, secret: Secret) -> Result<Self, ConfigError> {
+        let kid = kid.into();
+        Self::checked(kid, &secret).map_err(|why| ConfigError::new(SETTING, why))
+    }
+
+    fn checked(kid: String, secret: &Secret) -> Result<Self, &'static str> {
+        if !is_kid(&kid) {
+            return Err("a key id must be 1 to 32 characters of A-Z a-z 0-9 _ -");
+        }
+        if secret.len() < MIN_SECRET_LEN {
+            return Err("a key secret must be at least 32 bytes");
+        }
+        let keyed = HmacSha256::new_from_slice(secret.expose()).map_err(|_| "unusable key secret")?;
+        Ok(Self { kid, keyed })
+    }
+
+    /// The key id.
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+}
+
+impl fmt::Debug for HmacKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HmacKey").field("kid", &self.kid).finish_non_exhaustive()
+    }
+}
+
+/// The keys tokens are minted and verified with: the first signs, all verify.
+///
+/// To rotate: put the new key first and keep the old one second until the longest-lived token
+/// it signed has expired, then remove it. `Debug` shows the key ids only.
+#[derive(Clone)]
+pub struct KeyRing {
+    /// Never empty; `keys[0]` signs.
+    keys: Vec<HmacKey>,
+}
+
+impl KeyRing {
+    /// A ring of `keys`, the first of which signs. Refuses an empty list and duplicate key ids
+    /// (naming keys by position, from 1).
+    pub fn new(keys: Vec<HmacKey>) -> Result<Self, ConfigError> {
+        if keys.is_empty() {
+            return Err(ConfigError::new(SETTING, "at least one key is required"));
+        }
+        for (i, key) in keys.iter().enumerate() {
+            if let Some(j) = keys[..i].iter().position(|earlier| earlier.kid == key.kid) {
+                let why = format!("keys {} and {} have the same key id", j + 1, i + 1);
+                return Err(ConfigError::new(SETTING, why));
+            }
+        }
+        Ok(Self { keys })
+    }
+
+    /// Reads the `ZTGATE_HMAC_KEYS` format: `kid:secret` entries separated by commas, the
+    /// signing key first, e.g. `2025-06:<secret>,2025-01:<older secret>`.
+    ///
+    /// Each secret is the UTF-8 bytes after the first `:` of its entry (so it may contain `:`
+    /// but not `,`). Whitespace around an entry is removed (a trailing newline from a secrets
+    /// file is harmless); empty entries are refused. Errors name the entry by position and
+    /// never repeat its text.
+    pub fn parse(spec: &str) -> Result<Self, ConfigError> {
+        let mut keys = Vec::new();
+        for (i, entry) in spec.split(',').enumerate() {
+            let at = |why: &str| ConfigError::new(SETTING, format!("entry {}: {why}", i + 1));
+            let entry = entry.trim();
+            if entry.is_empty() {
+                return Err(at("empty (expected kid:secret, comma-separated)"));
+            }
+            let (kid, secret) =
+                entry.split_once(':').ok_or_else(|| at("no ':' between key id and secret"))?;
+            keys.push(HmacKey::checked(kid.to_owned(), &Secret::from(secret)).map_err(at)?);
+        }
+        Self::new(keys)
+    }
+
+    /// A ring of one fresh random 32-byte key with key id `random`, from the operating
+    /// system's CSPRNG. For dev mode and tests only: tokens die with the process, and a fleet
+    /// would not share the key. Production sets keys explicitly with [`KeyRing::parse`].
+    #[cfg(feature = "dev")]
+    pub fn random() -> Result<Self, ConfigError> {
+        let mut secret = [0u8; MIN_SECRET_LEN];
+        aws_lc_rs::rand::fill(&mut secret)
+            .map_err(|_| ConfigError::new(SETTING, "the system random number generator failed"))?;
+        Self::new(vec![HmacKey::new("random", Secret::new(secret))?])
+    }
+
+    /// The key ids, the signing key first.
+    pub fn kids(&self) -> impl Iterator<Item = &str> {
+        self.keys.iter().map(|k| k.kid.as_str())
+    }
+
+    /// Mints a token for `subject` (non-empty, at most [`MAX_SUBJECT_LEN`] bytes), valid for
+    /// `purpose` (`[A-Za-z0-9_.:-]{1,64}`) from `now` until `now + ttl`, signed with the
+    /// first key.
+    ///
+    /// `ttl` counts whole seconds and must be between one second and [`MAX_TTL`]. The subject
+    /// is readable by whoever holds the token (it is signed, not encrypted).
+    pub fn mint(&self, purpose: &str, subject: &str, now: u64, ttl: Duration) -> Result<String, MintError> {
+        if !is_purpose(purpose) {
+            return Err(MintError::InvalidPurpose);
+        }
+        if subject.is_empty() {
+            return Err(MintError::EmptySubject);
+        }
+        if subject.len() > MAX_SUBJECT_LEN {
+            return Err(MintError::SubjectTooLong);
+        }
+        if ttl.as_secs() == 0 || ttl > MAX_TTL {
+            return Err(MintError::TtlOutOfRange);
+        }
+        let expires_at = now.checked_add(ttl.as_secs()).ok_or(MintError::TtlOutOfRange)?.to_string();
+        let key = &self.keys[0];
+        let mac = mac_over(key, purpose, &expires_at, subject.as_bytes()).finalize().into_bytes();
+
+        let len = VERSION_PREFIX.len() + key.kid.len() + expires_at.len() + subject.len().div_ceil(3) * 4;
+        let mut token = String::with_capacity(len + MAC_B64_LEN + 3);
+        token.push_str(VERSION_PREFIX);
+        token.push_str(&key.kid);
+        token.push('.');
+        token.push_str(&expires_at);
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(subject, &mut token);
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(mac, &mut token);
+        Ok(token)
+    }
+
+    /// Verifies `token` for `purpose` at `now` (Unix seconds), in the order the
+    /// [module docs](self) give.
+    pub fn verify(&self, token: &str, purpose: &str, now: u64) -> Result<SignedToken, HmacTokenError> {
+        if !is_purpose(purpose) {
+            return Err(HmacTokenError::InvalidPurpose);
+        }
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(HmacTokenError::TooLong);
+        }
+        let parts = Parts::parse(token)?;
+        let key = self.keys.iter().find(|k| k.kid == parts.kid).ok_or(HmacTokenError::UnknownKey)?;
+        // `verify_slice` compares in constant time.
+        mac_over(key, purpose, parts.expiry, parts.subject.as_bytes())
+            .verify_slice(&parts.mac)
+            .map_err(|_| HmacTokenError::BadSignature)?;
+        if now >= parts.expires_at {
+            return Err(HmacTokenError::Expired);
+        }
+        if parts.expires_at - now > MAX_TTL.as_secs() + CLOCK_SKEW_SECS {
+            return Err(HmacTokenError::ExpiryTooFar);
+        }
+        Ok(SignedToken {
+            subject: parts.subject,
+            purpose: purpose.to_owned(),
+            expires_at: parts.expires_at,
+            kid: key.kid.clone(),
+        })
+    }
+}
+
+impl fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyRing").field("kids", &self.kids().collect::<Vec<_>>()).finish()
+    }
+}
+
+/// What a verified token proves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SignedToken {
+    /// Who or what the token was minted for, e.g. an email address.
+    pub subject: String,
+    /// The purpose it was verified for (the MAC binds it).
+    pub purpose: String,
+    /// When it expires, in Unix seconds.
+    pub expires_at: u64,
+    /// The key that signed it (to see how many live tokens an old key still carries).
+    pub kid: String,
+}
+
+/// Why a token was refused. `Display` is for people; no variant carries token bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HmacTokenError {
+    /// The purpose passed to [`KeyRing::verify`] is not `[A-Za-z0-9_.:-]{1,64}`: a caller bug.
+    InvalidPurpose,
+    /// Longer than [`MAX_TOKEN_LEN`]; refused without decoding.
+    TooLong,
+    /// Not a strictly formed v1 token; says which part is wrong.
+    Malformed(&'static str),
+    /// The key id is not in the ring (never was, or was rotated out).
+    UnknownKey,
+    /// The MAC does not match: forged, tampered with, or minted for another purpose.
+    BadSignature,
+    /// The expiry has passed.
+    Expired,
+    /// The expiry is more than [`MAX_TTL`] away: a minter bug (milliseconds for seconds?).
+    ExpiryTooFar,
+}
+
+impl HmacTokenError {
+    /// A short reason for people, the same as `Display`.
+    fn reason(self) -> &'static str {
+        match self {
+            Self::InvalidPurpose => "the expected purpose is not a valid purpose",
+            Self::TooLong => "token is too long",
+            Self::Malformed(what) => what,
+            Self::UnknownKey => "token is signed with an unknown key",
+            Self::BadSignature => "token signature is invalid",
+            Self::Expired => "token has expired",
+            Self::ExpiryTooFar => "token expiry is too far in the future",
+        }
+    }
+}
+
+impl fmt::Display for HmacTokenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Malformed(what) => write!(f, "malformed token: {what}"),
+            other => f.write_str(other.reason()),
+        }
+    }
+}
+
+impl std::error::Error for HmacTokenError {}
+
+impl From<HmacTokenError> for Rejection {
+    /// A 401 `invalid_credential` with mechanism `hmac_token`.
+    fn from(e: HmacTokenError) -> Self {
+        Self::InvalidCredential { mechanism: "hmac_token", reason: e.reason() }
+    }
+}
+
+/// Why [`KeyRing::mint`] refused to mint: each is a bug in the caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MintError {
+    /// The purpose is not `[A-Za-z0-9_.:-]{1,64}`.
+    InvalidPurpose,
+    /// The subject is empty: a token must say whom it is for.
+    EmptySubject,
+    /// The subject is longer than [`MAX_SUBJECT_LEN`] bytes.
+    SubjectTooLong,
+    /// The lifetime is under one second or over [`MAX_TTL`].
+    TtlOutOfRange,
+}
+
+impl fmt::Display for MintError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::InvalidPurpose => "purpose must be 1 to 64 characters of A-Z a-z 0-9 _ . : -",
+            Self::EmptySubject => "subject must not be empty",
+            Self::SubjectTooLong => "subject is longer than 1024 bytes",
+            Self::TtlOutOfRange => "lifetime must be between 1 second and 400 days",
+        })
+    }
+}
+
+impl std::error::Error for MintError {}
+
+/// A strictly parsed token, not yet authenticated.
+struct Parts<'a> {
+    kid: &'a str,
+    /// The expiry exactly as written (canonical decimal), for the MAC input.
+    expiry: &'a str,
+    expires_at: u64,
+    subject: String,
+    mac: [u8; MAC_LEN],
+}
+
+impl<'a> Parts<'a> {
+    fn parse(token: &'a str) -> Result<Self, HmacTokenError> {
+        use HmacTokenError::Malformed;
+
+        const SHAPE: HmacTokenError = Malformed("expected v1.kid.expiry.subject.mac");
+        let rest = token.strip_prefix(VERSION_PREFIX).ok_or(Malformed("not a v1 token"))?;
+        // The MAC has a fixed length and the key id and expiry are short, so the dots are found
+        // without scanning the subject; a dot anywhere else fails base64url decoding.
+        let head_len = rest.len().checked_sub(MAC_B64_LEN + 1).ok_or(SHAPE)?;
+        if rest.as_bytes()[head_len] != b'.' {
+            return Err(SHAPE);
+        }
+        let (head, mac) = (&rest[..head_len], &rest[head_len + 1..]);
+        let (kid, head) = split_at_dot(head, MAX_KID_LEN).ok_or(SHAPE)?;
+        let (expiry, subject) = split_at_dot(head, MAX_EXPIRY_DIGITS).ok_or(SHAPE)?;
+        if !is_kid(kid) {
+            return Err(Malformed("invalid key id"));
+        }
+        let expires_at = parse_expiry(expiry).ok_or(Malformed("expiry is not a canonical decimal"))?;
+
+        if subject.is_empty() {
+            return Err(Malformed("empty subject"));
+        }
+        if subject.len() > MAX_SUBJECT_B64_LEN {
+            return Err(Malformed("subject is too long"));
+        }
+        let subject =
+            URL_SAFE_NO_PAD.decode(subject).map_err(|_| Malformed("subject is not canonical base64url"))?;
+        let subject = String::from_utf8(subject).map_err(|_| Malformed("subject is not UTF-8"))?;
+
+        let mut tag = [0u8; MAC_LEN];
+        if mac.len() != MAC_B64_LEN
+            || !URL_SAFE_NO_PAD.decode_slice(mac, &mut tag).is_ok_and(|written| written == MAC_LEN)
+        {
+            return Err(Malformed("MAC is not 32 bytes of canonical base64url"));
+        }
+        Ok(Self { kid, expiry, expires_at, subject, mac: tag })
+    }
+}
+
+/// The keyed MAC over `"ztgate-hmac-v1" 0x00 kid 0x00 purpose 0x00 expiry 0x00 subject`.
+/// Only the last field may contain 0x00 (the others are validated), so the input is unambiguous.
+fn mac_over(key: &HmacKey, purpose: &str, expiry: &str, subject: &[u8]) -> HmacSha256 {
+    let mut mac = key.keyed.clone();
+    for field in [DOMAIN, key.kid.as_bytes(), purpose.as_bytes(), expiry.as_bytes()] {
+        mac.update(field);
+        mac.update(&[0]);
+    }
+    mac.update(subject);
+    mac
+}
+
+/// Splits `s` at a `.` among its first `max + 1` bytes.
+fn split_at_dot(s: &str, max: usize) -> Option<(&str, &str)> {
+    let dot = s.bytes().take(max + 1).position(|b| b == b'.')?;
+    Some((&s[..dot], &s[dot + 1..]))
+}
+
+/// `[A-Za-z0-9_-]{1,32}`.
+fn is_kid(s: &str) -> bool {
+    (1..=MAX_KID_LEN).contains(&s.len())
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// `[A-Za-z0-9_.:-]{1,64}`.
+fn is_purpose(s: &str) -> bool {
+    (1..=MAX_PURPOSE_LEN).contains(&s.len())
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
+}
+
+/// `0` or `[1-9][0-9]*` that fits a `u64`; nothing else (no sign, space or leading zero).
+fn parse_expiry(s: &str) -> Option<u64> {
+    let bytes = s.as_bytes();
+    if bytes.is_empty() || (bytes[0] == b'0' && bytes.len() > 1) {
+        return None;
+    }
+    bytes.iter().try_fold(0u64, |n, &b| {
+        let digit = b.checked_sub(b'0').filter(|d| *d <= 9)?;
+        n.checked_mul(10)?.checked_add(u64::from(digit))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_must_be_canonical_decimal() {
+        assert_eq!(parse_expiry("0"), Some(0));
+        assert_eq!(parse_expiry("1700000000"), Some(1_700_000_000));
+        assert_eq!(parse_expiry("18446744073709551615"), Some(u64::MAX));
+        for bad in ["", "01", "00", "+1", "-1", " 1", "1 ", "1_0", "١", "18446744073709551616", "1e9"] {
+            assert_eq!(parse_expiry(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_base64_engine_is_strict() {
+        // Canonical: 0x00 0x00 → "AAA". A set trailing bit ("AAB") and padding are refused.
+        assert_eq!(URL_SAFE_NO_PAD.decode("AAA").unwrap(), [0, 0]);
+        assert!(URL_SAFE_NO_PAD.decode("AAB").is_err());
+        assert!(URL_SAFE_NO_PAD.decode("AA==").is_err());
+        assert!(URL_SAFE_NO_PAD.decode("+/8").is_err());
+        assert_eq!(URL_SAFE_NO_PAD.decode("-_8").unwrap(), [0xfb, 0xff]);
+        assert!(URL_SAFE_NO_PAD.decode("AA A").is_err());
+    }
+
+    #[test]
+    fn max_lengths_add_up() {
+        assert_eq!(MAX_SUBJECT_B64_LEN, 1366);
+        let longest =
+            VERSION_PREFIX.len() + MAX_KID_LEN + MAX_EXPIRY_DIGITS + MAX_SUBJECT_B64_LEN + MAC_B64_LEN + 3;
+        assert_eq!(longest, 1467);
+        assert!(longest <= MAX_TOKEN_LEN);
+    }
+
+    #[test]
+    fn charsets() {
+        assert!(is_kid("2025-06_a") && !is_kid("") && !is_kid("a.b") && !is_kid(&"k".repeat(33)));
+        assert!(is_purpose("email.verify:v2") && !is_purpose("a/b") && !is_purpose("a\0b"));
+    }
+}
