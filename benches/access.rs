@@ -68,6 +68,23 @@ fn bench(c: &mut Criterion) {
     });
     jsonwebtoken::decode::<Claims>(&token, &decoding, &validation).expect("jsonwebtoken must accept it too");
 
+    // Instruction-count mode for noisy machines: run one path N times inside `counted_loop` and
+    // exit; callgrind counts only that function (key generation and set-up excluded):
+    //   ZTGATE_BENCH_PATH=raw|gate|layer ZTGATE_BENCH_N=100 \
+    //     valgrind --tool=callgrind --toggle-collect='*counted_loop*' <bench binary> --bench
+    if let (Ok(path), Ok(n)) = (std::env::var("ZTGATE_BENCH_PATH"), std::env::var("ZTGATE_BENCH_N")) {
+        let n: usize = n.parse().expect("ZTGATE_BENCH_N is a count");
+        counted_loop(&rt, n, || async {
+            match path.as_str() {
+                "raw" => drop(black_box(jsonwebtoken::decode::<Claims>(&token, &decoding, &validation))),
+                "gate" => drop(black_box(gate.check(&request()).await)),
+                "layer" => drop(black_box(svc.clone().oneshot(request()).await)),
+                other => panic!("unknown ZTGATE_BENCH_PATH {other}"),
+            }
+        });
+        std::process::exit(0);
+    }
+
     let mut group = c.benchmark_group("rs256_access_token");
     group.bench_function("jsonwebtoken_decode_validate", |b| {
         b.iter(|| jsonwebtoken::decode::<Claims>(black_box(&token), &decoding, &validation).unwrap())
@@ -79,6 +96,19 @@ fn bench(c: &mut Criterion) {
         b.to_async(&rt).iter(|| async { svc.clone().oneshot(black_box(request())).await.unwrap() })
     });
     group.finish();
+}
+
+#[inline(never)]
+fn counted_loop<F: std::future::Future<Output = ()>>(
+    rt: &tokio::runtime::Runtime,
+    n: usize,
+    mut f: impl FnMut() -> F,
+) {
+    rt.block_on(async {
+        for _ in 0..n {
+            f().await;
+        }
+    });
 }
 
 criterion_group!(benches, bench);
