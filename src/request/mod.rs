@@ -149,7 +149,7 @@ pub struct RequestFacts {
     api_key: Option<Credential>,
     client_cert: Option<ClientCertFacts>,
     query: Option<Credential>,
-    cookies: Option<Credential>,
+    cookies: Option<RawCookies>,
     method: Method,
     path: String,
     client_ip: Option<String>,
@@ -252,7 +252,7 @@ impl RequestFacts {
     /// The value of cookie `name`, if sent exactly once (or always with the same value).
     pub fn cookie(&self, name: &str) -> Result<Option<Credential>, RequestError> {
         let Some(cookies) = &self.cookies else { return Ok(None) };
-        find_cookie(cookies.expose().as_bytes(), name).map(|found| {
+        find_cookie(&cookies.0, name).map(|found| {
             found.map(|v| Credential {
                 value: String::from_utf8_lossy(v).into_owned(),
                 source: CredentialSource::Cookie,
@@ -302,7 +302,7 @@ fn access_jwt(headers: &HeaderMap, limits: &RequestLimits) -> Result<Option<Cred
         return Ok(Some(Credential { value, source: CredentialSource::Header }));
     }
     let Some(cookies) = cookie_header(headers, limits)? else { return Ok(None) };
-    match find_cookie(cookies.expose().as_bytes(), ACCESS_JWT_COOKIE)? {
+    match find_cookie(&cookies.0, ACCESS_JWT_COOKIE)? {
         None => Ok(None),
         Some(value) if value.len() > limits.max_token_bytes => {
             Err(RequestError::HeaderTooLarge { header: "Cookie", limit: limits.max_token_bytes })
@@ -314,21 +314,33 @@ fn access_jwt(headers: &HeaderMap, limits: &RequestLimits) -> Result<Option<Cred
     }
 }
 
+/// The raw bytes of every `Cookie` field. Kept as bytes: converting to text first would merge
+/// different invalid byte sequences into the same replacement character, and two different
+/// cookies would then compare equal. `Debug` shows only the length.
+#[derive(Clone)]
+struct RawCookies(Vec<u8>);
+
+impl fmt::Debug for RawCookies {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RawCookies({} bytes, redacted)", self.0.len())
+    }
+}
+
 /// Every `Cookie` field joined with `; ` (HTTP/2 splits them), bounded.
-fn cookie_header(headers: &HeaderMap, limits: &RequestLimits) -> Result<Option<Credential>, RequestError> {
+fn cookie_header(headers: &HeaderMap, limits: &RequestLimits) -> Result<Option<RawCookies>, RequestError> {
     let fields = headers.get_all(http::header::COOKIE);
     let total: usize = fields.iter().map(|v| v.len() + 2).sum();
     if total > limits.max_cookie_bytes {
         return Err(RequestError::HeaderTooLarge { header: "Cookie", limit: limits.max_cookie_bytes });
     }
-    let mut joined = String::new();
+    let mut joined = Vec::new();
     for field in fields {
         if !joined.is_empty() {
-            joined.push_str("; ");
+            joined.extend_from_slice(b"; ");
         }
-        joined.push_str(&String::from_utf8_lossy(field.as_bytes()));
+        joined.extend_from_slice(field.as_bytes());
     }
-    Ok((!joined.is_empty()).then_some(Credential { value: joined, source: CredentialSource::Cookie }))
+    Ok((!joined.is_empty()).then_some(RawCookies(joined)))
 }
 
 /// Finds one cookie by exact name; conflicting duplicates are ambiguous.
@@ -468,6 +480,18 @@ mod tests {
         let f =
             facts(&[("cookie", "cf_authorization=x; CF_Authorization_old=y; XCF_Authorization=z")]).unwrap();
         assert!(f.access_jwt().is_none());
+    }
+
+    #[test]
+    fn cookies_differing_only_in_invalid_bytes_are_still_different() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::COOKIE,
+            http::HeaderValue::from_bytes(b"CF_Authorization=a\xff; CF_Authorization=a\xfe").unwrap(),
+        );
+        let err =
+            RequestFacts::from_parts(&Method::GET, "/", &headers, &RequestLimits::default()).unwrap_err();
+        assert_eq!(err, RequestError::AmbiguousCredential { name: ACCESS_JWT_COOKIE });
     }
 
     #[test]
