@@ -43,6 +43,7 @@ impl std::error::Error for ConfigError {}
 /// |---|---|---|
 /// | `Request(HeaderTooLarge)` | 431 | `header_too_large` |
 /// | `Request(AmbiguousCredential)` | 400 | `ambiguous_credential` |
+/// | `Request(NotText)` | 400 | `malformed_header` |
 /// | `MissingCredential` | 401 | `missing_credential` |
 /// | `InvalidToken(Expired)` | 401 | `token_expired` |
 /// | `InvalidToken(_)` | 401 | `invalid_token` |
@@ -159,6 +160,7 @@ impl Rejection {
     pub fn code(&self) -> &'static str {
         match self {
             Self::Request(RequestError::HeaderTooLarge { .. }) => "header_too_large",
+            Self::Request(RequestError::NotText { .. }) => "malformed_header",
             Self::Request(_) => "ambiguous_credential",
             Self::MissingCredential => "missing_credential",
             Self::InvalidToken(TokenError::Expired) => "token_expired",

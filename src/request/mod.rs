@@ -79,6 +79,11 @@ pub enum RequestError {
         /// Its limit in bytes.
         limit: usize,
     },
+    /// A credential header holds bytes that are not visible ASCII.
+    NotText {
+        /// Which header.
+        header: &'static str,
+    },
     /// The same credential arrived more than once with different values: refusing beats
     /// guessing which one the client meant (cookie tossing, header smuggling).
     AmbiguousCredential {
@@ -93,6 +98,7 @@ impl fmt::Display for RequestError {
             Self::HeaderTooLarge { header, limit } => {
                 write!(f, "the {header} header is larger than {limit} bytes")
             }
+            Self::NotText { header } => write!(f, "the {header} header is not visible ASCII text"),
             Self::AmbiguousCredential { name } => {
                 write!(f, "{name} was sent more than once with different values")
             }
@@ -385,7 +391,12 @@ fn single_header(
     if first.len() > limits.max_token_bytes {
         return Err(RequestError::HeaderTooLarge { header: label, limit: limits.max_token_bytes });
     }
-    Ok(Some(String::from_utf8_lossy(first.as_bytes()).into_owned()))
+    // A credential that is not text is refused rather than converted: a lossy conversion could
+    // make different bytes compare equal.
+    match first.to_str() {
+        Ok(text) => Ok(Some(text.to_owned())),
+        Err(_) => Err(RequestError::NotText { header: label }),
+    }
 }
 
 /// `Authorization: Bearer x`. Other schemes are not a bearer credential.
@@ -492,6 +503,17 @@ mod tests {
         let err =
             RequestFacts::from_parts(&Method::GET, "/", &headers, &RequestLimits::default()).unwrap_err();
         assert_eq!(err, RequestError::AmbiguousCredential { name: ACCESS_JWT_COOKIE });
+    }
+
+    #[test]
+    fn non_text_api_key_or_bearer_is_refused_not_converted() {
+        for name in [http::header::AUTHORIZATION, HeaderName::from_static("x-api-key")] {
+            let mut headers = HeaderMap::new();
+            headers.insert(name, http::HeaderValue::from_bytes(b"Bearer key\xff\xfe").unwrap());
+            let err =
+                RequestFacts::from_parts(&Method::GET, "/", &headers, &RequestLimits::default()).unwrap_err();
+            assert!(matches!(err, RequestError::NotText { .. }), "{err:?}");
+        }
     }
 
     #[test]
