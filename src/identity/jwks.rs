@@ -252,12 +252,18 @@ impl KeySet {
 struct RawJwk {
     kty: String,
     kid: String,
-    #[serde(rename = "use")]
+    #[serde(rename = "use", default, deserialize_with = "present")]
     use_: Option<String>,
+    #[serde(default, deserialize_with = "present")]
     alg: Option<String>,
     key_ops: Option<Vec<String>>,
     n: String,
     e: String,
+}
+
+/// A member that is present must have its type: `"use": null` is refused, not read as absent.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    String::deserialize(d).map(Some)
 }
 
 const MAX_KID_BYTES: usize = 256;
@@ -578,6 +584,22 @@ mod tests {
         assert_eq!(bit_length(&[1]), 1);
         assert_eq!(bit_length(&[0x80, 0]), 16);
         assert_eq!(bit_length(strip_leading_zeros(&[0, 0, 0x7f])), 7);
+    }
+
+    #[test]
+    fn null_use_or_alg_is_a_wrong_type_not_an_absence() {
+        let mut n = vec![0xc5u8; 256];
+        n[255] |= 1;
+        let n = URL_SAFE_NO_PAD.encode(&n);
+        let doc =
+            |extra: &str| format!(r#"{{"keys":[{{"kty":"RSA","kid":"a","n":"{n}","e":"AQAB"{extra}}}]}}"#);
+        assert_eq!(KeySet::parse(doc("").as_bytes(), 8).unwrap().len(), 1);
+        for extra in [r#","use":null"#, r#","alg":null"#, r#","use":1"#] {
+            assert!(
+                matches!(KeySet::parse(doc(extra).as_bytes(), 8), Err(FetchError::NoUsableKeys)),
+                "{extra}"
+            );
+        }
     }
 
     #[test]
