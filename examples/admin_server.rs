@@ -50,7 +50,7 @@
 //! | `ZTGATE_DB` | SQLite file (default `ztgate-admin.sqlite`) |
 //! | `ZTGATE_API_KEYS` | comma-separated `name:secret` API keys (secrets of 16+ bytes); unset = API-key routes refuse everyone (dev mode: one random key named `dev`) |
 //! | `ZTGATE_HMAC_KEYS` | comma-separated `kid:secret` keys for unsubscribe links (secrets of 32+ bytes): the first signs, all verify; unset = a random key per start, so links die with the process |
-//! | `ZTGATE_WEBHOOK_SECRET` | the Svix endpoint secret, `whsec_<base64>`; unset = `POST /webhooks/inbound` answers 503 `not_configured` |
+//! | `ZTGATE_WEBHOOK_SECRET` | the Svix endpoint secret, `whsec_<base64>`; unset = `POST /webhooks/inbound` answers 503 `not_configured` | <!-- pragma: allowlist secret -->
 //! | `ZTGATE_TRUST_CERT_HEADERS` | `1` = believe Cloudflare's `cf-cert-*` client-certificate headers (only when every request arrives through Cloudflare); `0` (default) = ignore them |
 //!
 //! To rotate HMAC keys, put the new key first and keep the old one second
@@ -977,9 +977,9 @@ impl From<ConfigError> for EnvError {
             "audiences" => "ZTGATE_AUD",
             "certs_url" => "ZTGATE_CERTS_URL",
             "policy" => "ZTGATE_ADMIN_EMAILS",
-            "api_keys" => "ZTGATE_API_KEYS",
+            "api_keys" => "ZTGATE_API_KEYS", // pragma: allowlist secret
             "hmac_keys" => "ZTGATE_HMAC_KEYS",
-            "webhook_secret" => "ZTGATE_WEBHOOK_SECRET",
+            "webhook_secret" => "ZTGATE_WEBHOOK_SECRET", // pragma: allowlist secret
             _ => "configuration",
         };
         Self::new(var, e.to_string())

@@ -428,7 +428,7 @@ fn cert_headers(revoked: bool) -> Vec<(&'static str, &'static str)> {
         ("cf-cert-presented", "true"),
         ("cf-cert-verified", "SUCCESS"),
         ("cf-cert-revoked", if revoked { "1" } else { "0" }),
-        ("cf-cert-fingerprint-sha256", "ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12"),
+        ("cf-cert-fingerprint-sha256", "ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12"), // pragma: allowlist secret
         ("cf-cert-subject-dn", "CN=deploy-bot,O=Acme"),
         ("cf-cert-issuer-dn", "CN=Acme Client CA"),
     ]
@@ -1212,7 +1212,8 @@ async fn ops_stats_with_a_wrong_or_no_api_key_is_401() {
     let p = Production::start().await;
     let prefix = &OPS_KEY[..OPS_KEY.len() - 1];
     let longer = format!("{OPS_KEY}0");
-    for wrong in [prefix, longer.as_str(), "0123456789abcdef0123456789abcdef", HMAC_K1] {
+    let unknown = "0123456789abcdef0123456789abcdef"; // pragma: allowlist secret
+    for wrong in [prefix, longer.as_str(), unknown, HMAC_K1] {
         let res = p.call("GET", "/ops/stats", &[("X-Api-Key", wrong)]).await;
         assert_refused(res, StatusCode::UNAUTHORIZED, "invalid_credential").await;
     }
@@ -1247,7 +1248,7 @@ async fn mtls_whoami_with_trusted_headers_of_a_verified_cert_is_200() {
     let res = p.call("GET", "/mtls/whoami", &cert_headers(false)).await;
     assert_eq!(res.status(), StatusCode::OK);
     let body = json_of(res).await;
-    assert_eq!(body["fingerprint"], "ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12");
+    assert_eq!(body["fingerprint"], "ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12"); // pragma: allowlist secret
     assert_eq!(body["subject_dn"], "CN=deploy-bot,O=Acme");
     assert!(p.server.logs().contains("ZTGATE_TRUST_CERT_HEADERS=1"));
 }
@@ -1398,10 +1399,10 @@ fn invalid_api_keys_exit_2_naming_it() {
 fn invalid_hmac_keys_exit_2_naming_it() {
     for (value, secret) in [
         ("k1:short-secret", "short-secret"),
-        ("k1-no-colon-0123456789abcdef0123456789abcdef", "0123456789abcdef0123456789"),
-        ("bad kid:0123456789abcdef0123456789abcdef", "0123456789abcdef0123456789"),
-        ("k1:0123456789abcdef0123456789abcdef,k1:fedcba9876543210fedcba9876543210", "0123456789abcdef01"),
-        ("k1:0123456789abcdef0123456789abcdef,,", "0123456789abcdef01"),
+        ("k1-no-colon-0123456789abcdef0123456789abcdef", "0123456789abcdef0123456789"), // pragma: allowlist secret
+        ("bad kid:0123456789abcdef0123456789abcdef", "0123456789abcdef0123456789"), // pragma: allowlist secret
+        ("k1:0123456789abcdef0123456789abcdef,k1:fedcba9876543210fedcba9876543210", "0123456789abcdef01"), // pragma: allowlist secret
+        ("k1:0123456789abcdef0123456789abcdef,,", "0123456789abcdef01"), // pragma: allowlist secret
         ("", ""),
     ] {
         assert_secret_config_error("ZTGATE_HMAC_KEYS", value, secret);

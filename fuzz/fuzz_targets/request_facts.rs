@@ -1,0 +1,130 @@
+//! `RequestFacts::from_parts` on arbitrary header names, values, cookies and limits.
+//!
+//! Input: byte 0 picks the limits, then a length-prefixed path, then entries of
+//! `name byte, length byte, value bytes`. Invariants: no panic; one assertion header is the
+//! credential whatever the cookies hold (no fall-through, even when it is empty or garbage); a
+//! repeated one is ambiguous; without it the credential is the `CF_Authorization` cookie as a
+//! small independent model reads it (conflicting cookies are refused); size limits hold; and
+//! `Debug` never shows a credential.
+#![no_main]
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use libfuzzer_sys::fuzz_target;
+use ztgate::request::{CredentialSource, RequestError, RequestFacts, RequestLimits};
+
+const NAMES: [&str; 8] = [
+    "cf-access-jwt-assertion",
+    "cookie",
+    "cf-connecting-ip",
+    "cf-ipcountry",
+    "cf-access-jwt-assertion",
+    "cookie",
+    "authorization",
+    "x-api-key",
+];
+
+fuzz_target!(init: ztgate_fuzz::seeds::write_if_asked("request_facts"), |data: &[u8]| {
+    let Some((&limits_byte, mut rest)) = data.split_first() else { return };
+    let limits = RequestLimits {
+        max_token_bytes: [16 * 1024, 0, 8, 64][usize::from(limits_byte & 3)],
+        max_cookie_bytes: [32 * 1024, 0, 16, 128][usize::from(limits_byte >> 2 & 3)],
+        max_logged_path_bytes: [256, 0, 3, 16][usize::from(limits_byte >> 4 & 3)],
+        ..RequestLimits::default()
+    };
+    let method = [Method::GET, Method::POST, Method::DELETE][usize::from(limits_byte >> 6) % 3].clone();
+    let path = take(&mut rest);
+    let path = String::from_utf8_lossy(path);
+    let mut headers = HeaderMap::new();
+    while let Some((&name, tail)) = rest.split_first() {
+        rest = tail;
+        let value = take(&mut rest);
+        if let Ok(value) = HeaderValue::from_bytes(value) {
+            headers.append(HeaderName::from_static(NAMES[usize::from(name) % NAMES.len()]), value);
+        }
+    }
+
+    let outcome = RequestFacts::from_parts(&method, &path, &headers, &limits);
+    let assertions: Vec<&HeaderValue> = headers.get_all("cf-access-jwt-assertion").iter().collect();
+    match (assertions.as_slice(), &outcome) {
+        // Exactly one assertion header within the limit: it is the credential, whatever the
+        // cookies say, even when empty or garbage (no fall-through to the cookie).
+        ([one], Ok(facts)) => {
+            let jwt = facts.access_jwt().expect("the assertion header was dropped");
+            assert_eq!(jwt.source(), CredentialSource::Header);
+            assert_eq!(jwt.expose(), String::from_utf8_lossy(one.as_bytes()));
+            assert!(one.len() <= limits.max_token_bytes);
+        }
+        ([one], Err(e)) if one.len() > limits.max_token_bytes => assert_eq!(
+            e,
+            &RequestError::HeaderTooLarge {
+                header: "Cf-Access-Jwt-Assertion",
+                limit: limits.max_token_bytes
+            }
+        ),
+        // Otherwise another credential of the request was refused (a bad cookie header, say):
+        // the request is refused, which is never a fall-through.
+        ([_], Err(_)) => {}
+        ([], _) => match (cookie_model(&headers), &outcome) {
+            (Ok(want), Ok(facts)) => {
+                let got = facts.access_jwt().map(|c| (c.source(), c.expose().as_bytes().to_vec()));
+                let want =
+                    want.map(|v| (CredentialSource::Cookie, String::from_utf8_lossy(&v).as_bytes().to_vec()));
+                assert_eq!(got, want, "cookie credential");
+                if let Some((_, v)) = &got {
+                    assert!(v.len() <= limits.max_token_bytes, "an oversized cookie credential was kept");
+                }
+            }
+            (Err(()), Ok(facts)) => panic!("conflicting CF_Authorization cookies were accepted: {facts:?}"),
+            (_, Err(_)) => {}
+        },
+        (_, outcome) => assert_eq!(
+            outcome.as_ref().err(),
+            Some(&RequestError::AmbiguousCredential { name: "Cf-Access-Jwt-Assertion" }),
+            "a repeated assertion header"
+        ),
+    }
+    if let Ok(facts) = &outcome {
+        for credential in facts.access_jwt().into_iter().chain(facts.bearer()).chain(facts.api_key_header()) {
+            let value = credential.expose();
+            if value.len() > 64 && !path.contains(value) {
+                assert!(!format!("{credential:?} {facts:?}").contains(value), "Debug shows a credential");
+            }
+        }
+        assert_eq!(facts.method(), &method);
+        assert!(facts.path().len() <= limits.max_logged_path_bytes && path.starts_with(facts.path()));
+        let short = |name: &str, max: usize| {
+            headers.get(name).and_then(|v| v.to_str().ok()).filter(|v| v.len() <= max).map(str::to_owned)
+        };
+        assert_eq!(facts.client_ip().map(str::to_owned), short("cf-connecting-ip", 64));
+        assert_eq!(facts.country().map(str::to_owned), short("cf-ipcountry", 8));
+    }
+});
+
+fn take<'a>(rest: &mut &'a [u8]) -> &'a [u8] {
+    let Some((&len, tail)) = rest.split_first() else { return &[] };
+    let len = usize::from(len).min(tail.len());
+    let (value, tail) = tail.split_at(len);
+    *rest = tail;
+    value
+}
+
+/// The `CF_Authorization` cookie by the documented rule, written without looking at how
+/// `request` does it: every `Cookie` field, `;`-separated pairs, exact name, value trimmed and
+/// unquoted; `Err` when two occurrences differ.
+fn cookie_model(headers: &HeaderMap) -> Result<Option<Vec<u8>>, ()> {
+    let mut found: Option<&[u8]> = None;
+    for field in headers.get_all("cookie") {
+        for pair in field.as_bytes().split(|b| *b == b';') {
+            let Some(value) = pair.trim_ascii().strip_prefix(b"CF_Authorization=") else { continue };
+            let value = match value.trim_ascii() {
+                [b'"', inner @ .., b'"'] => inner,
+                v => v,
+            };
+            if found.is_some_and(|first| first != value) {
+                return Err(());
+            }
+            found = Some(value);
+        }
+    }
+    Ok(found.map(<[u8]>::to_vec))
+}
