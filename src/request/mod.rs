@@ -310,13 +310,15 @@ fn access_jwt(headers: &HeaderMap, limits: &RequestLimits) -> Result<Option<Cred
     let Some(cookies) = cookie_header(headers, limits)? else { return Ok(None) };
     match find_cookie(&cookies.0, ACCESS_JWT_COOKIE)? {
         None => Ok(None),
-        Some(value) if value.len() > limits.max_token_bytes => {
-            Err(RequestError::HeaderTooLarge { header: "Cookie", limit: limits.max_token_bytes })
+        Some(value) => {
+            // Measured after the text conversion: an invalid byte becomes a 3-byte U+FFFD, and
+            // the credential kept must stay within the limit.
+            let value = String::from_utf8_lossy(value);
+            if value.len() > limits.max_token_bytes {
+                return Err(RequestError::HeaderTooLarge { header: "Cookie", limit: limits.max_token_bytes });
+            }
+            Ok(Some(Credential { value: value.into_owned(), source: CredentialSource::Cookie }))
         }
-        Some(value) => Ok(Some(Credential {
-            value: String::from_utf8_lossy(value).into_owned(),
-            source: CredentialSource::Cookie,
-        })),
     }
 }
 
@@ -514,6 +516,18 @@ mod tests {
                 RequestFacts::from_parts(&Method::GET, "/", &headers, &RequestLimits::default()).unwrap_err();
             assert!(matches!(err, RequestError::NotText { .. }), "{err:?}");
         }
+    }
+
+    #[test]
+    fn a_cookie_credential_stays_within_the_limit_after_text_conversion() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::COOKIE,
+            http::HeaderValue::from_bytes(b"CF_Authorization=\xff\xff\xff").unwrap(),
+        );
+        let limits = RequestLimits { max_token_bytes: 8, ..RequestLimits::default() };
+        let err = RequestFacts::from_parts(&Method::GET, "/", &headers, &limits).unwrap_err();
+        assert!(matches!(err, RequestError::HeaderTooLarge { .. }), "{err:?}");
     }
 
     #[test]
