@@ -139,11 +139,11 @@ fn jwk(c: &[u8; 8]) -> Value {
     Value::Object(m)
 }
 
-/// The filter rules, restated: `Some(kid)` if ztgate may keep this JWK. `null` members count as
-/// absent, as ztgate's JWK parser reads them (see docs/hardening.md).
+/// The filter rules, restated: `Some(kid)` if ztgate may keep this JWK. A `use` or `alg` that
+/// is present must be a string (`null` is refused); a `null` `key_ops` counts as absent.
 fn passes_filter(jwk: &Value) -> Option<String> {
     let optional_str = |name: &str| match jwk.get(name) {
-        None | Some(Value::Null) => Ok(None),
+        None => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.as_str())),
         Some(_) => Err(()),
     };
