@@ -198,17 +198,25 @@ impl KeySet {
             keys: Vec<serde_json::Value>,
         }
         let doc: Doc = serde_json::from_slice(body).map_err(|e| FetchError::Malformed(e.to_string()))?;
-        let mut keys: HashMap<String, Arc<Rs256Key>> = HashMap::new();
-        let mut duplicated: Vec<String> = Vec::new();
+        // Duplicates are judged over every acceptable key before the cap applies: a kid seen
+        // twice is dropped whole, even if the cap had left one of its copies out.
+        let mut accepted: Vec<(String, Rs256Key)> = Vec::new();
         let mut skipped = 0usize;
         for raw in doc.keys {
-            let Some((kid, key)) = accept_key(raw) else {
-                skipped += 1;
-                continue;
-            };
-            if keys.contains_key(&kid) || duplicated.contains(&kid) {
-                keys.remove(&kid);
-                duplicated.push(kid);
+            match accept_key(raw) {
+                Some(pair) => accepted.push(pair),
+                None => skipped += 1,
+            }
+        }
+        let mut counts: HashMap<&str, usize> = HashMap::new();
+        for (kid, _) in &accepted {
+            *counts.entry(kid.as_str()).or_default() += 1;
+        }
+        let duplicated: Vec<String> =
+            counts.iter().filter(|(_, n)| **n > 1).map(|(kid, _)| (*kid).to_owned()).collect();
+        let mut keys: HashMap<String, Arc<Rs256Key>> = HashMap::new();
+        for (kid, key) in accepted {
+            if duplicated.contains(&kid) {
                 continue;
             }
             if keys.len() == max_keys {
@@ -600,6 +608,18 @@ mod tests {
                 "{extra}"
             );
         }
+    }
+
+    #[test]
+    fn a_duplicated_kid_is_dropped_even_when_the_cap_skipped_one_copy() {
+        let mut n = vec![0xc5u8; 256];
+        n[255] |= 1;
+        let n = URL_SAFE_NO_PAD.encode(&n);
+        let jwk = |kid: &str| format!(r#"{{"kty":"RSA","kid":"{kid}","n":"{n}","e":"AQAB"}}"#);
+        let doc = format!(r#"{{"keys":[{},{},{},{}]}}"#, jwk("a"), jwk("b"), jwk("a"), jwk("b"));
+        assert!(matches!(KeySet::parse(doc.as_bytes(), 1), Err(FetchError::NoUsableKeys)));
+        let doc = format!(r#"{{"keys":[{},{},{}]}}"#, jwk("a"), jwk("b"), jwk("c"));
+        assert_eq!(KeySet::parse(doc.as_bytes(), 2).unwrap().len(), 2);
     }
 
     #[test]
