@@ -56,10 +56,13 @@ declare -A execs=()
 failed=()
 for t in "${targets[@]}"; do
     step "run ${t} for ${FUZZ_SECONDS}s"
-    mkdir -p "fuzz/corpus/${t}" "fuzz/artifacts/${t}"
+    mkdir -p "fuzz/corpus/${t}" "fuzz/artifacts/${t}" "fuzz/regressions/${t}"
     log="fuzz/artifacts/${t}/last-run.log"
     set +e
-    cargo +nightly fuzz run "${build_args[@]}" "${t}" "${root}/fuzz/corpus/${t}" -- \
+    # fuzz/regressions/<target>/ holds the committed inputs of past findings: libFuzzer runs
+    # every input of both directories before it starts mutating (new units go to the first).
+    cargo +nightly fuzz run "${build_args[@]}" "${t}" "${root}/fuzz/corpus/${t}" \
+        "${root}/fuzz/regressions/${t}" -- \
         -max_total_time="${FUZZ_SECONDS}" -timeout=20 -print_final_stats=1 \
         -dict="${root}/fuzz/dict/jwt.dict" >"${log}" 2>&1
     status=$?

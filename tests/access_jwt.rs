@@ -372,6 +372,26 @@ async fn duplicate_claim_names_are_refused() {
 }
 
 #[tokio::test]
+async fn invalid_utf8_in_an_ignored_member_is_refused() {
+    // Found by the access_jwt fuzz target: serde_json skips the strings of members it does not
+    // read without validating them, so a header or claims set that is not UTF-8 JSON passed.
+    let f = fixture().await;
+    let bad_header = [&br#"{"alg":"RS256","kid":"k1","note":"a"#[..], &[0xff, 0xfe], &br#"b"}"#[..]].concat();
+    let good_header = json!({"alg": "RS256", "kid": "k1"}).to_string();
+    let base = alice().to_string();
+    let err = check(&f.gate, &f.key.sign_raw(&bad_header, base.as_bytes())).await.unwrap_err();
+    assert_eq!(err, Rejection::InvalidToken(TokenError::Malformed("header")));
+
+    let bad_payload =
+        [&br#"{"note":"a"#[..], &[0xf7, 0xff, 0xff, 0xff], &br#"","#[..], &base.as_bytes()[1..]].concat();
+    let err = check(&f.gate, &f.key.sign_raw(good_header.as_bytes(), &bad_payload)).await.unwrap_err();
+    assert_eq!(err, Rejection::InvalidToken(TokenError::Malformed("payload is not UTF-8")));
+    // The same token with the member valid is admitted, so the refusal is about the encoding.
+    let fine = [&br#"{"note":"ab","#[..], &base.as_bytes()[1..]].concat();
+    assert!(check(&f.gate, &f.key.sign_raw(good_header.as_bytes(), &fine)).await.is_ok());
+}
+
+#[tokio::test]
 async fn non_canonical_base64_is_refused() {
     let f = fixture().await;
     let token = f.key.sign(&alice());

@@ -274,13 +274,17 @@ impl<C: DeserializeOwned> AccessVerifier<C> {
         }
         let payload =
             URL_SAFE_NO_PAD.decode(parts.payload).map_err(|_| TokenError::Malformed("payload encoding"))?;
-        self.check_claims(&payload)
+        // RFC 7519 §7.2: the claims set is UTF-8 JSON. serde_json skips the strings of members
+        // it ignores without validating them, so check the whole payload first.
+        let payload =
+            std::str::from_utf8(&payload).map_err(|_| TokenError::Malformed("payload is not UTF-8"))?;
+        self.check_claims(payload)
     }
 
     /// Checks the claims of an already signature-verified payload.
-    fn check_claims(&self, payload: &[u8]) -> Result<Principal<C>, TokenError> {
+    fn check_claims(&self, payload: &str) -> Result<Principal<C>, TokenError> {
         let claims: RegisteredClaims =
-            serde_json::from_slice(payload).map_err(|e| TokenError::Claims(claim_error(&e)))?;
+            serde_json::from_str(payload).map_err(|e| TokenError::Claims(claim_error(&e)))?;
         if claims.iss.as_deref() != Some(self.config.team_domain.as_str()) {
             return Err(TokenError::Issuer);
         }
@@ -316,7 +320,7 @@ impl<C: DeserializeOwned> AccessVerifier<C> {
             .email
             .filter(|e| !e.is_empty())
             .ok_or_else(|| TokenError::Claims("neither email nor common_name".into()))?;
-        let custom: C = serde_json::from_slice(payload).map_err(|e| TokenError::Claims(claim_error(&e)))?;
+        let custom: C = serde_json::from_str(payload).map_err(|e| TokenError::Claims(claim_error(&e)))?;
         Ok(Principal::User(AccessUser {
             email,
             sub: claims.sub.unwrap_or_default(),
@@ -365,7 +369,10 @@ fn split(token: &str) -> Result<Parts<'_>, TokenError> {
 
 fn decode_json<T: DeserializeOwned>(segment: &str, what: &'static str) -> Result<T, TokenError> {
     let bytes = URL_SAFE_NO_PAD.decode(segment).map_err(|_| TokenError::Malformed(what))?;
-    serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed(what))
+    // RFC 7515 §4: the JOSE header is UTF-8 JSON, including members ztgate ignores (serde_json
+    // would skip those without validating them).
+    let text = std::str::from_utf8(&bytes).map_err(|_| TokenError::Malformed(what))?;
+    serde_json::from_str(text).map_err(|_| TokenError::Malformed(what))
 }
 
 #[cfg(test)]
