@@ -2,8 +2,8 @@
 //!
 //! Every time-dependent check in ztgate (token expiry, JWKS freshness, refetch cooldowns,
 //! grace periods) reads a [`Clock`] instead of calling `SystemTime::now()` directly. Tests use a
-//! [`FixedClock`] they can move forward; a Workers build will plug in the JS clock, since
-//! `SystemTime::now()` panics on `wasm32-unknown-unknown`.
+//! [`FixedClock`] they can move forward. [`SystemClock`] reads the JS clock in a Workers build,
+//! since `SystemTime::now()` panics on `wasm32-unknown-unknown`.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,15 +17,26 @@ pub trait Clock: Send + Sync + fmt::Debug + 'static {
     fn now(&self) -> u64;
 }
 
-/// The operating system's wall clock.
+/// The platform's wall clock: the operating system's on native targets, the JS clock
+/// (`Date.now()`) in a Workers build.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SystemClock;
 
 impl Clock for SystemClock {
+    #[cfg(not(all(target_arch = "wasm32", feature = "workers")))]
     fn now(&self) -> u64 {
         // A clock before 1970 is a broken host; 0 makes every token look "not yet valid"
         // rather than valid, which fails closed.
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    }
+
+    /// In Workers, `SystemTime::now()` panics; the JS clock (`Date.now()`, milliseconds) is the
+    /// wall clock there. Workers only advance it across I/O, which is fine at one-second grain.
+    #[cfg(all(target_arch = "wasm32", feature = "workers"))]
+    fn now(&self) -> u64 {
+        let millis = js_sys::Date::now();
+        // NaN, negative or absurd values fail closed as above (0 = 1970).
+        if millis.is_finite() && millis > 0.0 { (millis / 1000.0) as u64 } else { 0 }
     }
 }
 

@@ -102,6 +102,11 @@ impl<C: DeserializeOwned + Send + Sync + 'static> Gate<C> {
 }
 
 impl<C> Gate<C> {
+    /// The request limits this gate reads requests with.
+    pub fn limits(&self) -> &RequestLimits {
+        &self.inner.limits
+    }
+
     /// The requirement this gate enforces.
     pub fn requirement(&self) -> &Requirement<C> {
         &self.inner.requirement

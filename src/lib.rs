@@ -57,8 +57,13 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-#[cfg(not(feature = "native"))]
-compile_error!("ztgate currently needs the `native` feature (the Workers build comes later)");
+#[cfg(not(any(feature = "native", feature = "workers")))]
+compile_error!("enable a runtime: `native` (default: tokio/reqwest/moka) or `workers` (Cloudflare Workers)");
+
+#[cfg(all(feature = "workers", not(target_arch = "wasm32")))]
+compile_error!(
+    "the `workers` feature targets wasm32-unknown-unknown (cargo build --target wasm32-unknown-unknown)"
+);
 
 #[cfg(all(feature = "aws_lc_rs", feature = "rust_crypto"))]
 compile_error!("enable exactly one of the `aws_lc_rs` and `rust_crypto` features");
@@ -80,6 +85,8 @@ pub mod request;
 mod routes;
 pub mod secrets;
 pub mod storage;
+#[cfg(feature = "workers")]
+pub mod workers;
 
 pub use error::{ConfigError, Rejection};
 

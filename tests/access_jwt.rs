@@ -385,7 +385,7 @@ async fn invalid_utf8_in_an_ignored_member_is_refused() {
     let bad_payload =
         [&br#"{"note":"a"#[..], &[0xf7, 0xff, 0xff, 0xff], &br#"","#[..], &base.as_bytes()[1..]].concat();
     let err = check(&f.gate, &f.key.sign_raw(good_header.as_bytes(), &bad_payload)).await.unwrap_err();
-    assert_eq!(err, Rejection::InvalidToken(TokenError::Malformed("payload is not UTF-8")));
+    assert_eq!(err, Rejection::InvalidToken(TokenError::Claims("claims are not UTF-8".into())));
     // The same token with the member valid is admitted, so the refusal is about the encoding.
     let fine = [&br#"{"note":"ab","#[..], &base.as_bytes()[1..]].concat();
     assert!(check(&f.gate, &f.key.sign_raw(good_header.as_bytes(), &fine)).await.is_ok());

@@ -269,7 +269,7 @@ impl<C: DeserializeOwned> AccessVerifier<C> {
             KeyError::UnknownKid => TokenError::UnknownKey,
             KeyError::Unavailable { retry_after } => TokenError::KeysUnavailable { retry_after },
         })?;
-        if !key.verify(parts.signing_input.as_bytes(), parts.signature) {
+        if !key.verify_async(parts.signing_input.as_bytes(), parts.signature).await {
             return Err(TokenError::Signature);
         }
         let payload =
@@ -277,7 +277,7 @@ impl<C: DeserializeOwned> AccessVerifier<C> {
         // RFC 7519 §7.2: the claims set is UTF-8 JSON. serde_json skips the strings of members
         // it ignores without validating them, so check the whole payload first.
         let payload =
-            std::str::from_utf8(&payload).map_err(|_| TokenError::Malformed("payload is not UTF-8"))?;
+            std::str::from_utf8(&payload).map_err(|_| TokenError::Claims("claims are not UTF-8".into()))?;
         self.check_claims(payload)
     }
 

@@ -6,7 +6,8 @@
 //!   listed twice is dropped whole rather than guessed at. Cloudflare's extra
 //!   `public_cert`/`public_certs` members are ignored.
 //! - **One fetch in flight** whatever the concurrency: concurrent misses coalesce on one
-//!   fetch (moka's `try_get_with`), and each cache generation is fetched at most once.
+//!   fetch (moka's `try_get_with` on native targets, a runtime-free single-flight in Workers,
+//!   where moka cannot run), and each cache generation is fetched at most once.
 //! - **Refresh by age**: keys are fresh for `Cache-Control: max-age` clamped to
 //!   [`JwksConfig::min_max_age`, `JwksConfig::max_max_age`] (default 10 min without one).
 //!   While a refresh runs, other requests keep using the stale keys instead of waiting.
@@ -359,7 +360,11 @@ struct Shared {
     /// A fetch is running; stale-key readers use what they have instead of waiting.
     refreshing: AtomicBool,
     /// Coalesces concurrent fetches: key = the generation being replaced.
+    #[cfg(feature = "native")]
     flights: moka::future::Cache<u64, Arc<KeySet>>,
+    /// Coalesces concurrent fetches in a Workers isolate (moka panics there).
+    #[cfg(not(feature = "native"))]
+    flights: super::flight::Flights<Result<Arc<KeySet>, ()>>,
 }
 
 /// A cache of signing keys with single-flight fetching. Cheap to clone (one `Arc`).
@@ -395,7 +400,10 @@ impl JwksCache {
                 config,
                 state: RwLock::new(State::default()),
                 refreshing: AtomicBool::new(false),
+                #[cfg(feature = "native")]
                 flights: moka::future::Cache::builder().max_capacity(8).build(),
+                #[cfg(not(feature = "native"))]
+                flights: Default::default(),
             }),
         }
     }
@@ -503,8 +511,20 @@ impl JwksCache {
     /// Fetches the generation after `generation`, joining a fetch already in flight for it.
     /// On failure returns how long until a retry is allowed.
     async fn fetch(&self, generation: u64) -> Result<Arc<KeySet>, Duration> {
-        let outcome = self.shared.flights.try_get_with(generation, self.fetch_generation(generation)).await;
-        outcome.map_err(|_| {
+        #[cfg(feature = "native")]
+        let outcome = self
+            .shared
+            .flights
+            .try_get_with(generation, self.fetch_generation(generation))
+            .await
+            .map_err(drop);
+        #[cfg(not(feature = "native"))]
+        let outcome = self
+            .shared
+            .flights
+            .run(generation, || async { self.fetch_generation(generation).await.map_err(drop) })
+            .await;
+        outcome.map_err(|()| {
             let state = self.read();
             self.retry_after(&state, self.shared.clock.now())
         })

@@ -1,0 +1,145 @@
+//! ztgate in a Cloudflare Worker: the admin server's identity routes, with the same policy
+//! type, configuration names, JSON bodies and status codes.
+//!
+//! | route | who may call it |
+//! |---|---|
+//! | `GET /healthz` | public |
+//! | `GET /admin/whoami` (and every other `/admin/...` path) | an Access user on `ZTGATE_ADMIN_EMAILS`, or a service token on `ZTGATE_SERVICE_TOKENS` |
+//! | `GET /mtls/whoami` | a client certificate Cloudflare verified and found unrevoked (`request.cf.tlsClientAuth`) |
+//! | anything else | nobody: 403 `no_policy` |
+//!
+//! Configuration, as Worker vars or secrets: `ZTGATE_TEAM_DOMAIN` (the exact `iss`, e.g.
+//! `https://acme.cloudflareaccess.com`), `ZTGATE_AUD` (comma-separated AUD tags),
+//! `ZTGATE_ADMIN_EMAILS`, `ZTGATE_SERVICE_TOKENS` (comma-separated), `ZTGATE_CERTS_URL` (JWKS,
+//! default `{team}/cdn-cgi/access/certs`). A missing or bad setting makes every request answer
+//! 500 `not_configured`, naming the variable. `ZTGATE_RS256=pure-rust` verifies signatures
+//! without WebCrypto (to compare the two; both give the same answers).
+//!
+//! Run it locally with `examples/worker/run-local.sh`.
+
+use std::sync::{Arc, OnceLock};
+
+use http::StatusCode;
+use serde_json::{Value, json};
+use worker::{Context, Env, Request, event};
+use ztgate::identity::{ClientCertAuth, Requirement};
+use ztgate::workers::WorkersFetcher;
+use ztgate::{AccessConfig, Gate, Policy, Principal, RoutePolicies, Verified};
+
+/// Built once per isolate, so the JWKS cache lives as long as the isolate does.
+static APP: OnceLock<Result<RoutePolicies, Misconfigured>> = OnceLock::new();
+
+struct Misconfigured {
+    variable: &'static str,
+    message: String,
+}
+
+impl Misconfigured {
+    fn new(variable: &'static str, message: impl ToString) -> Self {
+        Self { variable, message: message.to_string() }
+    }
+}
+
+#[event(fetch)]
+async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<http::Response<String>> {
+    let policies = match APP.get_or_init(|| policies(&env)) {
+        Ok(policies) => policies,
+        Err(e) => {
+            let message = format!("{}: {}", e.variable, e.message);
+            return Ok(json_response(StatusCode::INTERNAL_SERVER_ERROR, json!({ "code": "not_configured", "message": message })));
+        }
+    };
+    // Identity first: no handler runs, and no route is revealed, before the gate says yes.
+    let who = match ztgate::workers::check(policies, &req).await {
+        Ok(who) => who,
+        Err(rejection) => return Ok(rejection.to_response()),
+    };
+    let path = req.path();
+    Ok(match (req.method(), path.as_str()) {
+        (worker::Method::Get | worker::Method::Head, "/healthz") => json_response(StatusCode::OK, json!({ "status": "ok" })),
+        (worker::Method::Get, "/admin/whoami") => json_response(StatusCode::OK, whoami(&who)),
+        (worker::Method::Get, "/mtls/whoami") => match who.principal() {
+            Principal::ClientCert(cert) => json_response(
+                StatusCode::OK,
+                json!({
+                    "fingerprint": cert.fingerprint_sha256,
+                    "subject_dn": cert.subject_dn,
+                    "issuer_dn": cert.issuer_dn,
+                }),
+            ),
+            _ => ztgate::Rejection::Forbidden.to_response(),
+        },
+        _ => json_response(StatusCode::NOT_FOUND, json!({ "code": "not_found", "message": "no such route" })),
+    })
+}
+
+fn whoami(who: &Verified<Principal>) -> Value {
+    match who.principal() {
+        Principal::User(user) => json!({ "kind": "user", "email": user.email }),
+        Principal::Service(service) => json!({ "kind": "service", "common_name": service.common_name }),
+        other => json!({ "kind": other.kind(), "id": other.id() }),
+    }
+}
+
+fn json_response(status: StatusCode, body: Value) -> http::Response<String> {
+    let mut response = http::Response::new(body.to_string());
+    *response.status_mut() = status;
+    response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
+    response
+}
+
+/// A Worker var or secret; unset and empty are the same.
+fn setting(env: &Env, name: &str) -> Option<String> {
+    let value = env.secret(name).or_else(|_| env.var(name)).ok()?.to_string();
+    let value = value.trim().to_owned();
+    (!value.is_empty()).then_some(value)
+}
+
+fn list(env: &Env, name: &str) -> Vec<String> {
+    setting(env, name)
+        .map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+fn policies(env: &Env) -> Result<RoutePolicies, Misconfigured> {
+    if setting(env, "ZTGATE_RS256").as_deref() == Some("pure-rust") {
+        ztgate::workers::set_webcrypto(false);
+    }
+    let team = setting(env, "ZTGATE_TEAM_DOMAIN")
+        .ok_or_else(|| Misconfigured::new("ZTGATE_TEAM_DOMAIN", "is required, e.g. https://acme.cloudflareaccess.com"))?;
+    if !team.starts_with("https://") {
+        return Err(Misconfigured::new("ZTGATE_TEAM_DOMAIN", format!("{team:?} must start with https://")));
+    }
+    let audiences = list(env, "ZTGATE_AUD");
+    if audiences.is_empty() {
+        return Err(Misconfigured::new("ZTGATE_AUD", "is required: the Access application's AUD tag(s)"));
+    }
+    let emails = list(env, "ZTGATE_ADMIN_EMAILS");
+    if let Some(bad) = emails.iter().find(|e| !e.contains('@')) {
+        return Err(Misconfigured::new("ZTGATE_ADMIN_EMAILS", format!("{bad:?} is not an email address")));
+    }
+    let service_tokens = list(env, "ZTGATE_SERVICE_TOKENS");
+    if emails.is_empty() && service_tokens.is_empty() {
+        return Err(Misconfigured::new(
+            "ZTGATE_ADMIN_EMAILS",
+            "nobody would be allowed in: set ZTGATE_ADMIN_EMAILS and/or ZTGATE_SERVICE_TOKENS",
+        ));
+    }
+    let config = AccessConfig::new(team.as_str(), audiences).map_err(|e| Misconfigured::new("ZTGATE_AUD", e))?;
+    let certs_url = setting(env, "ZTGATE_CERTS_URL").unwrap_or_else(|| config.default_certs_url());
+    let fetcher = WorkersFetcher::new(&certs_url).map_err(|e| Misconfigured::new("ZTGATE_CERTS_URL", e))?;
+    let access = Gate::builder(config)
+        .policy(Policy::new().allow_emails(emails).allow_service_tokens(service_tokens))
+        .fetcher(Arc::new(fetcher))
+        .build_mechanism()
+        .map_err(|e| Misconfigured::new("ZTGATE_TEAM_DOMAIN", e))?;
+    let access = Requirement::mechanism(access);
+    let route = |p: Result<RoutePolicies, ztgate::ConfigError>| p.map_err(|e| Misconfigured::new("ZTGATE_TEAM_DOMAIN", e));
+    let policies = route(RoutePolicies::new().route("GET", "/healthz", Requirement::public()))?;
+    let policies = route(policies.route("HEAD", "/healthz", Requirement::public()))?;
+    let policies = route(policies.route("GET", "/admin/whoami", access.clone()))?;
+    let policies = route(policies.route("*", "/admin", access.clone()))?;
+    let policies = route(policies.route("*", "/admin/{*rest}", access))?;
+    route(policies.route("GET", "/mtls/whoami", Requirement::mechanism(ClientCertAuth::new())))
+}
