@@ -17,7 +17,7 @@ export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 export CARGO_TERM_COLOR=never
 
 FUZZ_SECONDS="${FUZZ_SECONDS:-60}"
-FUZZ_TARGETS="${FUZZ_TARGETS:-request_facts access_jwt jwks_parse differential_jwt}"
+FUZZ_TARGETS="${FUZZ_TARGETS:-request_facts access_jwt jwks_parse differential_jwt hmac_token webhook_headers client_cert}"
 FUZZ_SANITIZER="${FUZZ_SANITIZER:-address}"
 FUZZ_FEATURES="${FUZZ_FEATURES:-}"
 CARGO_FUZZ_VERSION="0.13.2"

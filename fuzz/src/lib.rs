@@ -179,3 +179,25 @@ pub fn mutate(token: &str, op: &[u8], n: &[u8]) -> Option<String> {
 pub fn modulus(key: &DevKey) -> Vec<u8> {
     URL_SAFE_NO_PAD.decode(key.public_jwk()["n"].as_str().expect("n")).expect("n is base64url")
 }
+
+/// The HMAC token ring of the `hmac_token` target: `(kid, secret)`, the signing key first.
+/// Test-only secrets, known to the target so it can recompute every MAC itself.
+pub const HMAC_KEYS: [(&str, &str); 2] = [
+    ("k2", "fuzz-only-hmac-key-two-0123456789abcdef"), // pragma: allowlist secret
+    ("k1", "fuzz-only-hmac-key-one-0123456789abcdef"), // pragma: allowlist secret
+];
+
+/// The ring of [`HMAC_KEYS`].
+pub fn hmac_ring() -> &'static ztgate::identity::KeyRing {
+    static RING: OnceLock<ztgate::identity::KeyRing> = OnceLock::new();
+    RING.get_or_init(|| {
+        let spec = HMAC_KEYS.iter().map(|(kid, secret)| format!("{kid}:{secret}")).collect::<Vec<_>>();
+        ztgate::identity::KeyRing::parse(&spec.join(",")).expect("fuzz HMAC ring")
+    })
+}
+
+/// Webhook secrets of the `webhook_headers` target (test-only): the Svix key bytes (its secret
+/// is `whsec_` + standard base64 of them), the GitHub secret and the Stripe secret.
+pub const SVIX_KEY: [u8; 24] = *b"fuzz-only-svix-key-24byt"; // pragma: allowlist secret
+pub const GITHUB_SECRET: &str = "fuzz-only-github-webhook-secret"; // pragma: allowlist secret
+pub const STRIPE_SECRET: &str = "whsec_fuzzOnlyStripeSigningSecret0123"; // pragma: allowlist secret

@@ -155,5 +155,189 @@ pub fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
     for (name, bytes) in facts {
         write("request_facts", name, &bytes);
     }
+
+    hmac_token_seeds(&mut write);
+    webhook_seeds(&mut write);
+    client_cert_seeds(&mut write);
     out
+}
+
+/// `hmac_token`: raw tokens minted by the target's ring (mode 0), mint arguments (mode 1),
+/// key specs (mode 2) and single keys (mode 3).
+fn hmac_token_seeds(write: &mut impl FnMut(&str, &str, &[u8])) {
+    let t = "hmac_token";
+    let ring = crate::hmac_ring();
+    let day = std::time::Duration::from_secs(86_400);
+    let minted = ring.mint("unsubscribe", "alice@example.com", NOW, day).unwrap();
+    let expired = ring.mint("unsubscribe", "alice@example.com", NOW - 2 * 86_400, day).unwrap();
+    let other = ring.mint("magic-link", "bob", NOW, day).unwrap();
+    // Choice byte 0: purpose "unsubscribe" at NOW.
+    for (name, token) in [("raw-valid", &minted), ("raw-expired", &expired), ("raw-other-purpose", &other)] {
+        write(t, name, &[&[0u8, 0][..], token.as_bytes()].concat());
+    }
+    write(t, "raw-padded-mac", &[&[0u8, 0][..], minted.as_bytes(), b"="].concat());
+    write(t, "raw-shape", b"\0\0v1.k1.1800000000.YWxpY2U.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+    let mint = |clock: u8, ttl: u32, purpose: &str, subject: &str, mutation: &[u8]| {
+        let mut out = vec![1u8, clock];
+        out.extend_from_slice(&ttl.to_be_bytes());
+        out.push(purpose.len() as u8);
+        out.extend_from_slice(purpose.as_bytes());
+        out.extend_from_slice(&(subject.len() as u16).to_be_bytes());
+        out.extend_from_slice(subject.as_bytes());
+        out.extend_from_slice(mutation);
+        out
+    };
+    write(
+        t,
+        "mint-day",
+        &mint(0, 86_400, "unsubscribe", "alice@example.com", &[0xc0, 3, b'x', 0x40, 0, b'A']),
+    );
+    write(t, "mint-max-ttl", &mint(0, 400 * 86_400, "session:v2", "user-42", &[0x80, 50, b'A', 0, 40, 0]));
+    write(t, "mint-over-max-ttl", &mint(0, 400 * 86_400 + 1, "session:v2", "user-42", &[]));
+    write(t, "mint-overflow", &mint(4, 2, "magic-link", "x", &[]));
+    write(t, "mint-nul-subject", &mint(1, 1, "magic-link", "a\0b\u{e9}", &[0xff, 0xff, b'-']));
+    write(t, "mint-long-subject", &mint(0, 60, "p", &"s".repeat(1024), &[0xc5, 0x80, b'.']));
+    write(t, "mint-bad-purpose", &mint(0, 60, "a/b", "s", &[]));
+    let spec = |s: &str| [&[2u8][..], s.as_bytes()].concat();
+    let k = "0123456789abcdef0123456789abcdef"; // pragma: allowlist secret
+    write(t, "parse-two", &spec(&format!("2025-06:{k},2025-01:{k}x")));
+    write(t, "parse-trailing-newline", &spec(&format!("only:{k}\n")));
+    write(t, "parse-colon-in-secret", &spec(&format!("a:{k}:x, b :{k}")));
+    write(t, "parse-duplicate", &spec(&format!("a:{k},a:{k}")));
+    write(t, "parse-empty-entry", &spec(&format!("a:{k},,b:{k}")));
+    write(t, "parse-short", &spec("a:short"));
+    write(t, "key-binary", &[&[3u8, 3][..], b"bin", &[0u8, 0xff, 0x80].repeat(11)].concat());
+}
+
+/// `webhook_headers`: deliveries signed the way each provider does, sent raw (mode bit 2
+/// clear: `(name, length, value)` headers, 0xff, body) and as sign-mode arguments.
+fn webhook_seeds(write: &mut impl FnMut(&str, &str, &[u8])) {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use hmac::{Hmac, Mac};
+
+    let t = "webhook_headers";
+    let mac = |key: &[u8], parts: &[&[u8]]| {
+        let mut m = Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
+        for p in parts {
+            m.update(p);
+        }
+        m.finalize().into_bytes()
+    };
+    let hex = |b: &[u8]| b.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let raw = |mode: u8, headers: &[(u8, &str)], body: &[u8]| {
+        let mut out = vec![mode];
+        for (name, value) in headers {
+            out.push(*name);
+            out.push(value.len() as u8);
+            out.extend_from_slice(value.as_bytes());
+        }
+        out.push(0xff);
+        out.extend_from_slice(body);
+        out
+    };
+    let body = br#"{"type":"email.delivered","data":{"id":"4ef9"}}"#;
+    let ts = (NOW - 5).to_string();
+    let svix_sig = format!(
+        "v1,{}",
+        STANDARD.encode(mac(&crate::SVIX_KEY, &[b"msg_2x", b".", ts.as_bytes(), b".", body]))
+    );
+    write(t, "raw-svix", &raw(0, &[(0, "msg_2x"), (1, &ts), (2, &svix_sig)], body));
+    write(
+        t,
+        "raw-standard-webhooks",
+        &raw(1, &[(3, "msg_2x"), (4, &ts), (5, &format!("v1,AAAA {svix_sig}"))], body),
+    );
+    let gh = format!("sha256={}", hex(&mac(crate::GITHUB_SECRET.as_bytes(), &[body])));
+    write(t, "raw-github", &raw(2, &[(6, &gh), (9, "72d3162e-cc78-11e3-81ab-4c9367dc0958")], body));
+    let st = hex(&mac(crate::STRIPE_SECRET.as_bytes(), &[ts.as_bytes(), b".", body]));
+    write(t, "raw-stripe", &raw(3, &[(7, &format!("t={ts},v1={st},v0={st}"))], body));
+    write(t, "raw-stripe-two-t", &raw(3, &[(7, &format!("t={ts},t={ts},v1={st}"))], body));
+    write(t, "raw-empty", &raw(0, &[], b""));
+
+    let signed = |mode: u8, offset: i16, flags: u8, id: &[u8], body: &[u8], mutation: &[u8]| {
+        let mut out = vec![mode | 4];
+        out.extend_from_slice(&offset.to_be_bytes());
+        out.push(flags);
+        out.push(id.len() as u8);
+        out.extend_from_slice(id);
+        out.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        out.extend_from_slice(body);
+        out.extend_from_slice(mutation);
+        out
+    };
+    let all_ops = [0u8, 3, 1, 1, 0, 9, 2, 2, 0, 3, 1, 7, 4, 0, 0, 5, 20, b'A', 5, 7, b'0'];
+    for (mode, name) in [(0u8, "svix"), (1, "standard-webhooks"), (2, "github"), (3, "stripe")] {
+        write(t, &format!("sign-{name}"), &signed(mode, -5, 0, b"msg_2x", body, &all_ops));
+        write(t, &format!("sign-{name}-flags"), &signed(mode, 0, 0x0f, b"msg_2x", body, &all_ops));
+        write(t, &format!("sign-{name}-edge-old"), &signed(mode, -300, 0, b"msg_1", b"{}", &[]));
+        write(t, &format!("sign-{name}-too-old"), &signed(mode, -301, 0, b"msg_1", b"{}", &[]));
+        write(t, &format!("sign-{name}-edge-future"), &signed(mode, 300, 0, b"msg_1", b"{}", &[]));
+        write(t, &format!("sign-{name}-tolerance-1"), &signed(mode | 8, 2, 0, b"msg_1", b"", &all_ops));
+        write(t, &format!("sign-{name}-body-cap"), &signed(mode | 24, 0, 0, b"msg_1", &[b'x'; 16], &all_ops));
+    }
+    write(t, "sign-svix-dotted-id", &signed(0, 0, 0, b"msg.1", body, &[]));
+    write(t, "sign-svix-empty-id", &signed(0, 0, 0, b"", body, &[]));
+}
+
+/// `client_cert`: Cloudflare-shaped header sets and `tlsClientAuth` field sets.
+fn client_cert_seeds(write: &mut impl FnMut(&str, &str, &[u8])) {
+    let t = "client_cert";
+    let fp = "ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12"; // pragma: allowlist secret
+    let entries = |mode: u8, fields: &[(u8, &str)]| {
+        let mut out = vec![mode];
+        for (name, value) in fields {
+            out.push(*name);
+            out.extend_from_slice(&(value.len() as u16).to_be_bytes());
+            out.extend_from_slice(value.as_bytes());
+        }
+        out
+    };
+    let good: [(u8, &str); 6] = [
+        (0, "true"),
+        (1, "true"),
+        (2, "false"),
+        (3, fp),
+        (4, "CN=deployer,O=Acme"),
+        (5, "CN=Acme Client CA"),
+    ];
+    for pins in 0..4u8 {
+        write(t, &format!("headers-trusted-pins-{pins}"), &entries(2 | pins << 2, &good));
+    }
+    write(t, "headers-untrusted", &entries(0, &good));
+    let failed = [(0, "1"), (1, "FAILED:unable to get local issuer certificate"), (2, "0"), (3, fp)];
+    write(t, "headers-failed", &entries(2, &failed));
+    write(t, "headers-revoked", &entries(2, &[(0, "1"), (1, "SUCCESS"), (2, "1"), (3, fp)]));
+    write(t, "headers-unknown-revocation", &entries(2, &[(0, "1"), (1, " success "), (3, fp), (6, "0a1b")]));
+    write(t, "headers-not-presented", &entries(2, &[(0, "0"), (1, "NONE")]));
+    write(t, "headers-look-alikes", &entries(2, &[(7, "1"), (8, "1"), (9, "1")]));
+    // Fields: presence byte, u16 length, value; in FIELD_NAMES order.
+    let fields = |mode: u8, values: &[Option<&str>]| {
+        let mut out = vec![mode];
+        for v in values {
+            out.push(u8::from(v.is_some()));
+            let v = v.unwrap_or_default();
+            out.extend_from_slice(&(v.len() as u16).to_be_bytes());
+            out.extend_from_slice(v.as_bytes());
+        }
+        out
+    };
+    let workers = [
+        Some("1"),
+        Some("SUCCESS"),
+        Some("0"),
+        Some(fp),
+        Some("CN=deployer,O=Acme"),
+        Some("CN=CA"),
+        Some("01"),
+    ];
+    for pins in 0..4u8 {
+        write(t, &format!("fields-pins-{pins}"), &fields(1 | pins << 2, &workers));
+    }
+    write(
+        t,
+        "fields-failed",
+        &fields(1, &[Some("1"), Some("FAILED:certificate has expired"), Some("0"), Some(fp)]),
+    );
+    write(t, "fields-absent", &fields(1, &[None, None, None, None, None, None, None]));
 }

@@ -15,8 +15,9 @@ pub enum CertVerification {
 /// Client-certificate facts from `request.cf.tlsClientAuth` (Workers) or the `cf-cert-*`
 /// headers of the "Add TLS client auth headers" managed transform (native origins).
 ///
-/// Every field is bounded (256 bytes for names and fingerprints); longer values are cut and so
-/// can never match a pin.
+/// Every field is bounded (256 bytes for names and fingerprints). A longer name, fingerprint or
+/// serial is dropped (read as absent), never cut: a cut value could equal a pin it does not
+/// match.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct ClientCertFacts {
@@ -41,22 +42,22 @@ const MAX_FIELD: usize = 256;
 impl ClientCertFacts {
     /// Reads the `cf-cert-*` headers; `None` when none is present. Only call this for a hop
     /// you trust to set them (see `RequestLimits::trust_client_cert_headers`).
+    ///
+    /// A field sent more than once has no single reading (which copy did the trusted hop set?),
+    /// so the certificate counts as presented and not verified.
     pub fn from_cf_headers(headers: &HeaderMap) -> Option<Self> {
         let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
         if !headers.keys().any(|k| k.as_str().starts_with("cf-cert-")) {
             return None;
         }
-        Some(Self::from_fields(|field| {
-            get(match field {
-                Field::Presented => "cf-cert-presented",
-                Field::Verified => "cf-cert-verified",
-                Field::Revoked => "cf-cert-revoked",
-                Field::Fingerprint => "cf-cert-fingerprint-sha256",
-                Field::SubjectDn => "cf-cert-subject-dn",
-                Field::IssuerDn => "cf-cert-issuer-dn",
-                Field::Serial => "cf-cert-serial",
-            })
-        }))
+        if CF_HEADERS.iter().any(|name| headers.get_all(*name).iter().nth(1).is_some()) {
+            return Some(Self {
+                presented: true,
+                verified: Some(CertVerification::Failed("repeated cf-cert-* header".to_owned())),
+                ..Self::default()
+            });
+        }
+        Some(Self::from_fields(|field| get(CF_HEADERS[field as usize])))
     }
 
     /// Builds the facts from `request.cf.tlsClientAuth`-style string fields (`certPresented`,
@@ -77,7 +78,7 @@ impl ClientCertFacts {
     }
 
     fn from_fields<'a>(get: impl Fn(Field) -> Option<&'a str>) -> Self {
-        let bounded = |f: Field| get(f).filter(|v| !v.is_empty()).map(|v| cut(v).to_owned());
+        let bounded = |f: Field| get(f).filter(|v| !v.is_empty() && v.len() <= MAX_FIELD).map(str::to_owned);
         Self {
             presented: get(Field::Presented).is_some_and(is_true),
             verified: get(Field::Verified).map(|v| {
@@ -103,6 +104,17 @@ impl ClientCertFacts {
         }
     }
 }
+
+/// The header of each [`Field`], in its order.
+const CF_HEADERS: [&str; 7] = [
+    "cf-cert-presented",
+    "cf-cert-verified",
+    "cf-cert-revoked",
+    "cf-cert-fingerprint-sha256",
+    "cf-cert-subject-dn",
+    "cf-cert-issuer-dn",
+    "cf-cert-serial",
+];
 
 #[derive(Clone, Copy)]
 enum Field {
