@@ -275,3 +275,50 @@ async fn static_and_env_sources() {
     assert!(missing.to_string().contains("ZTGATE_TEST_SECRET_THAT_IS_NEVER_SET"));
     assert!(format!("{:?}", StaticSecret::new("hunter2")).contains("redacted"));
 }
+
+// Found by the client_cert fuzz target (fuzz/regressions/client_cert/repeated-cf-cert-verified):
+// the first of two cf-cert-verified headers decided.
+#[tokio::test]
+async fn repeated_cf_cert_header_is_refused_whichever_copy_says_success() {
+    let gate = Gate::with_limits(Requirement::mechanism(ClientCertAuth::new()), trusted_limits());
+    for (first, second) in [("SUCCESS", "FAILED:certificate revoked"), ("FAILED:x", "SUCCESS"), ("1", "1")] {
+        let mut headers = cert_headers(first, "false");
+        headers.push(("cf-cert-verified", second));
+        let err = check(&gate, &headers).await.unwrap_err();
+        assert_eq!(err.code(), "invalid_credential", "{first}/{second}");
+    }
+    let other_fp = "00".repeat(32);
+    let mut headers = cert_headers("SUCCESS", "false");
+    headers.push(("cf-cert-fingerprint-sha256", &other_fp));
+    assert_eq!(check(&gate, &headers).await.unwrap_err().code(), "invalid_credential");
+}
+
+// Found by the client_cert fuzz target (fuzz/regressions/client_cert/overlong-field-cut-to-256-bytes):
+// a subject DN over 256 bytes was cut to 256, so it matched a 256-byte pin it merely starts with.
+#[tokio::test]
+async fn overlong_subject_dn_is_dropped_so_its_prefix_never_matches_a_pin() {
+    let pin = format!("CN={}", "a".repeat(253));
+    assert_eq!(pin.len(), 256);
+    let longer = format!("{pin},O=Evil");
+    let gate = Gate::with_limits(
+        Requirement::mechanism(ClientCertAuth::new().pin_subject_dns([pin.clone()])),
+        trusted_limits(),
+    );
+    fn with_dn(dn: &str) -> Vec<(&str, &str)> {
+        let mut headers = cert_headers("SUCCESS", "false");
+        headers.retain(|(name, _)| *name != "cf-cert-subject-dn");
+        headers.push(("cf-cert-subject-dn", dn));
+        headers
+    }
+    let headers = with_dn(&longer);
+    assert_eq!(check(&gate, &headers).await.unwrap_err(), Rejection::Forbidden);
+    let headers = with_dn(&pin);
+    assert!(check(&gate, &headers).await.is_ok(), "the exact pinned DN is still admitted");
+    // Unpinned, the certificate is admitted without a cut name.
+    let open = Gate::with_limits(Requirement::mechanism(ClientCertAuth::new()), trusted_limits());
+    let headers = with_dn(&longer);
+    match check(&open, &headers).await.unwrap() {
+        Principal::ClientCert(p) => assert_eq!(p.subject_dn, ""),
+        other => panic!("{other:?}"),
+    }
+}
