@@ -53,6 +53,7 @@
 //! | `axum` | no | the `Verified<Principal>` extractor, `IntoResponse` for [`Rejection`] |
 //! | `dev` | no | `ztgate::dev`: a local issuer for dev mode and tests |
 //! | `jwt_simple` | no | RS256 signatures checked by jwt-simple (pure Rust), not jsonwebtoken |
+//! | `workers` | no | Cloudflare Workers (wasm32): `ztgate::workers` — Workers fetch for the JWKS, JS clock, RS256 through WebCrypto, `request.cf` client certificates, Worker secrets. Build with `--no-default-features --features workers --target wasm32-unknown-unknown` |
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

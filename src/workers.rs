@@ -215,6 +215,17 @@ async fn race<T>(
     .await
 }
 
+/// How a request waits for a JWKS fetch another request started: 10 ms timers of its own (see
+/// `identity::flight` on why not wakers), for at most the fetch timeout plus 2 s.
+pub(crate) fn flight_patience() -> crate::identity::flight::Patience<impl Fn() -> SendFuture<worker::Delay>> {
+    const POLL: Duration = Duration::from_millis(10);
+    let bound = DEFAULT_FETCH_TIMEOUT + Duration::from_secs(2);
+    crate::identity::flight::Patience {
+        sleep: || SendFuture::new(worker::Delay::from(POLL)),
+        max_sleeps: (bound.as_millis() / POLL.as_millis()) as u32,
+    }
+}
+
 /// Switches RS256 verification through WebCrypto on (the default) or off (pure Rust), for the
 /// whole isolate. Only for measuring one against the other: both give the same answers.
 pub fn set_webcrypto(enabled: bool) {

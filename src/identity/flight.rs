@@ -3,18 +3,23 @@
 //!
 //! The JWKS cache uses moka's `try_get_with` for this on native targets; moka panics inside a
 //! Workers isolate (it reads `Instant::now()` on its first insert), so the `workers` build uses
-//! this instead. It needs no executor, no timer and no thread: a leader runs the future, the
-//! others wait on wakers. If the leader is dropped before finishing (its request was
-//! cancelled), the flight is abandoned and one of the waiters runs the future instead, so
-//! nobody waits forever.
+//! this instead. A leader runs the future; the others wait for its result.
+//!
+//! Waiters do **not** register wakers with the leader: in Workers, each request has its own
+//! I/O context, and a promise resolved from another request's context is cancelled by the
+//! runtime ("A promise was resolved or rejected from a different request context"), which
+//! would leave every waiter hanging (seen in workerd). So waiters poll the shared state after
+//! short sleeps of their own (a timer in their own context), up to a bound. If the leader is
+//! dropped before finishing (its request was cancelled), the flight is abandoned and one of the
+//! waiters runs the future instead; if the leader never finishes nor drops (its context was
+//! torn down), waiters give up after the bound instead of waiting forever.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Poll, Waker};
 
 enum State<T> {
-    Running(Vec<Waker>),
+    Running,
     Done(T),
     Abandoned,
 }
@@ -29,10 +34,7 @@ impl<T> Flight<T> {
     }
 
     fn finish(&self, next: State<T>) {
-        let previous = std::mem::replace(&mut *self.lock(), next);
-        if let State::Running(wakers) = previous {
-            wakers.into_iter().for_each(Waker::wake);
-        }
+        *self.lock() = next;
     }
 }
 
@@ -78,14 +80,24 @@ impl<T> Drop for LeaderGuard<'_, T> {
     }
 }
 
+/// How waiters wait: `sleep()` between looks at the leader's state, at most `max_sleeps` times.
+pub(crate) struct Patience<S> {
+    pub(crate) sleep: S,
+    pub(crate) max_sleeps: u32,
+}
+
 impl<T: Clone> Flights<T> {
     /// Runs `make()` for `key`, or waits for the run already in flight and shares its result.
-    /// `make` is only called by the caller that ends up running the future.
-    pub(crate) async fn run<F, Fut>(&self, key: u64, make: F) -> T
+    /// `make` is only called by the caller that ends up running the future. `None` when the
+    /// run in flight neither finished nor was abandoned within the waiter's patience.
+    pub(crate) async fn run<F, Fut, S, SFut>(&self, key: u64, make: F, patience: Patience<S>) -> Option<T>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = T>,
+        S: Fn() -> SFut,
+        SFut: Future<Output = ()>,
     {
+        let mut sleeps = 0u32;
         loop {
             match self.join(key) {
                 Role::Leader(flight) => {
@@ -93,14 +105,21 @@ impl<T: Clone> Flights<T> {
                     let value = make().await;
                     guard.flight.finish(State::Done(value.clone()));
                     guard.completed = true;
-                    return value;
+                    return Some(value);
                 }
-                Role::Follower(flight) => {
-                    if let Some(value) = wait(&flight).await {
-                        return value;
+                Role::Follower(flight) => loop {
+                    match &*flight.lock() {
+                        State::Done(value) => return Some(value.clone()),
+                        // The leader was dropped: join again (one waiter becomes the leader).
+                        State::Abandoned => break,
+                        State::Running => {}
                     }
-                    // The leader was dropped: try again (one waiter becomes the new leader).
-                }
+                    if sleeps >= patience.max_sleeps {
+                        return None;
+                    }
+                    sleeps += 1;
+                    (patience.sleep)().await;
+                },
             }
         }
     }
@@ -110,7 +129,7 @@ impl<T: Clone> Flights<T> {
         if let Some(flight) = flights.get(&key) {
             return Role::Follower(flight.clone());
         }
-        let flight = Arc::new(Flight { state: Mutex::new(State::Running(Vec::new())) });
+        let flight = Arc::new(Flight { state: Mutex::new(State::Running) });
         flights.insert(key, flight.clone());
         Role::Leader(flight)
     }
@@ -122,30 +141,16 @@ impl<T: Clone> Flights<T> {
     }
 }
 
-/// The leader's result, or `None` if it abandoned the flight.
-async fn wait<T: Clone>(flight: &Flight<T>) -> Option<T> {
-    std::future::poll_fn(|cx| {
-        let mut state = flight.lock();
-        match &mut *state {
-            State::Done(value) => Poll::Ready(Some(value.clone())),
-            State::Abandoned => Poll::Ready(None),
-            State::Running(wakers) => {
-                if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
-                    wakers.push(cx.waker().clone());
-                }
-                Poll::Pending
-            }
-        }
-    })
-    .await
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
     use super::*;
+
+    fn patience() -> Patience<impl Fn() -> tokio::time::Sleep> {
+        Patience { sleep: || tokio::time::sleep(Duration::from_millis(1)), max_sleeps: 1000 }
+    }
 
     #[tokio::test(flavor = "current_thread")]
     async fn a_thousand_concurrent_callers_share_one_run() {
@@ -156,16 +161,20 @@ mod tests {
             let (flights, runs) = (flights.clone(), runs.clone());
             tasks.spawn(async move {
                 flights
-                    .run(7, || async {
-                        runs.fetch_add(1, Ordering::SeqCst);
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        Ok(42)
-                    })
+                    .run(
+                        7,
+                        || async {
+                            runs.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            Ok(42)
+                        },
+                        patience(),
+                    )
                     .await
             });
         }
         while let Some(result) = tasks.join_next().await {
-            assert_eq!(result.unwrap(), Ok(42));
+            assert_eq!(result.unwrap(), Some(Ok(42)));
         }
         assert_eq!(runs.load(Ordering::SeqCst), 1);
         assert_eq!(flights.in_flight(), 0, "a finished flight is removed");
@@ -177,17 +186,21 @@ mod tests {
         let runs = Arc::new(AtomicUsize::new(0));
         let call = |flights: Arc<Flights<Result<u32, ()>>>, runs: Arc<AtomicUsize>| async move {
             flights
-                .run(1, || async {
-                    runs.fetch_add(1, Ordering::SeqCst);
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    Err(())
-                })
+                .run(
+                    1,
+                    || async {
+                        runs.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        Err(())
+                    },
+                    patience(),
+                )
                 .await
         };
         let (a, b) = tokio::join!(call(flights.clone(), runs.clone()), call(flights.clone(), runs.clone()));
-        assert_eq!((a, b), (Err(()), Err(())));
+        assert_eq!((a, b), (Some(Err(())), Some(Err(()))));
         assert_eq!(runs.load(Ordering::SeqCst), 1);
-        assert_eq!(call(flights.clone(), runs.clone()).await, Err(()));
+        assert_eq!(call(flights.clone(), runs.clone()).await, Some(Err(())));
         assert_eq!(runs.load(Ordering::SeqCst), 2);
     }
 
@@ -197,11 +210,15 @@ mod tests {
         let runs = Arc::new(AtomicUsize::new(0));
         let slow = |flights: Arc<Flights<u32>>, runs: Arc<AtomicUsize>| async move {
             flights
-                .run(3, || async {
-                    runs.fetch_add(1, Ordering::SeqCst);
-                    tokio::time::sleep(Duration::from_millis(30)).await;
-                    5
-                })
+                .run(
+                    3,
+                    || async {
+                        runs.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(30)).await;
+                        5
+                    },
+                    patience(),
+                )
                 .await
         };
         let leader = tokio::spawn(slow(flights.clone(), runs.clone()));
@@ -210,8 +227,22 @@ mod tests {
         tokio::task::yield_now().await;
         leader.abort();
         assert!(leader.await.unwrap_err().is_cancelled());
-        assert_eq!(follower.await.unwrap(), 5, "the waiter took over instead of hanging");
+        assert_eq!(follower.await.unwrap(), Some(5), "the waiter took over instead of hanging");
         assert_eq!(runs.load(Ordering::SeqCst), 2);
         assert_eq!(flights.in_flight(), 0);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_leader_that_never_finishes_does_not_hold_waiters_forever() {
+        let flights = Arc::new(Flights::<u32>::default());
+        let stuck = {
+            let flights = flights.clone();
+            tokio::spawn(async move { flights.run(9, std::future::pending::<u32>, patience()).await })
+        };
+        tokio::task::yield_now().await;
+        let impatient = Patience { sleep: || tokio::time::sleep(Duration::from_millis(1)), max_sleeps: 5 };
+        let waited = flights.run(9, || async { 1 }, impatient).await;
+        assert_eq!(waited, None, "gave up after its patience instead of running a second fetch");
+        stuck.abort();
     }
 }

@@ -522,8 +522,13 @@ impl JwksCache {
         let outcome = self
             .shared
             .flights
-            .run(generation, || async { self.fetch_generation(generation).await.map_err(drop) })
-            .await;
+            .run(
+                generation,
+                || async { self.fetch_generation(generation).await.map_err(drop) },
+                crate::workers::flight_patience(),
+            )
+            .await
+            .unwrap_or(Err(()));
         outcome.map_err(|()| {
             let state = self.read();
             self.retry_after(&state, self.shared.clock.now())

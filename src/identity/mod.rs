@@ -15,7 +15,7 @@ pub mod access_jwt;
 pub mod api_key;
 pub mod backend;
 #[cfg(any(not(feature = "native"), test))]
-mod flight;
+pub(crate) mod flight;
 pub mod hmac_token;
 #[cfg(feature = "native")]
 mod http_fetcher;

@@ -13,7 +13,8 @@
 //! `ZTGATE_ADMIN_EMAILS`, `ZTGATE_SERVICE_TOKENS` (comma-separated), `ZTGATE_CERTS_URL` (JWKS,
 //! default `{team}/cdn-cgi/access/certs`). A missing or bad setting makes every request answer
 //! 500 `not_configured`, naming the variable. `ZTGATE_RS256=pure-rust` verifies signatures
-//! without WebCrypto (to compare the two; both give the same answers).
+//! without WebCrypto (to compare the two; both give the same answers); `ZTGATE_BENCH=1` adds
+//! `GET /bench/identity?n=N` (admins only), which repeats the identity check N times.
 //!
 //! Run it locally with `examples/worker/run-local.sh`.
 
@@ -46,7 +47,10 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<http::Re
         Ok(policies) => policies,
         Err(e) => {
             let message = format!("{}: {}", e.variable, e.message);
-            return Ok(json_response(StatusCode::INTERNAL_SERVER_ERROR, json!({ "code": "not_configured", "message": message })));
+            return Ok(json_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                json!({ "code": "not_configured", "message": message }),
+            ));
         }
     };
     // Identity first: no handler runs, and no route is revealed, before the gate says yes.
@@ -55,8 +59,13 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<http::Re
         Err(rejection) => return Ok(rejection.to_response()),
     };
     let path = req.path();
+    if path == "/bench/identity" {
+        return Ok(bench_identity(policies, &req).await);
+    }
     Ok(match (req.method(), path.as_str()) {
-        (worker::Method::Get | worker::Method::Head, "/healthz") => json_response(StatusCode::OK, json!({ "status": "ok" })),
+        (worker::Method::Get | worker::Method::Head, "/healthz") => {
+            json_response(StatusCode::OK, json!({ "status": "ok" }))
+        }
         (worker::Method::Get, "/admin/whoami") => json_response(StatusCode::OK, whoami(&who)),
         (worker::Method::Get, "/mtls/whoami") => match who.principal() {
             Principal::ClientCert(cert) => json_response(
@@ -73,6 +82,25 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<http::Re
     })
 }
 
+/// `GET /bench/identity?n=N` (only with `ZTGATE_BENCH=1`, behind the admin policy): runs the
+/// whole identity check of this request N more times (at most 1000), so that the time of one
+/// check can be measured from outside as a difference between two values of N (a Worker's own
+/// clock does not move while it computes).
+async fn bench_identity(policies: &RoutePolicies, req: &Request) -> http::Response<String> {
+    let n: u32 = req
+        .url()
+        .ok()
+        .and_then(|u| u.query_pairs().find(|(k, _)| k == "n").and_then(|(_, v)| v.parse().ok()))
+        .unwrap_or(0)
+        .min(1000);
+    for _ in 0..n {
+        if let Err(rejection) = ztgate::workers::check(policies, req).await {
+            return rejection.to_response();
+        }
+    }
+    json_response(StatusCode::OK, json!({ "checks": n }))
+}
+
 fn whoami(who: &Verified<Principal>) -> Value {
     match who.principal() {
         Principal::User(user) => json!({ "kind": "user", "email": user.email }),
@@ -84,7 +112,9 @@ fn whoami(who: &Verified<Principal>) -> Value {
 fn json_response(status: StatusCode, body: Value) -> http::Response<String> {
     let mut response = http::Response::new(body.to_string());
     *response.status_mut() = status;
-    response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    response
+        .headers_mut()
+        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
     response.headers_mut().insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
     response
 }
@@ -106,8 +136,9 @@ fn policies(env: &Env) -> Result<RoutePolicies, Misconfigured> {
     if setting(env, "ZTGATE_RS256").as_deref() == Some("pure-rust") {
         ztgate::workers::set_webcrypto(false);
     }
-    let team = setting(env, "ZTGATE_TEAM_DOMAIN")
-        .ok_or_else(|| Misconfigured::new("ZTGATE_TEAM_DOMAIN", "is required, e.g. https://acme.cloudflareaccess.com"))?;
+    let team = setting(env, "ZTGATE_TEAM_DOMAIN").ok_or_else(|| {
+        Misconfigured::new("ZTGATE_TEAM_DOMAIN", "is required, e.g. https://acme.cloudflareaccess.com")
+    })?;
     if !team.starts_with("https://") {
         return Err(Misconfigured::new("ZTGATE_TEAM_DOMAIN", format!("{team:?} must start with https://")));
     }
@@ -126,7 +157,8 @@ fn policies(env: &Env) -> Result<RoutePolicies, Misconfigured> {
             "nobody would be allowed in: set ZTGATE_ADMIN_EMAILS and/or ZTGATE_SERVICE_TOKENS",
         ));
     }
-    let config = AccessConfig::new(team.as_str(), audiences).map_err(|e| Misconfigured::new("ZTGATE_AUD", e))?;
+    let config =
+        AccessConfig::new(team.as_str(), audiences).map_err(|e| Misconfigured::new("ZTGATE_AUD", e))?;
     let certs_url = setting(env, "ZTGATE_CERTS_URL").unwrap_or_else(|| config.default_certs_url());
     let fetcher = WorkersFetcher::new(&certs_url).map_err(|e| Misconfigured::new("ZTGATE_CERTS_URL", e))?;
     let access = Gate::builder(config)
@@ -135,10 +167,17 @@ fn policies(env: &Env) -> Result<RoutePolicies, Misconfigured> {
         .build_mechanism()
         .map_err(|e| Misconfigured::new("ZTGATE_TEAM_DOMAIN", e))?;
     let access = Requirement::mechanism(access);
-    let route = |p: Result<RoutePolicies, ztgate::ConfigError>| p.map_err(|e| Misconfigured::new("ZTGATE_TEAM_DOMAIN", e));
+    let route = |p: Result<RoutePolicies, ztgate::ConfigError>| {
+        p.map_err(|e| Misconfigured::new("ZTGATE_TEAM_DOMAIN", e))
+    };
     let policies = route(RoutePolicies::new().route("GET", "/healthz", Requirement::public()))?;
     let policies = route(policies.route("HEAD", "/healthz", Requirement::public()))?;
     let policies = route(policies.route("GET", "/admin/whoami", access.clone()))?;
+    let policies = if setting(env, "ZTGATE_BENCH").as_deref() == Some("1") {
+        route(policies.route("GET", "/bench/identity", access.clone()))?
+    } else {
+        policies
+    };
     let policies = route(policies.route("*", "/admin", access.clone()))?;
     let policies = route(policies.route("*", "/admin/{*rest}", access))?;
     route(policies.route("GET", "/mtls/whoami", Requirement::mechanism(ClientCertAuth::new())))

@@ -1,0 +1,324 @@
+// End-to-end test of the ztgate Worker in the local Workers runtime (workerd).
+//
+//   node examples/worker/e2e.mjs        (after `examples/worker/run-local.sh --build`)
+//
+// - starts a JWKS server on 127.0.0.1 with RSA keys made here, and mints Access-shaped tokens
+//   signed by them (node:crypto, RS256);
+// - serves the Worker with run-local.sh (wrangler dev, workerd) and runs the Access cases over
+//   HTTP on 127.0.0.1: valid user (header and cookie), valid service token, missing credential,
+//   wrong aud, expired, email not allowed, unknown route, key rotation (unknown kid, then the
+//   new key), an unknown kid inside the refetch cooldown, JWKS down with cached keys;
+// - drives a second instance through Miniflare's dispatchFetch to set `request.cf`: the
+//   mTLS cases (verified, revoked, unknown revocation, absent, spoofed cf-cert-* headers, an
+//   empty tlsClientAuth object), and 100 concurrent cold requests sharing one JWKS fetch;
+// - measures the per-request time of RS256 through WebCrypto against the pure-Rust path
+//   (ZTGATE_RS256=pure-rust), both warm, from the difference of two request sizes.
+//
+// Exits non-zero on the first failed case. Only loopback traffic.
+import { spawn } from "node:child_process";
+import crypto from "node:crypto";
+import http from "node:http";
+import net from "node:net";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { Miniflare } from "miniflare";
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const TEAM = "https://e2e-test.cloudflareaccess.com";
+const AUD = "aud-e2e-7f3a";
+const ADMIN = "alice@acme.test";
+const SERVICE = "deploy-bot.access";
+const started = Date.now();
+let passed = 0;
+
+function fail(message) {
+  console.error(`e2e: FAILED: ${message}`);
+  process.exitCode = 1;
+  throw new Error(message);
+}
+
+// --- keys, tokens, JWKS ------------------------------------------------------------------
+function makeKey(kid) {
+  const { privateKey, publicKey } = crypto.generateKeyPairSync("rsa", { modulusLength: 2048 });
+  const jwk = publicKey.export({ format: "jwk" });
+  return { kid, privateKey, jwk: { kty: "RSA", kid, use: "sig", alg: "RS256", n: jwk.n, e: jwk.e } };
+}
+
+const b64url = (data) => Buffer.from(data).toString("base64url");
+const now = () => Math.floor(Date.now() / 1000);
+
+function mint(key, claims, header = {}) {
+  const h = b64url(JSON.stringify({ alg: "RS256", kid: key.kid, typ: "JWT", ...header }));
+  const p = b64url(JSON.stringify(claims));
+  const signature = crypto.sign("sha256", Buffer.from(`${h}.${p}`), key.privateKey);
+  return `${h}.${p}.${b64url(signature)}`;
+}
+
+function user(email = ADMIN, extra = {}) {
+  const t = now();
+  return {
+    aud: [AUD], email, exp: t + 600, iat: t - 5, nbf: t - 5, iss: TEAM, type: "app",
+    identity_nonce: "n0nce", sub: "7335d417-61da-459d-899c-0a01c76a2f94", country: "XX", ...extra,
+  };
+}
+
+function service(commonName = SERVICE) {
+  const t = now();
+  return { aud: [AUD], common_name: commonName, exp: t + 600, iat: t - 5, nbf: t - 5, iss: TEAM, type: "app", sub: "" };
+}
+
+const jwks = { keys: [], down: false, fetches: 0 };
+const jwksServer = http.createServer((req, res) => {
+  jwks.fetches += 1;
+  if (jwks.down) {
+    res.writeHead(503, { "content-type": "text/plain" }).end("down");
+    return;
+  }
+  const body = JSON.stringify({ keys: jwks.keys.map((k) => k.jwk), public_cert: { kid: "x", cert: "ignored" } });
+  res.writeHead(200, { "content-type": "application/json", "cache-control": "public, max-age=600" }).end(body);
+});
+
+async function listen(server) {
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return server.address().port;
+}
+
+async function freePort() {
+  const server = net.createServer();
+  const port = await listen(server);
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+// --- checks --------------------------------------------------------------------------------
+async function expect(name, response, status, body = {}) {
+  const text = await response.text();
+  let json;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    fail(`${name}: body is not JSON: ${text.slice(0, 200)}`);
+  }
+  if (response.status !== status) fail(`${name}: status ${response.status}, expected ${status}: ${text.slice(0, 300)}`);
+  for (const [k, v] of Object.entries(body)) {
+    if (JSON.stringify(json[k]) !== JSON.stringify(v)) fail(`${name}: ${k} = ${JSON.stringify(json[k])}, expected ${JSON.stringify(v)}`);
+  }
+  if (status === 401 && !response.headers.get("www-authenticate")) fail(`${name}: 401 without WWW-Authenticate`);
+  passed += 1;
+  console.log(`  ok  ${name} -> ${status}${json.code ? ` ${json.code}` : ""}`);
+  return json;
+}
+
+// --- the Worker under run-local.sh -------------------------------------------------------
+function serveWorker(env) {
+  const child = spawn(path.join(here, "run-local.sh"), [], {
+    env: { ...process.env, ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+    detached: true,
+  });
+  let log = "";
+  child.stdout.on("data", (d) => (log += d));
+  child.stderr.on("data", (d) => (log += d));
+  const stop = () => {
+    try {
+      process.kill(-child.pid, "SIGTERM");
+    } catch {}
+  };
+  return { child, stop, log: () => log };
+}
+
+async function waitUp(base, server, seconds = 180) {
+  const deadline = Date.now() + seconds * 1000;
+  while (Date.now() < deadline) {
+    if (server.child.exitCode !== null) fail(`run-local.sh exited (${server.child.exitCode}):\n${server.log()}`);
+    try {
+      const r = await fetch(`${base}/healthz`);
+      if (r.status === 200) return;
+    } catch {}
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  fail(`the Worker did not answer within ${seconds}s:\n${server.log()}`);
+}
+
+async function accessCases(base) {
+  const k1 = jwks.keys[0];
+  const get = (p, headers = {}) => fetch(`${base}${p}`, { headers });
+  const bearer = (token) => ({ "cf-access-jwt-assertion": token });
+
+  await expect("healthz is public", await get("/healthz"), 200, { status: "ok" });
+  console.log(`e2e: first passing Worker request ${((Date.now() - started) / 1000).toFixed(1)}s after e2e start` +
+    (process.env.CI_STARTED ? `, ${now() - Number(process.env.CI_STARTED)}s after CI start` : ""));
+  await expect("valid user (header)", await get("/admin/whoami", bearer(mint(k1, user()))), 200, { kind: "user", email: ADMIN });
+  await expect("valid user (CF_Authorization cookie)", await get("/admin/whoami", { cookie: `CF_Authorization=${mint(k1, user())}` }), 200, { kind: "user", email: ADMIN });
+  await expect("valid service token", await get("/admin/whoami", bearer(mint(k1, service()))), 200, { kind: "service", common_name: SERVICE });
+  await expect("service token carrying an email is still a service", await get("/admin/whoami", bearer(mint(k1, { ...service(), email: ADMIN }))), 200, { kind: "service" });
+  await expect("missing credential", await get("/admin/whoami"), 401, { code: "missing_credential" });
+  await expect("wrong aud", await get("/admin/whoami", bearer(mint(k1, user(ADMIN, { aud: ["someone-else"] })))), 401, { code: "invalid_token" });
+  await expect("expired", await get("/admin/whoami", bearer(mint(k1, user(ADMIN, { exp: now() - 3600 })))), 401, { code: "token_expired" });
+  await expect("wrong issuer", await get("/admin/whoami", bearer(mint(k1, user(ADMIN, { iss: "https://evil.cloudflareaccess.com" })))), 401, { code: "invalid_token" });
+  await expect("email not allowed", await get("/admin/whoami", bearer(mint(k1, user("mallory@acme.test")))), 403, { code: "forbidden" });
+  await expect("service token not allowed", await get("/admin/whoami", bearer(mint(k1, service("other.access")))), 403, { code: "forbidden" });
+  const tampered = mint(k1, user("mallory@acme.test")).split(".");
+  tampered[1] = b64url(JSON.stringify(user()));
+  await expect("tampered payload", await get("/admin/whoami", bearer(tampered.join("."))), 401, { code: "invalid_token" });
+  await expect("alg none", await get("/admin/whoami", bearer(`${b64url('{"alg":"none","kid":"k1"}')}.${b64url(JSON.stringify(user()))}.`)), 401, { code: "invalid_token" });
+  await expect("bad header never falls through to a valid cookie", await get("/admin/whoami", { ...bearer("garbage"), cookie: `CF_Authorization=${mint(k1, user())}` }), 401, { code: "invalid_token" });
+  await expect("64 KB assertion header", await get("/admin/whoami", bearer("a".repeat(64 * 1024))), 431, { code: "header_too_large" });
+  await expect("unknown admin path: identity first", await get("/admin/secret-thing"), 401, { code: "missing_credential" });
+  await expect("unknown admin path with a valid token", await get("/admin/secret-thing", bearer(mint(k1, user()))), 404, { code: "not_found" });
+  await expect("undeclared route", await get("/internal/debug"), 403, { code: "no_policy" });
+
+  // Rotation: Access starts signing with k2. The first k2 token is an unknown kid on a cached
+  // set: one refetch finds it.
+  const k2 = makeKey("k2");
+  jwks.keys.push(k2);
+  let before = jwks.fetches;
+  await expect("rotation: new kid after one refetch", await get("/admin/whoami", bearer(mint(k2, user()))), 200, { kind: "user" });
+  if (jwks.fetches !== before + 1) fail(`rotation: ${jwks.fetches - before} JWKS fetches, expected 1`);
+  await expect("rotation: old key still valid", await get("/admin/whoami", bearer(mint(k1, user()))), 200, { kind: "user" });
+  // An attacker's kid right after: the cooldown forbids another fetch.
+  before = jwks.fetches;
+  const impostor = makeKey("k3");
+  for (let i = 0; i < 5; i++) {
+    await expect(`unknown kid within the cooldown (${i + 1}/5)`, await get("/admin/whoami", bearer(mint(impostor, user()))), 401, { code: "invalid_token" });
+  }
+  if (jwks.fetches !== before) fail(`unknown kids caused ${jwks.fetches - before} JWKS fetches inside the cooldown`);
+  // The JWKS endpoint goes down: cached keys keep working, without fetches.
+  jwks.down = true;
+  before = jwks.fetches;
+  await expect("JWKS down: cached keys still verify", await get("/admin/whoami", bearer(mint(k2, service()))), 200, { kind: "service" });
+  if (jwks.fetches !== before) fail("a cached, fresh key set was refetched");
+  jwks.down = false;
+}
+
+// --- mTLS and concurrency through Miniflare --------------------------------------------------
+function miniflare(bindings) {
+  return new Miniflare({
+    rootPath: here,
+    scriptPath: path.join(here, "build/index.js"),
+    modules: true,
+    modulesRules: [
+      { type: "ESModule", include: ["**/*.js", "**/*.mjs"] },
+      { type: "CompiledWasm", include: ["**/*.wasm"] },
+    ],
+    compatibilityDate: "2026-04-01",
+    bindings,
+    cf: false,
+  });
+}
+
+async function mtlsCases(mf) {
+  const cert = {
+    certPresented: "1", certVerified: "SUCCESS", certRevoked: "0",
+    certFingerprintSHA256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+    certFingerprintSHA1: "", certSubjectDN: "CN=billing.internal", certIssuerDN: "CN=Acme Client CA",
+    certSerial: "01", certNotBefore: "", certNotAfter: "", certIssuerDNLegacy: "", certSubjectDNLegacy: "",
+    certIssuerDNRFC2253: "", certSubjectDNRFC2253: "",
+  };
+  const at = (cf, headers = {}) => mf.dispatchFetch("http://worker.local/mtls/whoami", { cf, headers });
+  await expect("mTLS verified", await at({ tlsClientAuth: cert }), 200, { fingerprint: cert.certFingerprintSHA256, subject_dn: "CN=billing.internal" });
+  await expect("mTLS revoked", await at({ tlsClientAuth: { ...cert, certRevoked: "1" } }), 401, { code: "invalid_credential" });
+  await expect("mTLS not verified", await at({ tlsClientAuth: { ...cert, certVerified: "FAILED:self signed certificate" } }), 401, { code: "invalid_credential" });
+  await expect("mTLS revocation unknown", await at({ tlsClientAuth: { ...cert, certRevoked: undefined } }), 401, { code: "invalid_credential" });
+  await expect("mTLS absent (no tlsClientAuth)", await at({}), 401, { code: "missing_credential" });
+  await expect("mTLS not presented", await at({ tlsClientAuth: { ...cert, certPresented: "0" } }), 401, { code: "missing_credential" });
+  await expect("mTLS empty tlsClientAuth object", await at({ tlsClientAuth: {} }), 401, { code: "missing_credential" });
+  await expect("mTLS fields of the wrong type", await at({ tlsClientAuth: { certPresented: 1, certVerified: true, certRevoked: 0, certFingerprintSHA256: 7 } }), 401, { code: "missing_credential" });
+  const spoofed = { "cf-cert-presented": "true", "cf-cert-verified": "true", "cf-cert-revoked": "false", "cf-cert-fingerprint-sha256": cert.certFingerprintSHA256 };
+  await expect("mTLS spoofed cf-cert-* headers are ignored", await at({}, spoofed), 401, { code: "missing_credential" });
+  await expect("the isolate survived every odd cf (healthz)", await mf.dispatchFetch("http://worker.local/healthz"), 200, { status: "ok" });
+}
+
+async function concurrentColdRequests(mf, key) {
+  const before = jwks.fetches;
+  const token = mint(key, user());
+  const responses = await Promise.all(
+    Array.from({ length: 100 }, () => mf.dispatchFetch("http://worker.local/admin/whoami", { headers: { "cf-access-jwt-assertion": token } })),
+  );
+  const statuses = responses.map((r) => r.status);
+  await Promise.all(responses.map((r) => r.arrayBuffer()));
+  if (!statuses.every((s) => s === 200)) fail(`concurrent cold requests: statuses ${[...new Set(statuses)]}`);
+  if (jwks.fetches - before !== 1) fail(`100 concurrent cold requests made ${jwks.fetches - before} JWKS fetches, expected 1`);
+  passed += 1;
+  console.log("  ok  100 concurrent cold requests -> 200, one JWKS fetch");
+}
+
+async function median(mf, url, headers, samples) {
+  const times = [];
+  for (let i = 0; i < samples; i++) {
+    const t0 = process.hrtime.bigint();
+    const r = await mf.dispatchFetch(url, { headers });
+    await r.arrayBuffer();
+    if (r.status !== 200) fail(`timing: ${url} answered ${r.status}`);
+    times.push(Number(process.hrtime.bigint() - t0) / 1e3);
+  }
+  times.sort((x, y) => x - y);
+  return times[Math.floor(times.length / 2)];
+}
+
+// The Worker's clock stands still while it computes, so time one identity check from outside:
+// the median request time with N = 201 checks minus with N = 1, divided by 200.
+async function measure(bindings, key) {
+  const samples = Number(process.env.ZTGATE_E2E_TIMING_SAMPLES || 15);
+  const headers = { "cf-access-jwt-assertion": mint(key, user()) };
+  const rows = [];
+  for (const engine of ["webcrypto", "pure-rust"]) {
+    const mf = miniflare({ ...bindings, ZTGATE_RS256: engine, ZTGATE_BENCH: "1" });
+    try {
+      await median(mf, "http://worker.local/bench/identity?n=20", headers, 3); // warm up
+      const one = await median(mf, "http://worker.local/bench/identity?n=1", headers, samples);
+      const many = await median(mf, "http://worker.local/bench/identity?n=201", headers, samples);
+      rows.push({ engine, one, many, check: (many - one) / 200 });
+    } finally {
+      await mf.dispose();
+    }
+  }
+  console.log(`e2e: one identity check (RS256 verify + claims + policy) inside workerd, median of ${samples}:`);
+  for (const r of rows) {
+    console.log(`  ${r.engine.padEnd(10)} ${r.check.toFixed(1).padStart(8)} µs per check   (request with 1 check ${(r.one / 1000).toFixed(2)} ms, with 201 checks ${(r.many / 1000).toFixed(2)} ms)`);
+  }
+  const [web, pure] = rows;
+  console.log(`e2e: pure-Rust / WebCrypto = ${(pure.check / web.check).toFixed(1)}x`);
+}
+
+// --- main ------------------------------------------------------------------------------------
+async function main() {
+  jwks.keys.push(makeKey("k1"));
+  const jwksPort = await listen(jwksServer);
+  const bindings = {
+    ZTGATE_TEAM_DOMAIN: TEAM,
+    ZTGATE_AUD: AUD,
+    ZTGATE_ADMIN_EMAILS: ADMIN,
+    ZTGATE_SERVICE_TOKENS: SERVICE,
+    ZTGATE_CERTS_URL: `http://127.0.0.1:${jwksPort}/cdn-cgi/access/certs`,
+  };
+  const port = await freePort();
+  const base = `http://127.0.0.1:${port}`;
+  console.log(`e2e: JWKS on 127.0.0.1:${jwksPort}; serving the Worker with run-local.sh on ${base}`);
+  const server = serveWorker({ ...bindings, ZTGATE_LISTEN: `127.0.0.1:${port}` });
+  try {
+    await waitUp(base, server);
+    await accessCases(base);
+  } finally {
+    server.stop();
+  }
+
+  console.log("e2e: Miniflare (dispatchFetch with request.cf)");
+  jwks.keys.splice(1);
+  const mf = miniflare(bindings);
+  try {
+    await concurrentColdRequests(mf, jwks.keys[0]);
+    await mtlsCases(mf);
+  } finally {
+    await mf.dispose();
+  }
+  await measure(bindings, jwks.keys[0]);
+  console.log(`e2e: OK, ${passed} cases in ${((Date.now() - started) / 1000).toFixed(1)}s`);
+}
+
+main()
+  .catch((e) => {
+    if (!process.exitCode) console.error(e);
+    process.exitCode = 1;
+  })
+  .finally(() => jwksServer.close());
