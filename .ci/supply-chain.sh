@@ -7,17 +7,17 @@ set -euo pipefail
 
 # ---- what to check ----------------------------------------------------------------------------
 # One cargo-deny graph per line: "<label>|<graph options>|<extra `check` options>". To add a graph
-# (e.g. the Workers build once the `workers` feature exists), add a line here. `--all-features` is
+# (another target or feature set), add a line here. `--all-features` is
 # not valid: `aws_lc_rs` and `rust_crypto` are mutually exclusive.
 # native: default features plus axum,dev, with dev-dependencies (they run in CI and on laptops;
 #         licenses are still checked on shipped dependencies only, see deny.toml).
-# wasm32: what a Workers build ships; dev-dependencies excluded (they only build natively, and the
+# wasm32: what a Workers build ships (feature `workers`); dev-dependencies excluded (they only build natively, and the
 #         `ztgate = { path = "." }` dev-dependency would pull the native defaults into this graph).
 #         The duplicate skips in deny.toml are written for the native graph, hence
 #         `--allow unnecessary-skip` here.
 DENY_GRAPHS=(
     "native|--features axum,dev|"
-    "wasm32|--target wasm32-unknown-unknown --no-default-features --features rust_crypto --exclude-dev|--allow unnecessary-skip"
+    "wasm32|--target wasm32-unknown-unknown --no-default-features --features workers --exclude-dev|--allow unnecessary-skip"
 )
 CARGO_DENY_VERSION="0.20.2"    # known to work with the offline advisory-db layout below
 DETECT_SECRETS_VERSION="1.5.0" # the version that wrote .secrets.baseline

@@ -210,7 +210,7 @@ function miniflare(bindings) {
 async function mtlsCases(mf) {
   const cert = {
     certPresented: "1", certVerified: "SUCCESS", certRevoked: "0",
-    certFingerprintSHA256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+    certFingerprintSHA256: crypto.randomBytes(32).toString("hex"),
     certFingerprintSHA1: "", certSubjectDN: "CN=billing.internal", certIssuerDN: "CN=Acme Client CA",
     certSerial: "01", certNotBefore: "", certNotAfter: "", certIssuerDNLegacy: "", certSubjectDNLegacy: "",
     certIssuerDNRFC2253: "", certSubjectDNRFC2253: "",

@@ -8,7 +8,7 @@
 //! | `GET /mtls/whoami` | a client certificate Cloudflare verified and found unrevoked (`request.cf.tlsClientAuth`) |
 //! | anything else | nobody: 403 `no_policy` |
 //!
-//! Configuration, as Worker vars or secrets: `ZTGATE_TEAM_DOMAIN` (the exact `iss`, e.g.
+//! Configuration (each name a Worker var or secret) — `ZTGATE_TEAM_DOMAIN` (the exact `iss`, e.g.
 //! `https://acme.cloudflareaccess.com`), `ZTGATE_AUD` (comma-separated AUD tags),
 //! `ZTGATE_ADMIN_EMAILS`, `ZTGATE_SERVICE_TOKENS` (comma-separated), `ZTGATE_CERTS_URL` (JWKS,
 //! default `{team}/cdn-cgi/access/certs`). A missing or bad setting makes every request answer
