@@ -10,7 +10,8 @@
 //   new key), an unknown kid inside the refetch cooldown, JWKS down with cached keys;
 // - drives a second instance through Miniflare's dispatchFetch to set `request.cf`: the
 //   mTLS cases (verified, revoked, unknown revocation, absent, spoofed cf-cert-* headers, an
-//   empty tlsClientAuth object), and 100 concurrent cold requests sharing one JWKS fetch;
+//   empty tlsClientAuth object), 100 concurrent cold requests sharing one JWKS fetch, and
+//   Svix webhooks whose secret comes from a Worker secret or a Secrets Store binding;
 // - measures the per-request time of RS256 through WebCrypto against the pure-Rust path
 //   (ZTGATE_RS256=pure-rust), both warm, from the difference of two request sizes.
 //
@@ -167,6 +168,7 @@ async function accessCases(base) {
   await expect("unknown admin path: identity first", await get("/admin/secret-thing"), 401, { code: "missing_credential" });
   await expect("unknown admin path with a valid token", await get("/admin/secret-thing", bearer(mint(k1, user()))), 404, { code: "not_found" });
   await expect("undeclared route", await get("/internal/debug"), 403, { code: "no_policy" });
+  await expect("webhook without a secret", await fetch(`${base}/webhooks/inbound`, { method: "POST", body: "{}" }), 503, { code: "not_configured" });
 
   // Rotation: Access starts signing with k2. The first k2 token is an unknown kid on a cached
   // set: one refetch finds it.
@@ -193,7 +195,11 @@ async function accessCases(base) {
 
 // --- mTLS and concurrency through Miniflare --------------------------------------------------
 function miniflare(bindings) {
-  return new Miniflare({
+  return new Miniflare(miniflareOptions(bindings));
+}
+
+function miniflareOptions(bindings) {
+  return {
     rootPath: here,
     scriptPath: path.join(here, "build/index.js"),
     modules: true,
@@ -204,7 +210,7 @@ function miniflare(bindings) {
     compatibilityDate: "2026-04-01",
     bindings,
     cf: false,
-  });
+  };
 }
 
 async function mtlsCases(mf) {
@@ -227,6 +233,27 @@ async function mtlsCases(mf) {
   const spoofed = { "cf-cert-presented": "true", "cf-cert-verified": "true", "cf-cert-revoked": "false", "cf-cert-fingerprint-sha256": cert.certFingerprintSHA256 };
   await expect("mTLS spoofed cf-cert-* headers are ignored", await at({}, spoofed), 401, { code: "missing_credential" });
   await expect("the isolate survived every odd cf (healthz)", await mf.dispatchFetch("http://worker.local/healthz"), 200, { status: "ok" });
+}
+
+// --- webhooks: the secret through a SecretSource (Worker secret, Secrets Store) --------------
+function svix(secret, body, { id = `msg_${crypto.randomUUID()}`, timestamp = now() } = {}) {
+  const key = Buffer.from(secret.slice("whsec_".length), "base64");
+  const mac = crypto.createHmac("sha256", key).update(`${id}.${timestamp}.${body}`).digest("base64");
+  return { "svix-id": id, "svix-timestamp": String(timestamp), "svix-signature": `v1,${mac}`, "content-type": "application/json" };
+}
+
+async function webhookCases(mf, secret, label) {
+  const post = (headers, body) => mf.dispatchFetch("http://worker.local/webhooks/inbound", { method: "POST", headers, body });
+  const body = JSON.stringify({ type: "email.delivered", data: { to: "bob@acme.test" } });
+  const headers = svix(secret, body);
+  await expect(`webhook via ${label}: valid`, await post(headers, body), 200, { id: headers["svix-id"] });
+  await expect(`webhook via ${label}: replayed`, await post(headers, body), 409, { code: "replayed" });
+  await expect(`webhook via ${label}: tampered body`, await post(svix(secret, body), body.replace("bob", "eve")), 401, { code: "invalid_credential" });
+  const stale = now() - 3600;
+  await expect(`webhook via ${label}: stale timestamp`, await post(svix(secret, body, { timestamp: stale }), body), 401, { code: "invalid_credential" });
+  await expect(`webhook via ${label}: signed with another secret`, await post(svix(`whsec_${crypto.randomBytes(24).toString("base64")}`, body), body), 401, { code: "invalid_credential" });
+  const big = "x".repeat(1024 * 1024 + 1);
+  await expect(`webhook via ${label}: body over 1 MiB`, await post(svix(secret, big), big), 413, { code: "payload_too_large" });
 }
 
 async function concurrentColdRequests(mf, key) {
@@ -305,12 +332,25 @@ async function main() {
 
   console.log("e2e: Miniflare (dispatchFetch with request.cf)");
   jwks.keys.splice(1);
-  const mf = miniflare(bindings);
+  const webhookSecret = `whsec_${crypto.randomBytes(24).toString("base64")}`;
+  const mf = miniflare({ ...bindings, ZTGATE_WEBHOOK_SECRET: webhookSecret });
   try {
     await concurrentColdRequests(mf, jwks.keys[0]);
     await mtlsCases(mf);
+    await webhookCases(mf, webhookSecret, "Worker secret");
   } finally {
     await mf.dispose();
+  }
+  const storeSecret = `whsec_${crypto.randomBytes(24).toString("base64")}`;
+  const store = new Miniflare({
+    ...miniflareOptions(bindings),
+    secretsStoreSecrets: { ZTGATE_WEBHOOK_SECRET_STORE: { store_id: "e2e-store", secret_name: "webhook" } },
+  });
+  try {
+    await (await store.getSecretsStoreSecretAPI("ZTGATE_WEBHOOK_SECRET_STORE"))().create(storeSecret);
+    await webhookCases(store, storeSecret, "Secrets Store");
+  } finally {
+    await store.dispose();
   }
   await measure(bindings, jwks.keys[0]);
   console.log(`e2e: OK, ${passed} cases in ${((Date.now() - started) / 1000).toFixed(1)}s`);

@@ -6,6 +6,7 @@
 //! | `GET /healthz` | public |
 //! | `GET /admin/whoami` (and every other `/admin/...` path) | an Access user on `ZTGATE_ADMIN_EMAILS`, or a service token on `ZTGATE_SERVICE_TOKENS` |
 //! | `GET /mtls/whoami` | a client certificate Cloudflare verified and found unrevoked (`request.cf.tlsClientAuth`) |
+//! | `POST /webhooks/inbound` | a Svix-signed delivery (secret `ZTGATE_WEBHOOK_SECRET`, or the Secrets Store binding `ZTGATE_WEBHOOK_SECRET_STORE`) |
 //! | anything else | nobody: 403 `no_policy` |
 //!
 //! Configuration (each name a Worker var or secret) — `ZTGATE_TEAM_DOMAIN` (the exact `iss`, e.g.
@@ -23,9 +24,13 @@ use std::sync::{Arc, OnceLock};
 use http::StatusCode;
 use serde_json::{Value, json};
 use worker::{Context, Env, Request, event};
-use ztgate::identity::{ClientCertAuth, Requirement};
+use ztgate::clock::{Clock, SystemClock};
+use ztgate::identity::webhook::{append_capped, check_content_length};
+use ztgate::identity::{ClientCertAuth, InMemoryReplayGuard, Requirement, WebhookVerifier};
+use ztgate::secrets::{PerRequest, SecretSource};
 use ztgate::workers::WorkersFetcher;
-use ztgate::{AccessConfig, Gate, Policy, Principal, RoutePolicies, Verified};
+use ztgate::workers::{SecretStoreSecret, WorkerSecret};
+use ztgate::{AccessConfig, Gate, Policy, Principal, Rejection, RoutePolicies, Verified};
 
 /// Built once per isolate, so the JWKS cache lives as long as the isolate does.
 static APP: OnceLock<Result<RoutePolicies, Misconfigured>> = OnceLock::new();
@@ -42,7 +47,7 @@ impl Misconfigured {
 }
 
 #[event(fetch)]
-async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<http::Response<String>> {
+async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<http::Response<String>> {
     let policies = match APP.get_or_init(|| policies(&env)) {
         Ok(policies) => policies,
         Err(e) => {
@@ -59,6 +64,9 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<http::Re
         Err(rejection) => return Ok(rejection.to_response()),
     };
     let path = req.path();
+    if req.method() == worker::Method::Post && path == "/webhooks/inbound" {
+        return Ok(inbound_webhook(&mut req, &env).await);
+    }
     if path == "/bench/identity" {
         return Ok(bench_identity(policies, &req).await);
     }
@@ -80,6 +88,69 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<http::Re
         },
         _ => json_response(StatusCode::NOT_FOUND, json!({ "code": "not_found", "message": "no such route" })),
     })
+}
+
+/// Replays are refused per isolate; isolates share no memory, so a deployment that must
+/// dedupe across them records `replay_key` in D1 or a Durable Object instead.
+static REPLAYS: OnceLock<Arc<InMemoryReplayGuard>> = OnceLock::new();
+
+/// `POST /webhooks/inbound`: a Svix-signed delivery. The secret (`whsec_...`) is read through
+/// a `SecretSource` once for this request: from the Secrets Store binding
+/// `ZTGATE_WEBHOOK_SECRET_STORE` if there is one, else the Worker secret
+/// `ZTGATE_WEBHOOK_SECRET`. Unset: 503 `not_configured`, as in the admin server.
+async fn inbound_webhook(req: &mut Request, env: &Env) -> http::Response<String> {
+    let source: Box<dyn SecretSource> = if env.secret_store("ZTGATE_WEBHOOK_SECRET_STORE").is_ok() {
+        Box::new(SecretStoreSecret::new(env, "ZTGATE_WEBHOOK_SECRET_STORE"))
+    } else {
+        Box::new(WorkerSecret::new(env, "ZTGATE_WEBHOOK_SECRET"))
+    };
+    let secret = PerRequest::new(source.as_ref());
+    let verifier = match secret.get().await.map(WebhookVerifier::svix) {
+        Ok(Ok(verifier)) => verifier,
+        Ok(Err(_)) | Err(_) => return Rejection::NotConfigured { what: "webhook secret" }.to_response(),
+    };
+    let replays = REPLAYS.get_or_init(|| Arc::new(InMemoryReplayGuard::with_capacity(10_000)));
+    let verifier = verifier.with_replay_guard(replays.clone());
+    let limit = verifier.max_body_bytes();
+    let mut headers = http::HeaderMap::new();
+    for (name, value) in req.headers().entries().take(ztgate::workers::MAX_HEADERS) {
+        if let (Ok(name), Ok(value)) =
+            (http::HeaderName::from_bytes(name.as_bytes()), http::HeaderValue::from_str(&value))
+        {
+            headers.append(name, value);
+        }
+    }
+    if let Err(rejection) = check_content_length(&headers, limit) {
+        return rejection.to_response();
+    }
+    let body = match read_capped(req, limit).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    match verifier.verify(&headers, &body, SystemClock.now()).await {
+        Ok(message) => json_response(StatusCode::OK, json!({ "id": message.id() })),
+        Err(rejection) => rejection.to_response(),
+    }
+}
+
+/// The body, refused (413) as soon as it passes `limit`, whatever its declared length.
+async fn read_capped(req: &mut Request, limit: usize) -> Result<Vec<u8>, http::Response<String>> {
+    let invalid = || {
+        json_response(
+            StatusCode::BAD_REQUEST,
+            json!({ "code": "invalid_body", "message": "the body could not be read" }),
+        )
+    };
+    let mut stream = match req.stream() {
+        Ok(stream) => stream,
+        Err(_) => return Ok(Vec::new()),
+    };
+    let mut body = Vec::new();
+    while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
+        let chunk = chunk.map_err(|_| invalid())?;
+        append_capped(&mut body, &chunk, limit).map_err(|r| r.to_response())?;
+    }
+    Ok(body)
 }
 
 /// `GET /bench/identity?n=N` (only with `ZTGATE_BENCH=1`, behind the admin policy): runs the
@@ -180,5 +251,8 @@ fn policies(env: &Env) -> Result<RoutePolicies, Misconfigured> {
     };
     let policies = route(policies.route("*", "/admin", access.clone()))?;
     let policies = route(policies.route("*", "/admin/{*rest}", access))?;
-    route(policies.route("GET", "/mtls/whoami", Requirement::mechanism(ClientCertAuth::new())))
+    let policies =
+        route(policies.route("GET", "/mtls/whoami", Requirement::mechanism(ClientCertAuth::new())))?;
+    // The signature covers the body, which a gate does not read: verified in the handler.
+    route(policies.route("POST", "/webhooks/inbound", Requirement::public()))
 }
