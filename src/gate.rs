@@ -243,10 +243,15 @@ fn default_fetcher(url: String) -> Result<Arc<dyn KeyFetcher>, ConfigError> {
     Ok(Arc::new(crate::identity::HttpFetcher::new(&url)?))
 }
 
-#[cfg(not(feature = "native"))]
+#[cfg(all(feature = "workers", not(feature = "native")))]
+fn default_fetcher(url: String) -> Result<Arc<dyn KeyFetcher>, ConfigError> {
+    Ok(Arc::new(crate::workers::WorkersFetcher::new(&url)?))
+}
+
+#[cfg(not(any(feature = "native", feature = "workers")))]
 fn default_fetcher(_url: String) -> Result<Arc<dyn KeyFetcher>, ConfigError> {
     Err(ConfigError::new(
         "fetcher",
-        "without the `native` feature, pass a KeyFetcher to GateBuilder::fetcher",
+        "without the `native` or `workers` feature, pass a KeyFetcher to GateBuilder::fetcher",
     ))
 }

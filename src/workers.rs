@@ -2,7 +2,8 @@
 //! (feature `workers`).
 //!
 //! What changes at the edge, and what this module provides for it:
-//! - **JWKS over the Workers fetch API**: [`WorkersFetcher`], bounded like the native fetcher
+//! - **JWKS over the Workers fetch API**: [`WorkersFetcher`] (the `GateBuilder` default in a
+//!   Workers build), bounded like the native fetcher
 //!   (timeout through an `AbortController`, size cap while streaming, no redirects, 200 + JSON).
 //!   The cache is the same [`JwksCache`](crate::identity::JwksCache) with the same semantics; its
 //!   single-flight runs without moka, which panics in an isolate. Keep the [`Gate`] in a
@@ -34,12 +35,9 @@
 //!         None => {
 //!             let team = env.var("ZTGATE_TEAM_DOMAIN")?.to_string();
 //!             let config = AccessConfig::new(&team, ["aud-tag"]).map_err(|e| e.to_string())?;
+//!             // The JWKS comes from `{team}/cdn-cgi/access/certs` through a WorkersFetcher.
 //!             let gate = Gate::builder(config)
 //!                 .policy(Policy::new().allow_emails(["alice@example.com"]))
-//!                 .fetcher(std::sync::Arc::new(
-//!                     ztgate::workers::WorkersFetcher::new(&format!("{team}/cdn-cgi/access/certs"))
-//!                         .map_err(|e| e.to_string())?,
-//!                 ))
 //!                 .build()
 //!                 .map_err(|e| e.to_string())?;
 //!             GATE.get_or_init(|| gate)
