@@ -75,7 +75,7 @@ impl<C: DeserializeOwned + Send + Sync + 'static> Gate<C> {
     /// The request layer alone: reads the facts of `req` (and logs a refusal).
     pub fn extract<B>(&self, req: &Request<B>) -> Result<RequestFacts, Rejection> {
         RequestFacts::extract(req, &self.inner.limits).map_err(|e| {
-            tracing::info!(layer = "request", outcome = "refused", reason = %e, path = %truncated(req.uri().path()));
+            tracing::info!(layer = "request", outcome = "refused", reason = %e, path = %crate::request::truncate(req.uri().path(), 256));
             Rejection::from(e)
         })
     }
@@ -137,14 +137,6 @@ impl Gate<NoClaims> {
     pub fn public() -> Self {
         Self::new(Requirement::Public)
     }
-}
-
-fn truncated(path: &str) -> &str {
-    let mut end = path.len().min(256);
-    while !path.is_char_boundary(end) {
-        end -= 1;
-    }
-    &path[..end]
 }
 
 /// Builds a [`Gate`]. A policy is required: a gate that admits "whoever has a valid token"

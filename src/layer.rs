@@ -34,14 +34,6 @@ use crate::error::Rejection;
 use crate::gate::Gate;
 use crate::routes::RoutePolicies;
 
-fn cut(path: &str) -> &str {
-    let mut end = path.len().min(256);
-    while !path.is_char_boundary(end) {
-        end -= 1;
-    }
-    &path[..end]
-}
-
 /// Chooses the [`Gate`] for a request: a [`Gate`] always chooses itself; [`RoutePolicies`]
 /// chooses by method and path, and `None` (no declared policy) is refused.
 pub trait SelectGate: Clone + Send + Sync + 'static {
@@ -109,7 +101,7 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let Some(gate) = self.gates.select(req.method(), req.uri().path()).cloned() else {
-            tracing::warn!(layer = "identity", outcome = "no_policy", method = %req.method(), path = %cut(req.uri().path()));
+            tracing::warn!(layer = "identity", outcome = "no_policy", method = %req.method(), path = %crate::request::truncate(req.uri().path(), 256));
             return Box::pin(async { Ok(Rejection::NoPolicy.to_response()) });
         };
         // Read the request now, so the future holds owned facts rather than a borrow of it.

@@ -444,7 +444,9 @@ fn short_header(headers: &HeaderMap, name: &'static str, max: usize) -> Option<S
     (text.len() <= max).then(|| text.to_owned())
 }
 
-fn truncate(s: &str, max: usize) -> &str {
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary (for
+/// logging attacker-chosen text with a bound).
+pub(crate) fn truncate(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }
