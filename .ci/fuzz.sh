@@ -34,6 +34,8 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked --version "${CARGO_FUZZ_VERSION}"
 fi
 cargo fuzz --version
+# `--install`: only the tool above (CI installs it in the background ahead of time).
+[[ "${1:-}" == "--install" ]] && exit 0
 
 build_args=(--sanitizer "${FUZZ_SANITIZER}" --debug-assertions)
 if [[ -n "${FUZZ_FEATURES}" ]]; then

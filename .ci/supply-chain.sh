@@ -43,6 +43,8 @@ if [[ "$(python3 -c 'from detect_secrets.__version__ import VERSION; print(VERSI
     python3 -m pip install --quiet --disable-pip-version-check "detect-secrets==${DETECT_SECRETS_VERSION}"
 fi
 echo "$(cargo deny --version), detect-secrets $(python3 -m detect_secrets --version)"
+# `--install`: only the tools above (CI installs them in the background ahead of time).
+[[ "${1:-}" == "--install" ]] && exit 0
 
 # ---- advisory database (offline copy of the snapshot) -----------------------------------------
 [[ -d "${ADVISORY_DB_SNAPSHOT}/crates" ]] || die "no advisory database at ${ADVISORY_DB_SNAPSHOT} (expected shared/ beside the repo)"

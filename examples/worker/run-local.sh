@@ -4,6 +4,7 @@
 #   examples/worker/run-local.sh           build if needed, then serve on $ZTGATE_LISTEN
 #                                          (default 127.0.0.1:8787) until stopped
 #   examples/worker/run-local.sh --build   only build (build/index.js + build/index_bg.wasm)
+#   examples/worker/run-local.sh --install only install the tools below
 #
 # Every ZTGATE_* variable of the environment is passed to the Worker as a var, e.g.
 #
@@ -27,10 +28,12 @@ say() { printf 'run-local: %s\n' "$*" >&2; }
 die() { say "$*"; exit 1; }
 
 build_only=0
+install_only=0
 case "${1:-}" in
     --build) build_only=1 ;;
+    --install) install_only=1 ;;
     "") ;;
-    *) die "unknown argument ${1} (use --build, or nothing to build and serve)" ;;
+    *) die "unknown argument ${1} (use --build, --install, or nothing to build and serve)" ;;
 esac
 
 # --- tools ----------------------------------------------------------------------------------
@@ -57,6 +60,8 @@ if [[ ! -x node_modules/.bin/wrangler || package-lock.json -nt node_modules/.pac
     say "installing wrangler, miniflare and binaryen (npm ci)"
     npm ci --no-audit --no-fund --loglevel=error
 fi
+
+(( install_only )) && exit 0
 
 # --- build ----------------------------------------------------------------------------------
 out="build/index.js"
