@@ -4,17 +4,20 @@
 //! Each function times one refused check per sample, the two classes randomly interleaved:
 //! **Left**, a candidate equal to the secret except in its last byte (a long matching prefix:
 //! an early-exit compare runs to the end); **Right**, equal to the secret except in its first
-//! byte (an early-exit compare stops at once). Right is not fully random on purpose: random
-//! candidates differ from the near-constant Left ones in how their hex or base64 decodes
-//! (branch prediction on public input), which swamps the compare (see `docs/hardening.md`). Welch's t-test then compares
-//! the two timing distributions, whole and cropped at 100 percentiles; `max t` is the largest
-//! |t|. Below 5 is the usual "no evidence of a leak"; a leak shows as |t| growing with the
-//! sample count. `leaky_control` is a byte-by-byte early-exit `==` over 4 KiB, there to show
-//! the harness detects a leak on this machine; `ct_control` is `subtle`'s `ct_eq` on the same
-//! inputs.
+//! byte (an early-exit compare stops at once). Signatures sent as text (hex, base64) change one
+//! character for another of the same kind, so the decoder takes the same branches for every
+//! candidate. Welch's t-test then compares the two timing distributions, whole and cropped at
+//! 100 percentiles; `max t` is the largest |t|. Below 5 is the usual "no evidence of a leak";
+//! a leak shows as |t| growing with the sample count.
 //!
-//! `cargo bench --bench constant_time` (about a minute); one function:
-//! `cargo bench --bench constant_time -- --filter hmac_token`. Results: `docs/hardening.md`.
+//! Controls: `leaky_control` is a byte-by-byte early-exit compare over 4 KiB (it must show a
+//! huge |t|: the harness can see a leak on this machine); `ct_control` is `subtle`'s `ct_eq` on
+//! the same inputs. Calibrations: `null_*` send a webhook function's very candidates to a
+//! verifier with another secret, where neither class matches anything, so whatever |t| they
+//! show comes from the candidate bytes (public input), not from the secret.
+//!
+//! `cargo bench --bench constant_time` (about a minute); some functions only:
+//! `cargo bench --bench constant_time -- --filter webhook`. Results: `docs/hardening.md`.
 
 use std::hint::black_box;
 use std::pin::pin;
@@ -39,7 +42,7 @@ use ztgate::request::{RequestFacts, RequestLimits};
 /// Samples per function (both classes together).
 const SAMPLES: usize = 1_000_000;
 /// Distinct inputs per class, picked at random for each sample.
-const POOL: usize = 256;
+const POOL: usize = 4096;
 
 const API_KEY: &str = "ct-bench-api-key-0123456789abcdef0123456789abcdef0123456789abcdef"; // pragma: allowlist secret
 const HMAC_SPEC: &str = "ct:ct-bench-hmac-key-0123456789abcdef0123456789"; // pragma: allowlist secret
@@ -130,7 +133,7 @@ fn measure<T: Clone>(
     assert!(left.iter().chain(&right).all(|input| !check(input)), "a candidate was accepted");
     for _ in 0..SAMPLES {
         let class = if rng.random::<bool>() { Class::Left } else { Class::Right };
-        let i = usize::from(rng.random::<u8>()) % POOL;
+        let i = usize::from(rng.random::<u16>()) % POOL;
         let input = match class {
             Class::Left => left[i].clone(),
             Class::Right => right[i].clone(),
@@ -265,6 +268,14 @@ fn webhook_github(runner: &mut CtRunner, rng: &mut BenchRng) {
     webhook(runner, rng, verifier, "x-hub-signature-256", good, (7, 7 + 63), None);
 }
 
+/// Calibration for `webhook_github`: its candidates, another secret.
+fn null_github(runner: &mut CtRunner, rng: &mut BenchRng) {
+    let verifier = WebhookVerifier::github(GITHUB_SECRET).expect("verifier");
+    let other = WebhookVerifier::github("ct-bench-another-github-secret").expect("verifier"); // pragma: allowlist secret
+    let good = format!("sha256={}", hex(&mac(GITHUB_SECRET.as_bytes(), &[BODY])));
+    webhook(runner, rng, verifier, "x-hub-signature-256", good, (7, 7 + 63), Some(other));
+}
+
 /// Stripe: `stripe-signature: t=<ts>,v1=<hex>`.
 fn webhook_stripe(runner: &mut CtRunner, rng: &mut BenchRng) {
     let verifier = WebhookVerifier::stripe(STRIPE_SECRET).expect("verifier");
@@ -306,6 +317,18 @@ fn leaky_control(runner: &mut CtRunner, rng: &mut BenchRng) {
     measure(runner, rng, |class, rng| candidate(&secret, class, rng), |c| early_exit(black_box(&secret), c));
 }
 
+/// The same early-exit compare over 32 bytes, the size of every MAC here: the size of leak the
+/// webhook and token rows would have to show.
+fn leaky_control_32(runner: &mut CtRunner, rng: &mut BenchRng) {
+    let secret: Vec<u8> = control_secret()[..32].to_vec();
+    measure(
+        runner,
+        rng,
+        |class, rng| candidate(&secret, class, rng),
+        |c| black_box(&secret[..]).iter().zip(c).position(|(x, y)| x != y).is_none(),
+    );
+}
+
 /// `subtle`'s `ct_eq` on the same inputs as the leaky control.
 fn ct_control(runner: &mut CtRunner, rng: &mut BenchRng) {
     let secret = control_secret();
@@ -331,15 +354,17 @@ fn main() {
             other => panic!("unknown argument {other:?} (use --filter NAME)"),
         }
     }
-    let benches: [(&'static str, BenchFn); 9] = [
+    let benches: [(&'static str, BenchFn); 11] = [
         ("api_key", api_key),
         ("hmac_token", hmac_token),
         ("webhook_svix", webhook_svix),
         ("webhook_github", webhook_github),
         ("webhook_stripe", webhook_stripe),
         ("leaky_control", leaky_control),
+        ("leaky_control_32", leaky_control_32),
         ("ct_control", ct_control),
         ("null_svix", null_svix),
+        ("null_github", null_github),
         ("null_stripe", null_stripe),
     ];
     let benches = benches
