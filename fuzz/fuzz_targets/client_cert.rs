@@ -47,7 +47,7 @@ const FIELD_NAMES: [&str; 7] = [
     "certIssuerDN",
     "certSerial",
 ];
-const FP: &str = "ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12";
+const FP: &str = "ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12"; // pragma: allowlist secret
 const MAX_FIELD: usize = 256;
 
 fn long_dn() -> String {

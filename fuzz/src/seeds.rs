@@ -2,7 +2,8 @@
 //! `ZTGATE_FUZZ_SEEDS=<dir>` (and `-runs=0`) and its init hook writes that target's seeds into
 //! `<dir>` and exits, so no second build is needed (`.ci/fuzz.sh` does this when a corpus has no
 //! seeds). Seeds hold tokens, claims and public JWKs only: the keys that sign the sample tokens
-//! live in that process and are dropped when it ends.
+//! live in that process and are dropped when it ends. The HMAC tokens and webhook signatures
+//! are made with the test-only secrets of `lib.rs`.
 
 use std::path::Path;
 
