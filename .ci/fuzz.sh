@@ -7,6 +7,7 @@
 #   FUZZ_TARGETS="access_jwt jwks_parse" bash .ci/fuzz.sh
 #   FUZZ_FEATURES=jwt_simple bash .ci/fuzz.sh          # the verifier with the jwt-simple backend
 #   FUZZ_SANITIZER=none bash .ci/fuzz.sh               # no ASan (faster; see docs/hardening.md)
+#   FUZZ_JOBS=1 bash .ci/fuzz.sh                       # one target at a time (default: one per core)
 #
 # Needs the nightly toolchain (installed on the project's machines; this script cannot download
 # one) and installs cargo-fuzz from crates.io when it is missing.
@@ -54,27 +55,45 @@ for t in "${targets[@]}"; do
     fi
 done
 
-declare -A execs=()
-failed=()
-for t in "${targets[@]}"; do
-    step "run ${t} for ${FUZZ_SECONDS}s"
+# One target: runs it, writes its status next to its log.
+run_target() {
+    local t="$1" log="fuzz/artifacts/$1/last-run.log"
     mkdir -p "fuzz/corpus/${t}" "fuzz/artifacts/${t}" "fuzz/regressions/${t}"
-    log="fuzz/artifacts/${t}/last-run.log"
-    set +e
     # fuzz/regressions/<target>/ holds the committed inputs of past findings: libFuzzer runs
     # every input of both directories before it starts mutating (new units go to the first).
+    set +e
     cargo +nightly fuzz run "${build_args[@]}" "${t}" "${root}/fuzz/corpus/${t}" \
         "${root}/fuzz/regressions/${t}" -- \
         -max_total_time="${FUZZ_SECONDS}" -timeout=20 -print_final_stats=1 \
         -dict="${root}/fuzz/dict/jwt.dict" >"${log}" 2>&1
-    status=$?
-    set -e
+    echo $? >"fuzz/artifacts/${t}/last-run.status"
+}
+
+# libFuzzer is single-threaded: run FUZZ_JOBS targets at a time (default: one per core).
+jobs_max="${FUZZ_JOBS:-$(nproc 2>/dev/null || echo 1)}"
+step "run ${#targets[@]} targets for ${FUZZ_SECONDS}s each, ${jobs_max} at a time"
+running=0
+for t in "${targets[@]}"; do
+    if (( running >= jobs_max )); then
+        wait -n || true
+        running=$(( running - 1 ))
+    fi
+    echo "  start ${t}"
+    run_target "${t}" &
+    running=$(( running + 1 ))
+done
+wait || true
+
+declare -A execs=()
+failed=()
+for t in "${targets[@]}"; do
+    log="fuzz/artifacts/${t}/last-run.log"
+    status="$(cat "fuzz/artifacts/${t}/last-run.status" 2>/dev/null || echo 1)"
     # libFuzzer's closing statistics: "stat::number_of_executed_units: N", or "Done N runs".
     n="$(grep -oE 'stat::number_of_executed_units: [0-9]+' "${log}" | tail -n1 | grep -oE '[0-9]+$' || true)"
     [[ -n "${n}" ]] || n="$(grep -oE 'Done [0-9]+ runs' "${log}" | tail -n1 | grep -oE '[0-9]+' || true)"
     [[ -n "${n}" ]] || n="$(grep -oE '^#[0-9]+' "${log}" | tail -n1 | tr -d '#' || true)"
     execs[${t}]="${n:-?}"
-    grep -E 'stat::|Done [0-9]+ runs' "${log}" || true
     if (( status != 0 )); then
         failed+=("${t}")
         echo "fuzz: ${t} FAILED (exit ${status}); last lines of ${log}:" >&2
