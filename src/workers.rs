@@ -65,7 +65,9 @@ use wasm_bindgen::JsValue;
 use worker::send::SendFuture;
 
 use crate::error::{ConfigError, Rejection};
-use crate::identity::jwks::{BoxFuture, FetchError, FetchedJwks, KeyFetcher, parse_max_age};
+use crate::identity::jwks::{
+    BoxFuture, FetchError, FetchedJwks, KeyFetcher, check_fetch_config, parse_max_age,
+};
 use crate::layer::SelectGate;
 use crate::principal::{Principal, Verified};
 use crate::request::{ClientCertFacts, RequestFacts, RequestLimits};
@@ -112,26 +114,7 @@ impl WorkersFetcher {
     pub fn with_limits(url: &str, timeout: Duration, max_bytes: usize) -> Result<Self, ConfigError> {
         let parsed = worker::Url::parse(url)
             .map_err(|e| ConfigError::new("certs_url", format!("{url:?} is not a URL: {e}")))?;
-        let host = parsed.host_str().unwrap_or("");
-        let loopback = host.eq_ignore_ascii_case("localhost")
-            || host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback());
-        match parsed.scheme() {
-            "https" => {}
-            "http" if loopback => {}
-            _ => {
-                return Err(ConfigError::new(
-                    "certs_url",
-                    format!("{parsed} must use https:// (plain http:// is only allowed for loopback hosts)"),
-                ));
-            }
-        }
-        if timeout.is_zero() || max_bytes == 0 {
-            return Err(ConfigError::new("certs_url", "fetch timeout and size cap must be non-zero"));
-        }
+        check_fetch_config(parsed.as_str(), parsed.scheme(), parsed.host_str(), timeout, max_bytes)?;
         Ok(Self { url: parsed, timeout, max_bytes })
     }
 

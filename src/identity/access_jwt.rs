@@ -114,8 +114,7 @@ fn is_loopback_authority(authority: &str) -> bool {
         Some(v6) => v6.split(']').next().unwrap_or(""),
         None => authority.split(':').next().unwrap_or(""),
     };
-    host.eq_ignore_ascii_case("localhost")
-        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    super::jwks::is_loopback_host(host)
 }
 
 /// Why an Access token was refused. `Display` is for people; no variant carries token bytes.

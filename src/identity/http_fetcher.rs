@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use super::jwks::{BoxFuture, FetchError, FetchedJwks, KeyFetcher, parse_max_age};
+use super::jwks::{BoxFuture, FetchError, FetchedJwks, KeyFetcher, check_fetch_config, parse_max_age};
 use crate::ConfigError;
 
 /// Fetches a JWKS over HTTP(S) with reqwest.
@@ -46,19 +46,7 @@ impl HttpFetcher {
     pub fn with_limits(url: &str, timeout: Duration, max_bytes: usize) -> Result<Self, ConfigError> {
         let url = reqwest::Url::parse(url)
             .map_err(|e| ConfigError::new("certs_url", format!("{url:?} is not a URL: {e}")))?;
-        match url.scheme() {
-            "https" => {}
-            "http" if is_loopback(&url) => {}
-            _ => {
-                return Err(ConfigError::new(
-                    "certs_url",
-                    format!("{url} must use https:// (plain http:// is only allowed for loopback hosts)"),
-                ));
-            }
-        }
-        if timeout.is_zero() || max_bytes == 0 {
-            return Err(ConfigError::new("certs_url", "fetch timeout and size cap must be non-zero"));
-        }
+        check_fetch_config(url.as_str(), url.scheme(), url.host_str(), timeout, max_bytes)?;
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
@@ -127,13 +115,6 @@ fn is_json(content_type: &str) -> bool {
     let essence = content_type.split(';').next().unwrap_or("").trim();
     essence.eq_ignore_ascii_case("application/json")
         || essence.eq_ignore_ascii_case("application/jwk-set+json")
-}
-
-fn is_loopback(url: &reqwest::Url) -> bool {
-    let Some(host) = url.host_str() else { return false };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost")
-        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]

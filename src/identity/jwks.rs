@@ -315,6 +315,39 @@ fn bit_length(b: &[u8]) -> usize {
     }
 }
 
+/// `localhost`, `127.0.0.0/8` or `::1` (brackets allowed): the only hosts a JWKS may be fetched
+/// from over plain `http://`.
+pub(crate) fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The rules every JWKS fetcher applies to its configuration, whatever its HTTP stack: `https://`
+/// (plain `http://` only for loopback hosts), a non-zero timeout and size cap.
+pub(crate) fn check_fetch_config(
+    url: &str,
+    scheme: &str,
+    host: Option<&str>,
+    timeout: Duration,
+    max_bytes: usize,
+) -> Result<(), crate::ConfigError> {
+    match scheme {
+        "https" => {}
+        "http" if host.is_some_and(is_loopback_host) => {}
+        _ => {
+            return Err(crate::ConfigError::new(
+                "certs_url",
+                format!("{url} must use https:// (plain http:// is only allowed for loopback hosts)"),
+            ));
+        }
+    }
+    if timeout.is_zero() || max_bytes == 0 {
+        return Err(crate::ConfigError::new("certs_url", "fetch timeout and size cap must be non-zero"));
+    }
+    Ok(())
+}
+
 /// Reads `max-age` from a `Cache-Control` value; `no-cache`/`no-store` count as zero (and are
 /// then clamped up to the minimum).
 pub fn parse_max_age(cache_control: &str) -> Option<Duration> {

@@ -85,7 +85,7 @@ impl ClientCertFacts {
                 if is_true(v) {
                     CertVerification::Success
                 } else {
-                    CertVerification::Failed(cut(v).to_owned())
+                    CertVerification::Failed(super::truncate(v, MAX_FIELD).to_owned())
                 }
             }),
             revoked: get(Field::Revoked).and_then(|v| {
@@ -134,14 +134,6 @@ fn is_true(v: &str) -> bool {
 
 fn is_false(v: &str) -> bool {
     v == "0" || v.eq_ignore_ascii_case("false")
-}
-
-fn cut(v: &str) -> &str {
-    let mut end = v.len().min(MAX_FIELD);
-    while !v.is_char_boundary(end) {
-        end -= 1;
-    }
-    &v[..end]
 }
 
 #[cfg(test)]
