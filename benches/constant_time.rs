@@ -34,9 +34,10 @@ use hmac::{Hmac, Mac};
 use http::{HeaderMap, HeaderValue, Method};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
-use ztgate::identity::mechanism::{Attempt, Mechanism};
+use ztgate::identity::hmac_token::KeyRing;
 use ztgate::identity::webhook::WebhookVerifier;
-use ztgate::identity::{ApiKeyAuth, ApiKeys, KeyRing};
+use ztgate::identity::{ApiKeyAuth, ApiKeys};
+use ztgate::identity::{Attempt, Mechanism};
 use ztgate::request::{RequestFacts, RequestLimits};
 
 /// Samples per function (both classes together).

@@ -79,16 +79,15 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 use tracing_subscriber::EnvFilter;
+use ztgate::BoxFuture;
 use ztgate::clock::{SystemClock, unix_now};
 use ztgate::dev::{DevKey, jwks_json, user_claims};
 use ztgate::identity::hmac_token::KeyRing;
-use ztgate::identity::jwks::BoxFuture;
+use ztgate::identity::hmac_token::{SignedTokenAuth, TokenSource};
 use ztgate::identity::webhook::{
     ReplayGuard, ReplayStoreError, VerifiedWebhook, WebhookVerifier, append_capped, check_content_length,
 };
-use ztgate::identity::{
-    AccessJwt, ApiKeyAuth, ApiKeys, ClientCertAuth, Requirement, SignedTokenAuth, TokenSource,
-};
+use ztgate::identity::{AccessJwt, ApiKeyAuth, ApiKeys, ClientCertAuth, Requirement};
 use ztgate::request::RequestLimits;
 use ztgate::storage::Actor;
 use ztgate::{
@@ -268,7 +267,7 @@ fn route_policies(
     dev: bool,
     trust_cert_headers: bool,
 ) -> Result<RoutePolicies, ConfigError> {
-    let access = Requirement::One(access);
+    let access = Requirement::mechanism(access);
     let api_key = Requirement::mechanism(ApiKeyAuth::new(api_keys));
     let unsubscribe_token = Requirement::mechanism(SignedTokenAuth::new(
         ring,

@@ -9,40 +9,15 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+// The wall clock is the runtime's to read.
+pub use crate::runtime::{SystemClock, unix_now};
+
 /// A source of the current time, in whole seconds since the Unix epoch.
 ///
 /// JWT `NumericDate` claims are whole seconds, so a finer resolution would buy nothing.
 pub trait Clock: Send + Sync + fmt::Debug + 'static {
     /// Seconds since 1970-01-01T00:00:00Z.
     fn now(&self) -> u64;
-}
-
-/// The platform's wall clock: the operating system's on native targets, the JS clock
-/// (`Date.now()`) in a Workers build.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    #[cfg(not(all(target_arch = "wasm32", feature = "workers")))]
-    fn now(&self) -> u64 {
-        // A clock before 1970 is a broken host; 0 makes every token look "not yet valid"
-        // rather than valid, which fails closed.
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-    }
-
-    /// In Workers, `SystemTime::now()` panics; the JS clock (`Date.now()`, milliseconds) is the
-    /// wall clock there. Workers only advance it across I/O, which is fine at one-second grain.
-    #[cfg(all(target_arch = "wasm32", feature = "workers"))]
-    fn now(&self) -> u64 {
-        let millis = js_sys::Date::now();
-        // NaN, negative or absurd values fail closed as above (0 = 1970).
-        if millis.is_finite() && millis > 0.0 { (millis / 1000.0) as u64 } else { 0 }
-    }
-}
-
-/// The system time in Unix seconds: shorthand for `SystemClock.now()`.
-pub fn unix_now() -> u64 {
-    SystemClock.now()
 }
 
 /// A clock that only moves when told to. For tests and reproducible fuzzing.

@@ -13,8 +13,9 @@
 //!   with a size limit on everything it reads.
 //! - [`identity`] verifies them: Cloudflare Access JWTs (RS256, strict claims, a JWKS cache
 //!   with single-flight fetching), then a [`Policy`] decides who is allowed.
-//! - [`storage`] holds the capability types: [`Verified`] can only be built by ztgate, so a
-//!   handler or storage function that takes one cannot run before identity did.
+//! - [`storage`] holds the capability types storage functions take ([`storage::Actor`]); the
+//!   proof itself, [`Verified`], can only be built by ztgate, so a handler or storage function
+//!   that takes one cannot run before identity did.
 //!
 //! Failures fail closed: no or bad credential → 401 with `WWW-Authenticate`; proven but not
 //! allowed → 403; no signing keys obtainable → 503 with `Retry-After`. Bodies are JSON with a
@@ -47,19 +48,36 @@
 //!
 //! | feature | default | what it adds |
 //! |---|---|---|
-//! | `native` | yes | the reqwest JWKS fetcher and moka single-flight cache |
+//! | `native` | yes | the native runtime: `ztgate::native` (reqwest JWKS fetcher), moka single-flight |
 //! | `aws_lc_rs` | yes | RS256 through aws-lc (≈10× faster than `rust_crypto`) |
 //! | `rust_crypto` | no | RS256 in pure Rust (pick instead of `aws_lc_rs`) |
 //! | `axum` | no | the `Verified<Principal>` extractor, `IntoResponse` for [`Rejection`] |
 //! | `dev` | no | `ztgate::dev`: a local issuer for dev mode and tests |
 //! | `jwt_simple` | no | RS256 signatures checked by jwt-simple (pure Rust), not jsonwebtoken |
-//! | `workers` | no | Cloudflare Workers (wasm32): `ztgate::workers` — Workers fetch for the JWKS, JS clock, RS256 through WebCrypto, `request.cf` client certificates, Worker secrets. Build with `--no-default-features --features workers --target wasm32-unknown-unknown` |
+//! | `workers` | no | the Cloudflare Workers runtime (wasm32): `ztgate::workers` — Workers fetch for the JWKS, JS clock, RS256 through WebCrypto, `request.cf` client certificates, Worker secrets. Build with `--no-default-features --features workers --target wasm32-unknown-unknown` |
+//!
+//! Exactly one runtime (`native` or `workers`) and one crypto backend (`aws_lc_rs` or
+//! `rust_crypto`) must be enabled; any other combination is a compile error that says so.
+//!
+//! ## How the crate is built
+//!
+//! `docs/architecture.md` has the picture. In short: [`request`] is a leaf; [`identity`] depends
+//! on it and defines *ports* (key fetching, single-flight, RS256 verification, time, secrets,
+//! shared state); the runtimes (`native`, `workers`) implement those ports and are chosen in one
+//! place; the gate runs the one pipeline (select → extract → check → log) that every inbound
+//! adapter (the Tower layer, the axum extractor, the Workers request adapter) calls.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+#![deny(unreachable_pub)]
 
 #[cfg(not(any(feature = "native", feature = "workers")))]
 compile_error!("enable a runtime: `native` (default: tokio/reqwest/moka) or `workers` (Cloudflare Workers)");
+
+#[cfg(all(feature = "native", feature = "workers"))]
+compile_error!(
+    "enable exactly one runtime: `native` and `workers` exclude each other (for Workers: --no-default-features --features workers)"
+);
 
 #[cfg(all(feature = "workers", not(target_arch = "wasm32")))]
 compile_error!(
@@ -72,35 +90,109 @@ compile_error!("enable exactly one of the `aws_lc_rs` and `rust_crypto` features
 #[cfg(not(any(feature = "aws_lc_rs", feature = "rust_crypto")))]
 compile_error!("enable one crypto backend: `aws_lc_rs` (default) or `rust_crypto`");
 
-#[cfg(feature = "axum")]
-mod axum;
+mod adapters;
+mod error;
+mod gate;
+mod principal;
+mod runtime;
+
 pub mod clock;
 #[cfg(feature = "dev")]
 pub mod dev;
-mod error;
-mod gate;
 pub mod identity;
-mod layer;
-mod principal;
 pub mod request;
-mod routes;
 pub mod secrets;
 pub mod storage;
-#[cfg(feature = "workers")]
-pub mod workers;
 
+// The public interface is:
+pub use adapters::tower::{IdentityService, ResponseFuture};
 pub use error::{ConfigError, Rejection};
+pub use gate::{Gate, GateBuilder, RoutePolicies, SelectGate};
+pub use identity::access_jwt::AccessConfig;
+pub use identity::policy::Policy;
+pub use principal::{
+    AccessUser, ApiKeyPrincipal, ClientCertPrincipal, CustomPrincipal, NoClaims, Principal, Proof,
+    ServiceToken, SignedTokenPrincipal, Verified,
+};
+pub use secrets::Secret;
+
+/// A boxed, sendable future: what the ports ([`identity::KeyFetcher`],
+/// [`identity::webhook::ReplayGuard`], [`identity::Mechanism`]) return, so that they stay
+/// object-safe.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The native runtime (feature `native`, the default): what a tokio service needs beyond the
+/// defaults [`Gate::builder`] already picks.
+#[cfg(feature = "native")]
+pub mod native {
+    pub use crate::runtime::native::HttpFetcher;
+}
+
+/// Cloudflare Workers: the same gates, compiled to `wasm32-unknown-unknown` with workers-rs
+/// (feature `workers`).
+///
+/// What changes at the edge, and what this module provides for it:
+/// - **JWKS over the Workers fetch API**: [`WorkersFetcher`] (the [`Gate::builder`] default in a
+///   Workers build), bounded like the native fetcher and checked by the same response rules.
+///   The cache is the same [`JwksCache`](crate::identity::JwksCache); its single-flight runs
+///   without moka, which panics in an isolate. Keep the [`Gate`] in a `static` so the keys live
+///   as long as the isolate (see the example below).
+/// - **Time**: [`SystemClock`](crate::clock::SystemClock) reads `Date.now()` here;
+///   `SystemTime::now()` panics in a Worker.
+/// - **RS256 through WebCrypto** (`crypto.subtle.verify`), with the pure-Rust check as the
+///   fallback when WebCrypto is unavailable. [`set_webcrypto`] switches it off, to compare.
+/// - **Requests**: [`check`] runs the same pipeline as the Tower layer (select the gate, read
+///   the facts, verify, log) on a `worker::Request`; [`request_facts`] is the request layer
+///   alone. The client certificate comes from the raw `request.cf.tlsClientAuth` object
+///   ([`client_cert`]); client-sent `cf-cert-*` headers are never read here.
+/// - **Secrets**: [`WorkerSecret`] (`env.SECRET`) and [`SecretStoreSecret`] (a Secrets Store
+///   binding's `await get()`), both [`SecretSource`](crate::secrets::SecretSource)s; wrap in
+///   [`PerRequest`](crate::secrets::PerRequest) to read at most once per request.
+///
+/// ```ignore
+/// use std::sync::OnceLock;
+/// use worker::{Context, Env, Request, event};
+/// use ztgate::{AccessConfig, Gate, Policy};
+///
+/// static GATE: OnceLock<Gate> = OnceLock::new();
+///
+/// #[event(fetch)]
+/// async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<http::Response<String>> {
+///     let gate = match GATE.get() {
+///         Some(gate) => gate,
+///         None => {
+///             let team = env.var("ZTGATE_TEAM_DOMAIN")?.to_string();
+///             let config = AccessConfig::new(&team, ["aud-tag"]).map_err(|e| e.to_string())?;
+///             // The JWKS comes from `{team}/cdn-cgi/access/certs` through a WorkersFetcher.
+///             let gate = Gate::builder(config)
+///                 .policy(Policy::new().allow_emails(["alice@example.com"]))
+///                 .build()
+///                 .map_err(|e| e.to_string())?;
+///             GATE.get_or_init(|| gate)
+///         }
+///     };
+///     match ztgate::workers::check(gate, &req).await {
+///         Ok(who) => Ok(http::Response::new(format!("hello {}", who.principal().id()))),
+///         Err(rejection) => Ok(rejection.to_response()),
+///     }
+/// }
+/// ```
+/// `examples/worker/` is a complete Worker with the admin server's routes and configuration.
+#[cfg(feature = "workers")]
+pub mod workers {
+    pub use crate::adapters::workers::{MAX_HEADERS, check, client_cert, request_facts};
+    pub use crate::runtime::workers::{SecretStoreSecret, WorkerSecret, WorkersFetcher, set_webcrypto};
+}
+
+/// Hooks for ztgate's own tests, fuzz targets and benchmarks. **Not part of the API**: no
+/// stability promise, may change in any release.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::identity::jwks::{KeySet, parse_max_age};
+    pub use crate::identity::rs256::Rs256Key;
+}
 
 /// The README's examples, compiled as doc tests so they cannot rot.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
-pub use gate::{Gate, GateBuilder};
-pub use identity::{AccessConfig, Policy};
-pub use layer::{IdentityService, ResponseFuture, SelectGate};
-pub use principal::{
-    AccessUser, ApiKeyPrincipal, ClientCertPrincipal, NoClaims, Principal, Proof, ServiceToken,
-    SignedTokenPrincipal, Verified,
-};
-pub use routes::RoutePolicies;
-pub use secrets::Secret;

@@ -25,13 +25,16 @@ pub enum Principal<C = NoClaims> {
     SignedToken(SignedTokenPrincipal),
     /// A client certificate that Cloudflare verified (mTLS).
     ClientCert(ClientCertPrincipal),
+    /// Whoever a mechanism of your own proved (see [`Mechanism`](crate::identity::Mechanism)).
+    Custom(CustomPrincipal),
     /// Nobody: a route declared public.
     Anonymous,
 }
 
 impl<C> Principal<C> {
     /// A stable identifier for logs and audit trails: `user:<email>`, `service:<common_name>`,
-    /// `api_key:<name>`, `signed:<purpose>:<subject>`, `cert:<sha256 fingerprint>`, `anonymous`.
+    /// `api_key:<name>`, `signed:<purpose>:<subject>`, `cert:<sha256 fingerprint>`,
+    /// `custom:<kind>:<id>`, `anonymous`.
     pub fn id(&self) -> String {
         match self {
             Self::User(u) => format!("user:{}", u.email),
@@ -39,11 +42,13 @@ impl<C> Principal<C> {
             Self::ApiKey(k) => format!("api_key:{}", k.name),
             Self::SignedToken(t) => format!("signed:{}:{}", t.purpose, t.subject),
             Self::ClientCert(c) => format!("cert:{}", c.fingerprint_sha256),
+            Self::Custom(c) => format!("custom:{}:{}", c.kind, c.id),
             Self::Anonymous => "anonymous".to_owned(),
         }
     }
 
-    /// `"user"`, `"service"`, `"api_key"`, `"signed_token"`, `"client_cert"` or `"anonymous"`.
+    /// `"user"`, `"service"`, `"api_key"`, `"signed_token"`, `"client_cert"`, `"custom"` or
+    /// `"anonymous"`.
     pub fn kind(&self) -> &'static str {
         match self {
             Self::User(_) => "user",
@@ -51,6 +56,7 @@ impl<C> Principal<C> {
             Self::ApiKey(_) => "api_key",
             Self::SignedToken(_) => "signed_token",
             Self::ClientCert(_) => "client_cert",
+            Self::Custom(_) => "custom",
             Self::Anonymous => "anonymous",
         }
     }
@@ -138,6 +144,34 @@ pub struct ClientCertPrincipal {
     pub subject_dn: String,
     /// Issuer distinguished name, as Cloudflare reported it.
     pub issuer_dn: String,
+}
+
+/// A principal proven by a mechanism of your own: a kind (`"device"`, `"partner"`) and an id.
+///
+/// Its [`Principal::id`] is `custom:<kind>:<id>`, so it can never be mistaken for a built-in
+/// kind in logs and audit trails (a custom kind `"user"` still reads `custom:user:..`), and no
+/// built-in rule ([`Policy`](crate::Policy) emails, service tokens) ever admits it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CustomPrincipal {
+    kind: &'static str,
+    id: String,
+}
+
+impl CustomPrincipal {
+    /// `kind` names what your mechanism proves; `id` says who, e.g. a device id.
+    pub fn new(kind: &'static str, id: impl Into<String>) -> Self {
+        Self { kind, id: id.into() }
+    }
+
+    /// The kind, as given.
+    pub fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    /// The id, as given.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
 }
 
 /// The default "no extra claims" type: accepts any claim set and keeps nothing.

@@ -27,7 +27,8 @@ pub struct Actor {
 
 impl Actor {
     /// The principal's [`Principal::id`]: `user:<email>`, `service:<common_name>`,
-    /// `api_key:<name>`, `signed:<purpose>:<subject>`, `cert:<fingerprint>`, `anonymous`.
+    /// `api_key:<name>`, `signed:<purpose>:<subject>`, `cert:<fingerprint>`,
+    /// `custom:<kind>:<id>`, `anonymous`.
     pub fn id(&self) -> &str {
         &self.id
     }

@@ -564,12 +564,12 @@ fn errors_and_rejections_never_carry_the_token() {
 fn rejection_is_a_401_invalid_credential() {
     for e in [HmacTokenError::BadSignature, HmacTokenError::Expired, HmacTokenError::Malformed("x")] {
         let rejection = Rejection::from(e);
-        assert!(matches!(rejection, Rejection::InvalidCredential { mechanism: "hmac_token", .. }));
+        assert!(matches!(rejection, Rejection::InvalidCredential { mechanism: "signed_token", .. }));
         assert_eq!(rejection.status(), 401);
         assert_eq!(rejection.code(), "invalid_credential");
     }
     assert_eq!(
         Rejection::from(HmacTokenError::Expired).to_string(),
-        "invalid hmac_token credential: token has expired"
+        "invalid signed_token credential: token has expired"
     );
 }

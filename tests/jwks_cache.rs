@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::json;
+use ztgate::__private::KeySet;
 use ztgate::clock::FixedClock;
 use ztgate::dev::{DevKey, jwks_json, user_claims};
-use ztgate::identity::jwks::KeySet;
-use ztgate::identity::{FetchError, HttpFetcher, JwksConfig, TokenError};
+use ztgate::identity::{FetchError, JwksConfig, TokenError};
+use ztgate::native::HttpFetcher;
 use ztgate::{AccessConfig, Gate, Rejection};
 
 fn alice_at(now: u64) -> serde_json::Value {

@@ -85,7 +85,8 @@ async fn tokens_never_reach_logs_or_debug_output() {
     // wrong purpose), and trusted client-certificate headers.
     use std::time::Duration;
     use ztgate::identity::hmac_token::KeyRing;
-    use ztgate::identity::{ApiKeyAuth, ApiKeys, ClientCertAuth, Requirement, SignedTokenAuth, TokenSource};
+    use ztgate::identity::hmac_token::{SignedTokenAuth, TokenSource};
+    use ztgate::identity::{ApiKeyAuth, ApiKeys, ClientCertAuth, Requirement};
     use ztgate::{Gate, request::RequestLimits};
     const API_KEY: &str = "live-key-7f3a9c1e5b2d4f6a8c0e";
     const HMAC_SECRET: &str = "hmac-secret-5e7a9c1b3d5f7a9c1b3d5f7a9c1b3d5f";

@@ -11,8 +11,8 @@ use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
 use http::{HeaderMap, HeaderValue};
 use sha2::Sha256;
+use ztgate::BoxFuture;
 use ztgate::Rejection;
-use ztgate::identity::jwks::BoxFuture;
 use ztgate::identity::webhook::{
     DEFAULT_MAX_BODY_BYTES, InMemoryReplayGuard, ReplayGuard, ReplayStoreError, VerifiedWebhook,
     WebhookError, WebhookScheme, WebhookVerifier, append_capped, check_content_length,
@@ -520,7 +520,7 @@ async fn replay_store_unreachable_fails_closed() {
     let verifier = svix().with_replay_guard(Arc::new(UnreachableStore));
     let err = verifier.verify(&signed_svix("msg_1", NOW), BODY, NOW).await.unwrap_err();
     assert_eq!(err.status(), http::StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(err.code(), "not_configured");
+    assert_eq!(err.code(), "state_unavailable");
     // Opting out of the guard explicitly still verifies the signature.
     let message = verifier.verify_without_replay_guard(&signed_svix("msg_1", NOW), BODY, NOW).unwrap();
     assert!(!message.replay_checked());

@@ -12,10 +12,11 @@ use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
+use ztgate::__private::KeySet;
+use ztgate::__private::Rs256Key;
+use ztgate::AccessConfig;
 use ztgate::clock::FixedClock;
-use ztgate::identity::backend::Rs256Key;
-use ztgate::identity::jwks::KeySet;
-use ztgate::identity::{AccessConfig, AccessVerifier, JwksCache, JwksConfig, StaticFetcher, TokenError};
+use ztgate::identity::{AccessVerifier, JwksCache, JwksConfig, StaticFetcher, TokenError};
 
 const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/testdata/wycheproof/");
 const TEAM: &str = "https://acme-test.cloudflareaccess.com";

@@ -22,7 +22,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use libfuzzer_sys::fuzz_target;
 use ztgate::Principal;
 use ztgate::identity::ClientCertAuth;
-use ztgate::identity::mechanism::{Attempt, Mechanism};
+use ztgate::identity::{Attempt, Mechanism};
 use ztgate::request::{CertVerification, ClientCertFacts, RequestFacts, RequestLimits};
 use ztgate_fuzz::runtime;
 

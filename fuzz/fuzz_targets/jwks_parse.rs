@@ -13,7 +13,7 @@ use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Value, json};
-use ztgate::identity::jwks::KeySet;
+use ztgate::__private::KeySet;
 use ztgate_fuzz::*;
 
 const JWT_SIMPLE: bool = cfg!(feature = "jwt_simple");

@@ -16,7 +16,8 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ztgate::clock::FixedClock;
 use ztgate::dev::{DevKey, jwks_json};
-use ztgate::identity::{AccessConfig, AccessVerifier, JwksCache, JwksConfig, StaticFetcher};
+use ztgate::AccessConfig;
+use ztgate::identity::{AccessVerifier, JwksCache, JwksConfig, StaticFetcher};
 
 pub const TEAM: &str = "https://acme-test.cloudflareaccess.com";
 pub const AUD: &str = "aud-4b8f1c";
@@ -188,11 +189,11 @@ pub const HMAC_KEYS: [(&str, &str); 2] = [
 ];
 
 /// The ring of [`HMAC_KEYS`].
-pub fn hmac_ring() -> &'static ztgate::identity::KeyRing {
-    static RING: OnceLock<ztgate::identity::KeyRing> = OnceLock::new();
+pub fn hmac_ring() -> &'static ztgate::identity::hmac_token::KeyRing {
+    static RING: OnceLock<ztgate::identity::hmac_token::KeyRing> = OnceLock::new();
     RING.get_or_init(|| {
         let spec = HMAC_KEYS.iter().map(|(kid, secret)| format!("{kid}:{secret}")).collect::<Vec<_>>();
-        ztgate::identity::KeyRing::parse(&spec.join(",")).expect("fuzz HMAC ring")
+        ztgate::identity::hmac_token::KeyRing::parse(&spec.join(",")).expect("fuzz HMAC ring")
     })
 }
 

@@ -12,6 +12,9 @@
 //!    null, negative) is refused, not treated as absent. Duplicate claim names are refused.
 //! 6. the principal: a `common_name` claim makes a [`ServiceToken`]
 //!    (never a user, whatever else it carries); otherwise a user with a non-empty `email`.
+//!
+//! [`AccessJwt`] is the mechanism: the verifier above, then a [`Policy`] that decides who of
+//! the proven principals may pass.
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -24,14 +27,15 @@ use serde::Deserialize;
 use serde::de::{DeserializeOwned, Deserializer, IgnoredAny};
 
 use super::jwks::{JwksCache, KeyError};
-use crate::ConfigError;
+use super::mechanism::{Attempt, Mechanism};
+use super::policy::Policy;
+use super::ports::Rs256Engine;
+use crate::BoxFuture;
 use crate::clock::Clock;
-use crate::principal::{AccessUser, Principal, ServiceToken};
+use crate::error::{ConfigError, Rejection, TokenError};
+use crate::principal::{AccessUser, NoClaims, Principal, ServiceToken};
+use crate::request::RequestFacts;
 
-/// The largest leeway ztgate accepts for time claims.
-pub const MAX_LEEWAY: Duration = Duration::from_secs(300);
-/// The default leeway for `exp`, `nbf` and `iat`.
-pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(60);
 const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
 /// What an Access token must match: the team domain (the exact `iss`) and the application
@@ -44,6 +48,11 @@ pub struct AccessConfig {
 }
 
 impl AccessConfig {
+    /// The largest leeway ztgate accepts for time claims (5 min).
+    pub const MAX_LEEWAY: Duration = Duration::from_secs(300);
+    /// The default leeway for `exp`, `nbf` and `iat` (60 s).
+    pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(60);
+
     /// `team_domain` is the issuer, e.g. `https://acme.cloudflareaccess.com` (a trailing `/` is
     /// removed); `audiences` are the Application Audience (AUD) tags to accept. Both are
     /// required: an empty audience list would accept tokens minted for any application.
@@ -77,15 +86,15 @@ impl AccessConfig {
         if audiences.is_empty() || audiences.iter().any(|a| a.trim().is_empty()) {
             return Err(ConfigError::new("audiences", "at least one non-empty Access AUD tag is required"));
         }
-        Ok(Self { team_domain, audiences, leeway: DEFAULT_LEEWAY })
+        Ok(Self { team_domain, audiences, leeway: Self::DEFAULT_LEEWAY })
     }
 
-    /// Leeway for `exp`, `nbf` and `iat` (default 60 s, at most [`MAX_LEEWAY`]).
+    /// Leeway for `exp`, `nbf` and `iat` (default 60 s, at most [`AccessConfig::MAX_LEEWAY`]).
     pub fn with_leeway(mut self, leeway: Duration) -> Result<Self, ConfigError> {
-        if leeway > MAX_LEEWAY {
+        if leeway > Self::MAX_LEEWAY {
             return Err(ConfigError::new(
                 "leeway",
-                format!("{}s exceeds the maximum of {}s", leeway.as_secs(), MAX_LEEWAY.as_secs()),
+                format!("{}s exceeds the maximum of {}s", leeway.as_secs(), Self::MAX_LEEWAY.as_secs()),
             ));
         }
         self.leeway = leeway;
@@ -117,72 +126,16 @@ fn is_loopback_authority(authority: &str) -> bool {
     super::jwks::is_loopback_host(host)
 }
 
-/// Why an Access token was refused. `Display` is for people; no variant carries token bytes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum TokenError {
-    /// Not three strict base64url segments, too long, or not JSON where JSON belongs.
-    Malformed(&'static str),
-    /// `alg` other than RS256 (including `none` in any casing and HMAC algorithms).
-    Algorithm,
-    /// The header lists `crit` extensions; ztgate understands none.
-    CriticalHeader,
-    /// The header has no `kid`, or no key has it.
-    UnknownKey,
-    /// The signature does not verify.
-    Signature,
-    /// `iss` missing or not the team domain.
-    Issuer,
-    /// `aud` missing or without a configured tag.
-    Audience,
-    /// `exp` missing.
-    MissingExpiry,
-    /// `exp` is in the past (beyond the leeway).
-    Expired,
-    /// `nbf` is in the future (beyond the leeway).
-    NotYetValid,
-    /// `iat` is in the future (beyond the leeway).
-    IssuedInFuture,
-    /// A claim of the wrong type, a duplicate claim, or neither `email` nor `common_name`.
-    Claims(String),
-    /// No keys could be obtained (the 503 case).
-    KeysUnavailable {
-        /// When a retry makes sense.
-        retry_after: Duration,
-    },
-}
-
-impl fmt::Display for TokenError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Malformed(what) => write!(f, "malformed token: {what}"),
-            Self::Algorithm => f.write_str("token algorithm is not RS256"),
-            Self::CriticalHeader => f.write_str("token header has unsupported critical extensions"),
-            Self::UnknownKey => f.write_str("token is signed with an unknown key"),
-            Self::Signature => f.write_str("token signature is invalid"),
-            Self::Issuer => f.write_str("token issuer is not the configured team domain"),
-            Self::Audience => f.write_str("token audience does not match this application"),
-            Self::MissingExpiry => f.write_str("token has no expiry"),
-            Self::Expired => f.write_str("token has expired"),
-            Self::NotYetValid => f.write_str("token is not valid yet"),
-            Self::IssuedInFuture => f.write_str("token was issued in the future"),
-            Self::Claims(e) => write!(f, "token claims are invalid: {e}"),
-            Self::KeysUnavailable { .. } => f.write_str("signing keys are unavailable"),
-        }
-    }
-}
-
-impl std::error::Error for TokenError {}
-
 /// Verifies Cloudflare Access JWTs against a JWKS cache and the configuration.
 ///
 /// `C` is the caller's type for extra user claims; it is deserialized from the whole claim
 /// set, so `#[derive(Deserialize)] struct Mine { groups: Vec<String> }` reads a top-level
 /// `groups` claim.
-pub struct AccessVerifier<C = crate::NoClaims> {
+pub struct AccessVerifier<C = NoClaims> {
     config: AccessConfig,
     keys: JwksCache,
     clock: Arc<dyn Clock>,
+    rs256: Arc<dyn Rs256Engine>,
     _claims: PhantomData<fn() -> C>,
 }
 
@@ -238,9 +191,15 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Optio
 }
 
 impl<C: DeserializeOwned> AccessVerifier<C> {
-    /// A verifier for `config`, with keys from `keys` and time from `clock`.
-    pub fn new(config: AccessConfig, keys: JwksCache, clock: Arc<dyn Clock>) -> Self {
-        Self { config, keys, clock, _claims: PhantomData }
+    /// A verifier whose signatures are checked by `rs256` (the runtime's engine; the public
+    /// constructor, `AccessVerifier::new`, is in `crate::runtime`, which picks it).
+    pub(crate) fn with_engine(
+        config: AccessConfig,
+        keys: JwksCache,
+        clock: Arc<dyn Clock>,
+        rs256: Arc<dyn Rs256Engine>,
+    ) -> Self {
+        Self { config, keys, clock, rs256, _claims: PhantomData }
     }
 
     /// The configuration.
@@ -268,7 +227,7 @@ impl<C: DeserializeOwned> AccessVerifier<C> {
             KeyError::UnknownKid => TokenError::UnknownKey,
             KeyError::Unavailable { retry_after } => TokenError::KeysUnavailable { retry_after },
         })?;
-        if !key.verify_async(parts.signing_input.as_bytes(), parts.signature).await {
+        if !self.rs256.verify(&key, parts.signing_input.as_bytes(), parts.signature).await {
             return Err(TokenError::Signature);
         }
         let payload =
@@ -374,6 +333,54 @@ fn decode_json<T: DeserializeOwned>(segment: &str, what: &'static str) -> Result
     serde_json::from_str(text).map_err(|_| TokenError::Malformed(what))
 }
 
+/// Cloudflare Access JWTs as a [`Mechanism`]: verified by an [`AccessVerifier`], then
+/// authorized by a [`Policy`]. A valid token of someone the policy does not admit is 403.
+pub struct AccessJwt<C = NoClaims> {
+    verifier: AccessVerifier<C>,
+    policy: Policy<C>,
+}
+
+impl<C> fmt::Debug for AccessJwt<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AccessJwt").field("verifier", &self.verifier).field("policy", &self.policy).finish()
+    }
+}
+
+impl<C> AccessJwt<C> {
+    /// The mechanism's name, in proofs, logs and rejections.
+    pub const NAME: &'static str = "access_jwt";
+
+    /// Verifies with `verifier`, admits whom `policy` allows.
+    pub fn new(verifier: AccessVerifier<C>, policy: Policy<C>) -> Self {
+        Self { verifier, policy }
+    }
+
+    /// The verifier (e.g. to warm its key cache).
+    pub fn verifier(&self) -> &AccessVerifier<C> {
+        &self.verifier
+    }
+}
+
+impl<C: DeserializeOwned + Send + Sync + 'static> Mechanism<C> for AccessJwt<C> {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    fn attempt<'a>(&'a self, facts: &'a RequestFacts) -> BoxFuture<'a, Attempt<C>> {
+        Box::pin(async move {
+            let Some(token) = facts.access_jwt() else { return Attempt::NotPresent };
+            match self.verifier.verify(token.expose()).await {
+                Err(e) => Attempt::Refused(Rejection::from(e)),
+                Ok(p) if self.policy.allows(&p) => Attempt::Verified(p),
+                Ok(p) => {
+                    tracing::warn!(layer = "identity", outcome = "forbidden", mechanism = Self::NAME, principal = %p.id());
+                    Attempt::Refused(Rejection::Forbidden)
+                }
+            }
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -394,7 +401,7 @@ mod tests {
         assert!(AccessConfig::new("https://acme.cloudflareaccess.com", Vec::<String>::new()).is_err());
         assert!(AccessConfig::new("https://acme.cloudflareaccess.com", [" "]).is_err());
         let cfg = AccessConfig::new("https://a.cloudflareaccess.com", ["x"]).unwrap();
-        assert!(cfg.clone().with_leeway(Duration::from_secs(301)).is_err());
+        assert!(cfg.clone().with_leeway(AccessConfig::MAX_LEEWAY + Duration::from_secs(1)).is_err());
         assert!(cfg.with_leeway(Duration::from_secs(0)).is_ok());
     }
 

@@ -1,5 +1,6 @@
 //! API keys and shared-secret service tokens: named, stored as SHA-256 digests, compared in
-//! constant time, revocable at run time.
+//! constant time, revocable at run time ([`ApiKeys`]); [`ApiKeyAuth`] is the mechanism that
+//! reads them from `X-Api-Key` or `Authorization: Bearer`.
 //!
 //! The presented key is hashed first, so the comparison always runs over 32 bytes whatever
 //! its length, and every stored digest is compared (no early exit on a match, a length or a
@@ -16,20 +17,22 @@
 //! assert_eq!(keys.verify("0123456789abcdef0123"), None); // pragma: allowlist secret
 //! ```
 
+use std::collections::HashSet;
 use std::fmt;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use sha2::{Digest, Sha256};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 
-use crate::error::ConfigError;
+use super::mechanism::{Attempt, Mechanism};
+use crate::BoxFuture;
+use crate::error::{ConfigError, Rejection};
+use crate::principal::{ApiKeyPrincipal, Principal};
+use crate::request::{RequestError, RequestFacts};
 use crate::secrets::Secret;
 
-/// Shortest key accepted: 16 bytes (e.g. 128 bits of hex-encoded randomness, 32 characters,
-/// is the recommended size; 16 is the floor).
-pub const MIN_KEY_BYTES: usize = 16;
-/// Longest key accepted when presented; longer inputs are refused before hashing.
-pub const MAX_KEY_BYTES: usize = 512;
+const MIN_KEY_BYTES: usize = ApiKeys::MIN_KEY_BYTES;
+const MAX_KEY_BYTES: usize = ApiKeys::MAX_KEY_BYTES;
 
 struct StoredKey {
     name: String,
@@ -52,13 +55,19 @@ impl fmt::Debug for ApiKeys {
 }
 
 impl ApiKeys {
+    /// Shortest key accepted: 16 bytes (e.g. 128 bits of hex-encoded randomness, 32 characters,
+    /// is the recommended size; 16 is the floor).
+    pub const MIN_KEY_BYTES: usize = 16;
+    /// Longest key accepted when presented; longer inputs are refused before hashing.
+    pub const MAX_KEY_BYTES: usize = 512;
+
     /// An empty set (admits nobody).
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Parses `name:secret,name:secret` (the `ZTGATE_API_KEYS` format). Names are
-    /// `[A-Za-z0-9_.-]{1,64}`; secrets at least [`MIN_KEY_BYTES`] long.
+    /// `[A-Za-z0-9_.-]{1,64}`; secrets at least [`ApiKeys::MIN_KEY_BYTES`] long.
     pub fn parse(spec: &str) -> Result<Self, ConfigError> {
         let keys = Self::new();
         for entry in spec.split(',').map(str::trim).filter(|e| !e.is_empty()) {
@@ -129,6 +138,62 @@ impl ApiKeys {
             found |= matches;
         }
         bool::from(found).then(|| keys[index as usize].name.clone())
+    }
+}
+
+/// API keys from `X-Api-Key` or `Authorization: Bearer`.
+///
+/// Any configured key proves its name; [`ApiKeyAuth::only`] narrows a route to some names.
+#[derive(Debug, Clone)]
+pub struct ApiKeyAuth {
+    keys: Arc<ApiKeys>,
+    only: Option<HashSet<String>>,
+}
+
+impl ApiKeyAuth {
+    /// The mechanism's name, in proofs, logs and rejections.
+    pub const NAME: &'static str = "api_key";
+
+    /// Accepts every key in `keys` (shared: revocations apply at once).
+    pub fn new(keys: Arc<ApiKeys>) -> Self {
+        Self { keys, only: None }
+    }
+
+    /// Accepts only keys with these names (a valid key with another name gets 403).
+    pub fn only<I: IntoIterator<Item = S>, S: Into<String>>(mut self, names: I) -> Self {
+        self.only = Some(names.into_iter().map(Into::into).collect());
+        self
+    }
+}
+
+impl<C: Send + Sync + 'static> Mechanism<C> for ApiKeyAuth {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    fn attempt<'a>(&'a self, facts: &'a RequestFacts) -> BoxFuture<'a, Attempt<C>> {
+        Box::pin(async move {
+            let presented = match (facts.api_key_header(), facts.bearer()) {
+                (None, None) => return Attempt::NotPresent,
+                (Some(a), Some(b)) if a.expose() != b.expose() => {
+                    return Attempt::Refused(Rejection::Request(RequestError::AmbiguousCredential {
+                        name: "X-Api-Key and Authorization",
+                    }));
+                }
+                (Some(k), _) | (None, Some(k)) => k,
+            };
+            match self.keys.verify(presented.expose()) {
+                None => Attempt::Refused(Rejection::InvalidCredential {
+                    mechanism: Self::NAME,
+                    reason: "unknown or revoked key",
+                }),
+                Some(name) if self.only.as_ref().is_some_and(|only| !only.contains(&name)) => {
+                    tracing::warn!(layer = "identity", outcome = "forbidden", mechanism = Self::NAME, principal = %format!("api_key:{name}"));
+                    Attempt::Refused(Rejection::Forbidden)
+                }
+                Some(name) => Attempt::Verified(Principal::ApiKey(ApiKeyPrincipal { name })),
+            }
+        })
     }
 }
 

@@ -15,13 +15,16 @@
 //!   [`JwksConfig::refetch_cooldown`]. Failed fetches are retried no sooner either.
 //! - **Stale on error**: keys outlive a failed refresh for [`JwksConfig::grace`]; after that,
 //!   or with nothing ever fetched, lookups fail with [`KeyError::Unavailable`] (a 503).
-//! - **Bounded fetches** (see [`HttpFetcher`](super::HttpFetcher)): timeout, size cap while
+//! - **Bounded fetches**: every fetcher (reqwest natively, the Workers fetch API at the edge)
+//!   applies the same configuration rules (`check_fetch_config`) and the same response rules
+//!   (`check_response`, `append_capped`): timeout, size cap from `Content-Length` and while
 //!   streaming, no redirects, 200 + JSON only.
+//!
+//! The single-flight is a port (`SingleFlight`): moka's natively, a polling one in Workers;
+//! [`JwksCache::new`] takes the runtime's.
 
 use std::collections::HashMap;
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -30,14 +33,22 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Deserialize;
 
-use super::backend::Rs256Key;
+use super::ports::SingleFlight;
+use super::rs256::Rs256Key;
+use crate::BoxFuture;
 use crate::clock::Clock;
+use crate::error::ConfigError;
 
-/// A boxed, sendable future, as returned by [`KeyFetcher::fetch`].
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+/// Default timeout for one JWKS fetch, connect and body included.
+pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default cap on a JWKS response body.
+pub const DEFAULT_MAX_JWKS_BYTES: usize = 1024 * 1024;
+/// Longest text of a fetch error kept (it can quote a runtime's message).
+const MAX_ERROR_CHARS: usize = 200;
 
-/// Where the JWKS comes from: HTTP on native ([`HttpFetcher`](super::HttpFetcher)), the
-/// Workers fetch API at the edge, or a fixed document in tests and fuzzing.
+/// Where the JWKS comes from: HTTP on native (`ztgate::native::HttpFetcher`), the Workers
+/// fetch API at the edge (`ztgate::workers::WorkersFetcher`), or a fixed document in tests,
+/// fuzzing and deployments that pin their keys.
 pub trait KeyFetcher: Send + Sync + fmt::Debug + 'static {
     /// Fetches the JWKS document once. Implementations bound time and size themselves.
     fn fetch(&self) -> BoxFuture<'_, Result<FetchedJwks, FetchError>>;
@@ -331,21 +342,67 @@ pub(crate) fn check_fetch_config(
     host: Option<&str>,
     timeout: Duration,
     max_bytes: usize,
-) -> Result<(), crate::ConfigError> {
+) -> Result<(), ConfigError> {
     match scheme {
         "https" => {}
         "http" if host.is_some_and(is_loopback_host) => {}
         _ => {
-            return Err(crate::ConfigError::new(
+            return Err(ConfigError::new(
                 "certs_url",
                 format!("{url} must use https:// (plain http:// is only allowed for loopback hosts)"),
             ));
         }
     }
     if timeout.is_zero() || max_bytes == 0 {
-        return Err(crate::ConfigError::new("certs_url", "fetch timeout and size cap must be non-zero"));
+        return Err(ConfigError::new("certs_url", "fetch timeout and size cap must be non-zero"));
     }
     Ok(())
+}
+
+/// The response rules every JWKS fetcher applies before reading the body, whatever its HTTP
+/// stack: status 200 (redirects are not followed, so a 3xx fails here), a JSON `Content-Type`
+/// (`application/json` or any `application/*+json`, e.g. `application/jwk-set+json`), and a
+/// declared `Content-Length` within the cap. Returns the `Cache-Control: max-age`.
+pub(crate) fn check_response(
+    status: u16,
+    content_type: Option<&str>,
+    content_length: Option<&str>,
+    cache_control: Option<&str>,
+    max_bytes: usize,
+) -> Result<Option<Duration>, FetchError> {
+    if status != 200 {
+        return Err(FetchError::Status(status));
+    }
+    let content_type = content_type.unwrap_or("");
+    if !is_json(content_type) {
+        return Err(FetchError::ContentType(content_type.chars().take(64).collect()));
+    }
+    let declared = content_length.and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max_bytes as u64) {
+        return Err(FetchError::TooLarge { limit: max_bytes });
+    }
+    Ok(cache_control.and_then(parse_max_age))
+}
+
+fn is_json(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    essence == "application/json"
+        || essence.strip_prefix("application/").is_some_and(|sub| sub.len() > 5 && sub.ends_with("+json"))
+}
+
+/// Appends one body chunk, refusing once the body would exceed `max_bytes` (the cap while
+/// streaming: a server may send more than it declared, or declare nothing).
+pub(crate) fn append_capped(body: &mut Vec<u8>, chunk: &[u8], max_bytes: usize) -> Result<(), FetchError> {
+    if body.len().saturating_add(chunk.len()) > max_bytes {
+        return Err(FetchError::TooLarge { limit: max_bytes });
+    }
+    body.extend_from_slice(chunk);
+    Ok(())
+}
+
+/// A transport failure, with the runtime's message cut to a bound (it is logged).
+pub(crate) fn network_error(e: impl fmt::Display) -> FetchError {
+    FetchError::Network(e.to_string().chars().take(MAX_ERROR_CHARS).collect())
 }
 
 /// Reads `max-age` from a `Cache-Control` value; `no-cache`/`no-store` count as zero (and are
@@ -393,12 +450,11 @@ struct Shared {
     /// A fetch is running; stale-key readers use what they have instead of waiting.
     refreshing: AtomicBool,
     /// Coalesces concurrent fetches: key = the generation being replaced.
-    #[cfg(feature = "native")]
-    flights: moka::future::Cache<u64, Arc<KeySet>>,
-    /// Coalesces concurrent fetches in a Workers isolate (moka panics there).
-    #[cfg(not(feature = "native"))]
-    flights: super::flight::Flights<Result<Arc<KeySet>, ()>>,
+    flights: Arc<dyn SingleFlight<u64, Flight>>,
 }
+
+/// What a fetch flight shares with its waiters: the new key set, or that it failed.
+pub(crate) type Flight = Result<Arc<KeySet>, ()>;
 
 /// A cache of signing keys with single-flight fetching. Cheap to clone (one `Arc`).
 #[derive(Clone)]
@@ -424,8 +480,14 @@ enum Plan {
 }
 
 impl JwksCache {
-    /// A cache that fetches with `fetcher` and reads time from `clock`.
-    pub fn new(fetcher: Arc<dyn KeyFetcher>, clock: Arc<dyn Clock>, config: JwksConfig) -> Self {
+    /// A cache whose concurrent fetches coalesce through `flights` (the runtime's; the public
+    /// constructor, `JwksCache::new`, is in `crate::runtime`, which picks it).
+    pub(crate) fn with_flights(
+        fetcher: Arc<dyn KeyFetcher>,
+        clock: Arc<dyn Clock>,
+        config: JwksConfig,
+        flights: Arc<dyn SingleFlight<u64, Flight>>,
+    ) -> Self {
         Self {
             shared: Arc::new(Shared {
                 fetcher,
@@ -433,10 +495,7 @@ impl JwksCache {
                 config,
                 state: RwLock::new(State::default()),
                 refreshing: AtomicBool::new(false),
-                #[cfg(feature = "native")]
-                flights: moka::future::Cache::builder().max_capacity(8).build(),
-                #[cfg(not(feature = "native"))]
-                flights: Default::default(),
+                flights,
             }),
         }
     }
@@ -544,24 +603,8 @@ impl JwksCache {
     /// Fetches the generation after `generation`, joining a fetch already in flight for it.
     /// On failure returns how long until a retry is allowed.
     async fn fetch(&self, generation: u64) -> Result<Arc<KeySet>, Duration> {
-        #[cfg(feature = "native")]
-        let outcome = self
-            .shared
-            .flights
-            .try_get_with(generation, self.fetch_generation(generation))
-            .await
-            .map_err(drop);
-        #[cfg(not(feature = "native"))]
-        let outcome = self
-            .shared
-            .flights
-            .run(
-                generation,
-                || async { self.fetch_generation(generation).await.map_err(drop) },
-                crate::workers::flight_patience(),
-            )
-            .await
-            .unwrap_or(Err(()));
+        let work = Box::pin(async move { self.fetch_generation(generation).await.map_err(drop) });
+        let outcome = self.shared.flights.run(generation, work).await.unwrap_or(Err(()));
         outcome.map_err(|()| {
             let state = self.read();
             self.retry_after(&state, self.shared.clock.now())
@@ -642,6 +685,37 @@ mod tests {
         assert_eq!(parse_max_age("no-store"), Some(Duration::ZERO));
         assert_eq!(parse_max_age("public"), None);
         assert_eq!(parse_max_age("max-age=-5"), None);
+    }
+
+    #[test]
+    fn json_content_types() {
+        assert!(is_json("application/json"));
+        assert!(is_json("Application/JSON; charset=utf-8"));
+        assert!(is_json("application/jwk-set+json"));
+        assert!(!is_json("application/+json"));
+        assert!(!is_json("text/json+json"));
+        assert!(!is_json("text/html"));
+        assert!(!is_json(""));
+    }
+
+    #[test]
+    fn response_rules_refuse_redirects_html_and_declared_oversize() {
+        let ok = |ct, cl| check_response(200, Some(ct), cl, Some("max-age=120"), 10);
+        assert_eq!(ok("application/json", Some("10")), Ok(Some(Duration::from_secs(120))));
+        assert_eq!(
+            check_response(302, Some("application/json"), None, None, 10),
+            Err(FetchError::Status(302))
+        );
+        assert!(matches!(ok("text/html", None), Err(FetchError::ContentType(_))));
+        assert_eq!(ok("application/json", Some("11")), Err(FetchError::TooLarge { limit: 10 }));
+        let mut body = Vec::new();
+        assert_eq!(append_capped(&mut body, b"12345", 8), Ok(()));
+        assert_eq!(append_capped(&mut body, b"6789", 8), Err(FetchError::TooLarge { limit: 8 }));
+        assert_eq!(body, b"12345");
+        match network_error("x".repeat(1000)) {
+            FetchError::Network(text) => assert_eq!(text.len(), MAX_ERROR_CHARS),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

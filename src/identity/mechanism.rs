@@ -1,8 +1,12 @@
-//! Mechanisms and how they combine.
+//! The mechanism trait and how mechanisms combine.
 //!
 //! A [`Mechanism`] looks at the [`RequestFacts`] and answers one of three things
 //! ([`Attempt`]): *not mine* (no credential of its kind), *verified* (a principal), or
 //! *refused* (a credential of its kind was present but is invalid or not allowed).
+//!
+//! The trait is the extension point: a mechanism written outside ztgate declares the headers
+//! it reads ([`Mechanism::headers`]; the request layer copies only those, bounded like every
+//! other credential), proves a [`Principal::Custom`], and composes with the built-in ones.
 //!
 //! A [`Requirement`] combines mechanisms:
 //! - [`Requirement::any_of`]: the first mechanism whose credential is present decides. A
@@ -36,19 +40,15 @@
 //!
 //! [`Verified::proofs`]: crate::Verified::proofs
 
-use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
 
-use serde::de::DeserializeOwned;
+use http::HeaderName;
 
-use super::access_jwt::AccessVerifier;
-use super::api_key::ApiKeys;
-use super::jwks::BoxFuture;
-use super::policy::Policy;
+use crate::BoxFuture;
 use crate::error::Rejection;
-use crate::principal::{ApiKeyPrincipal, ClientCertPrincipal, NoClaims, Principal, Proof};
-use crate::request::{CertVerification, RequestFacts};
+use crate::principal::{NoClaims, Principal, Proof};
+use crate::request::RequestFacts;
 
 /// One mechanism's answer.
 #[derive(Debug)]
@@ -62,44 +62,112 @@ pub enum Attempt<C = NoClaims> {
 }
 
 /// A way of proving identity from request facts.
+///
+/// ```
+/// use http::HeaderName;
+/// use ztgate::identity::{Attempt, Mechanism, Requirement};
+/// use ztgate::request::RequestFacts;
+/// use ztgate::{BoxFuture, CustomPrincipal, Gate, Principal, Rejection};
+///
+/// /// A device that proves itself with a header holding its registered id (illustration only:
+/// /// a real mechanism checks a signature here).
+/// #[derive(Debug)]
+/// struct DeviceId;
+///
+/// static HEADERS: [HeaderName; 1] = [HeaderName::from_static("x-device-id")];
+///
+/// impl Mechanism for DeviceId {
+///     fn name(&self) -> &'static str {
+///         "device_id"
+///     }
+///     fn headers(&self) -> &[HeaderName] {
+///         &HEADERS
+///     }
+///     fn attempt<'a>(&'a self, facts: &'a RequestFacts) -> BoxFuture<'a, Attempt> {
+///         let outcome = match facts.header("x-device-id") {
+///             None => Attempt::NotPresent,
+///             Some(id) if id.expose() == "dev-42" => {
+///                 Attempt::Verified(Principal::Custom(CustomPrincipal::new("device", "dev-42")))
+///             }
+///             Some(_) => Attempt::Refused(Rejection::InvalidCredential {
+///                 mechanism: "device_id",
+///                 reason: "unknown device",
+///             }),
+///         };
+///         Box::pin(std::future::ready(outcome))
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let gate = Gate::new(Requirement::mechanism(DeviceId));
+/// let req = http::Request::builder().header("x-device-id", "dev-42").body(()).unwrap();
+/// assert_eq!(gate.check(&req).await.unwrap().id(), "custom:device:dev-42");
+/// # }
+/// ```
 pub trait Mechanism<C = NoClaims>: Send + Sync + fmt::Debug + 'static {
-    /// A short stable name for logs and [`Proof`]s, e.g. `"api_key"`.
+    /// A short stable name for logs, [`Proof`]s and [`Rejection::InvalidCredential`], e.g.
+    /// `"api_key"`.
     fn name(&self) -> &'static str;
+
+    /// The request headers this mechanism reads beyond the built-in credentials, through
+    /// [`RequestFacts::header`]. Only declared headers are copied into the facts, each at most
+    /// once, as text, within [`RequestLimits::max_token_bytes`](crate::request::RequestLimits).
+    fn headers(&self) -> &[HeaderName] {
+        &[]
+    }
 
     /// Looks at the facts. Must not panic on any input.
     fn attempt<'a>(&'a self, facts: &'a RequestFacts) -> BoxFuture<'a, Attempt<C>>;
 }
 
-/// What a route requires. Cheap to clone.
-pub enum Requirement<C = NoClaims> {
+/// A shared mechanism (e.g. one [`AccessJwt`](super::AccessJwt) whose key cache several routes
+/// use) is a mechanism.
+impl<C, M: Mechanism<C>> Mechanism<C> for Arc<M> {
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+
+    fn headers(&self) -> &[HeaderName] {
+        (**self).headers()
+    }
+
+    fn attempt<'a>(&'a self, facts: &'a RequestFacts) -> BoxFuture<'a, Attempt<C>> {
+        (**self).attempt(facts)
+    }
+}
+
+/// What a route requires: built with [`Requirement::public`], [`Requirement::mechanism`],
+/// [`Requirement::any_of`] and [`Requirement::all_of`]. Cheap to clone. `Debug` shows the
+/// shape, e.g. `any_of([api_key, client_cert])`.
+pub struct Requirement<C = NoClaims>(Node<C>);
+
+enum Node<C> {
     /// Anyone, declared: proves [`Principal::Anonymous`].
     Public,
-    /// One mechanism.
     One(Arc<dyn Mechanism<C>>),
-    /// The first mechanism whose credential is present decides.
     AnyOf(Vec<Requirement<C>>),
-    /// Every one must verify.
     AllOf(Vec<Requirement<C>>),
 }
 
 impl<C> Clone for Requirement<C> {
     fn clone(&self) -> Self {
-        match self {
-            Self::Public => Self::Public,
-            Self::One(m) => Self::One(m.clone()),
-            Self::AnyOf(v) => Self::AnyOf(v.clone()),
-            Self::AllOf(v) => Self::AllOf(v.clone()),
-        }
+        Self(match &self.0 {
+            Node::Public => Node::Public,
+            Node::One(m) => Node::One(m.clone()),
+            Node::AnyOf(v) => Node::AnyOf(v.clone()),
+            Node::AllOf(v) => Node::AllOf(v.clone()),
+        })
     }
 }
 
 impl<C: 'static> fmt::Debug for Requirement<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Public => f.write_str("public"),
-            Self::One(m) => f.write_str(m.name()),
-            Self::AnyOf(v) => f.debug_tuple("any_of").field(v).finish(),
-            Self::AllOf(v) => f.debug_tuple("all_of").field(v).finish(),
+        match &self.0 {
+            Node::Public => f.write_str("public"),
+            Node::One(m) => f.write_str(m.name()),
+            Node::AnyOf(v) => f.debug_tuple("any_of").field(v).finish(),
+            Node::AllOf(v) => f.debug_tuple("all_of").field(v).finish(),
         }
     }
 }
@@ -114,32 +182,53 @@ pub(crate) enum Outcome<C> {
 impl<C: Send + Sync + 'static> Requirement<C> {
     /// Anyone, explicitly.
     pub fn public() -> Self {
-        Self::Public
+        Self(Node::Public)
     }
 
     /// One mechanism.
     pub fn mechanism(m: impl Mechanism<C>) -> Self {
-        Self::One(Arc::new(m))
+        Self(Node::One(Arc::new(m)))
     }
 
     /// The first whose credential is present decides; a bad credential never falls through.
     pub fn any_of(options: impl IntoIterator<Item = Requirement<C>>) -> Self {
-        Self::AnyOf(options.into_iter().collect())
+        Self(Node::AnyOf(options.into_iter().collect()))
     }
 
     /// All must verify, in order.
     pub fn all_of(parts: impl IntoIterator<Item = Requirement<C>>) -> Self {
-        Self::AllOf(parts.into_iter().collect())
+        Self(Node::AllOf(parts.into_iter().collect()))
+    }
+
+    /// Every header a mechanism of this requirement declared, each once.
+    pub(crate) fn declared_headers(&self) -> Vec<HeaderName> {
+        let mut out = Vec::new();
+        self.collect_headers(&mut out);
+        out
+    }
+
+    fn collect_headers(&self, out: &mut Vec<HeaderName>) {
+        match &self.0 {
+            Node::Public => {}
+            Node::One(m) => {
+                for h in m.headers() {
+                    if !out.contains(h) {
+                        out.push(h.clone());
+                    }
+                }
+            }
+            Node::AnyOf(v) | Node::AllOf(v) => v.iter().for_each(|r| r.collect_headers(out)),
+        }
     }
 
     pub(crate) fn evaluate<'a>(&'a self, facts: &'a RequestFacts) -> BoxFuture<'a, Outcome<C>> {
         Box::pin(async move {
-            match self {
-                Self::Public => Outcome::Verified(
+            match &self.0 {
+                Node::Public => Outcome::Verified(
                     Principal::Anonymous,
                     vec![Proof { mechanism: "public", principal_id: "anonymous".to_owned() }],
                 ),
-                Self::One(m) => match m.attempt(facts).await {
+                Node::One(m) => match m.attempt(facts).await {
                     Attempt::NotPresent => Outcome::NotPresent,
                     Attempt::Refused(r) => Outcome::Refused(r),
                     Attempt::Verified(p) => {
@@ -147,7 +236,7 @@ impl<C: Send + Sync + 'static> Requirement<C> {
                         Outcome::Verified(p, vec![proof])
                     }
                 },
-                Self::AnyOf(options) => {
+                Node::AnyOf(options) => {
                     for option in options {
                         match option.evaluate(facts).await {
                             Outcome::NotPresent => continue,
@@ -156,7 +245,7 @@ impl<C: Send + Sync + 'static> Requirement<C> {
                     }
                     Outcome::NotPresent
                 }
-                Self::AllOf(parts) => {
+                Node::AllOf(parts) => {
                     let mut first: Option<Principal<C>> = None;
                     let mut proofs = Vec::new();
                     for part in parts {
@@ -175,230 +264,5 @@ impl<C: Send + Sync + 'static> Requirement<C> {
                 }
             }
         })
-    }
-}
-
-/// Cloudflare Access JWTs, authorized by a [`Policy`].
-pub struct AccessJwt<C = NoClaims> {
-    verifier: AccessVerifier<C>,
-    policy: Policy<C>,
-}
-
-impl<C> fmt::Debug for AccessJwt<C> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AccessJwt").field("verifier", &self.verifier).field("policy", &self.policy).finish()
-    }
-}
-
-impl<C> AccessJwt<C> {
-    /// Verifies with `verifier`, admits whom `policy` allows.
-    pub fn new(verifier: AccessVerifier<C>, policy: Policy<C>) -> Self {
-        Self { verifier, policy }
-    }
-
-    /// The verifier (e.g. to warm its key cache).
-    pub fn verifier(&self) -> &AccessVerifier<C> {
-        &self.verifier
-    }
-}
-
-impl<C: DeserializeOwned + Send + Sync + 'static> Mechanism<C> for AccessJwt<C> {
-    fn name(&self) -> &'static str {
-        "access_jwt"
-    }
-
-    fn attempt<'a>(&'a self, facts: &'a RequestFacts) -> BoxFuture<'a, Attempt<C>> {
-        Box::pin(async move {
-            let Some(token) = facts.access_jwt() else { return Attempt::NotPresent };
-            match self.verifier.verify(token.expose()).await {
-                Err(e) => Attempt::Refused(e.into()),
-                Ok(p) if self.policy.allows(&p) => Attempt::Verified(p),
-                Ok(p) => {
-                    tracing::warn!(layer = "identity", outcome = "forbidden", mechanism = "access_jwt", principal = %p.id());
-                    Attempt::Refused(Rejection::Forbidden)
-                }
-            }
-        })
-    }
-}
-
-/// API keys from `X-Api-Key` or `Authorization: Bearer`.
-///
-/// Any configured key proves its name; [`ApiKeyAuth::only`] narrows a route to some names.
-#[derive(Debug, Clone)]
-pub struct ApiKeyAuth {
-    keys: Arc<ApiKeys>,
-    only: Option<HashSet<String>>,
-}
-
-impl ApiKeyAuth {
-    /// Accepts every key in `keys` (shared: revocations apply at once).
-    pub fn new(keys: Arc<ApiKeys>) -> Self {
-        Self { keys, only: None }
-    }
-
-    /// Accepts only keys with these names (a valid key with another name gets 403).
-    pub fn only<I: IntoIterator<Item = S>, S: Into<String>>(mut self, names: I) -> Self {
-        self.only = Some(names.into_iter().map(Into::into).collect());
-        self
-    }
-}
-
-impl<C: Send + Sync + 'static> Mechanism<C> for ApiKeyAuth {
-    fn name(&self) -> &'static str {
-        "api_key"
-    }
-
-    fn attempt<'a>(&'a self, facts: &'a RequestFacts) -> BoxFuture<'a, Attempt<C>> {
-        Box::pin(async move {
-            let presented = match (facts.api_key_header(), facts.bearer()) {
-                (None, None) => return Attempt::NotPresent,
-                (Some(a), Some(b)) if a.expose() != b.expose() => {
-                    return Attempt::Refused(Rejection::Request(
-                        crate::request::RequestError::AmbiguousCredential {
-                            name: "X-Api-Key and Authorization",
-                        },
-                    ));
-                }
-                (Some(k), _) | (None, Some(k)) => k,
-            };
-            match self.keys.verify(presented.expose()) {
-                None => Attempt::Refused(Rejection::InvalidCredential {
-                    mechanism: "api_key",
-                    reason: "unknown or revoked key",
-                }),
-                Some(name) if self.only.as_ref().is_some_and(|only| !only.contains(&name)) => {
-                    tracing::warn!(layer = "identity", outcome = "forbidden", mechanism = "api_key", principal = %format!("api_key:{name}"));
-                    Attempt::Refused(Rejection::Forbidden)
-                }
-                Some(name) => Attempt::Verified(Principal::ApiKey(ApiKeyPrincipal { name })),
-            }
-        })
-    }
-}
-
-/// mTLS: a client certificate Cloudflare verified and did not find revoked, optionally pinned
-/// by SHA-256 fingerprint or subject DN.
-///
-/// Facts come from [`RequestFacts::client_cert`]: Workers' `request.cf.tlsClientAuth`, or the
-/// `cf-cert-*` headers only when the hop is trusted. No certificate → not mine; presented but
-/// not verified, revoked, or revocation unknown → 401; verified but not pinned → 403.
-#[derive(Debug, Clone, Default)]
-pub struct ClientCertAuth {
-    fingerprints: HashSet<String>,
-    subject_dns: HashSet<String>,
-}
-
-impl ClientCertAuth {
-    /// Any verified, unrevoked certificate from the zone's CA.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Pins these SHA-256 fingerprints (hex, any case, `:` separators allowed).
-    pub fn pin_fingerprints<I: IntoIterator<Item = S>, S: AsRef<str>>(mut self, fps: I) -> Self {
-        self.fingerprints
-            .extend(fps.into_iter().map(|f| f.as_ref().replace(':', "").trim().to_ascii_lowercase()));
-        self
-    }
-
-    /// Pins these subject DNs (exact match).
-    pub fn pin_subject_dns<I: IntoIterator<Item = S>, S: Into<String>>(mut self, dns: I) -> Self {
-        self.subject_dns.extend(dns.into_iter().map(Into::into));
-        self
-    }
-}
-
-impl<C: Send + Sync + 'static> Mechanism<C> for ClientCertAuth {
-    fn name(&self) -> &'static str {
-        "client_cert"
-    }
-
-    fn attempt<'a>(&'a self, facts: &'a RequestFacts) -> BoxFuture<'a, Attempt<C>> {
-        let refuse =
-            |reason| Attempt::Refused(Rejection::InvalidCredential { mechanism: "client_cert", reason });
-        let outcome = match facts.client_cert() {
-            None => Attempt::NotPresent,
-            Some(cert) if !cert.presented => Attempt::NotPresent,
-            Some(cert) => match (&cert.verified, cert.revoked, &cert.fingerprint_sha256) {
-                (Some(CertVerification::Success), Some(false), Some(fp)) => {
-                    let pinned = self.fingerprints.is_empty() && self.subject_dns.is_empty()
-                        || self.fingerprints.contains(fp)
-                        || cert.subject_dn.as_ref().is_some_and(|dn| self.subject_dns.contains(dn));
-                    if pinned {
-                        Attempt::Verified(Principal::ClientCert(ClientCertPrincipal {
-                            fingerprint_sha256: fp.clone(),
-                            subject_dn: cert.subject_dn.clone().unwrap_or_default(),
-                            issuer_dn: cert.issuer_dn.clone().unwrap_or_default(),
-                        }))
-                    } else {
-                        Attempt::Refused(Rejection::Forbidden)
-                    }
-                }
-                (Some(CertVerification::Success), Some(true), _) => refuse("certificate revoked"),
-                (Some(CertVerification::Success), None, _) => refuse("revocation status unknown"),
-                (Some(CertVerification::Success), _, None) => refuse("no certificate fingerprint"),
-                _ => refuse("certificate not verified"),
-            },
-        };
-        Box::pin(std::future::ready(outcome))
-    }
-}
-
-/// Where a [`SignedTokenAuth`] finds its token.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum TokenSource {
-    /// A query parameter, e.g. `?token=...` in an unsubscribe link.
-    Query(String),
-    /// A cookie, e.g. a session cookie.
-    Cookie(String),
-}
-
-/// HMAC-signed tokens (see [`hmac_token`](super::hmac_token)) for one purpose, read from a
-/// query parameter or a cookie. A token for another purpose, expired, forged or from a
-/// rotated-out key is refused (401).
-#[derive(Clone, Debug)]
-pub struct SignedTokenAuth {
-    ring: Arc<super::hmac_token::KeyRing>,
-    purpose: String,
-    source: TokenSource,
-    clock: Arc<dyn crate::clock::Clock>,
-}
-
-impl SignedTokenAuth {
-    /// Tokens minted by `ring` for `purpose`, found at `source`, checked against `clock`.
-    pub fn new(
-        ring: Arc<super::hmac_token::KeyRing>,
-        purpose: impl Into<String>,
-        source: TokenSource,
-        clock: Arc<dyn crate::clock::Clock>,
-    ) -> Self {
-        Self { ring, purpose: purpose.into(), source, clock }
-    }
-}
-
-impl<C: Send + Sync + 'static> Mechanism<C> for SignedTokenAuth {
-    fn name(&self) -> &'static str {
-        "signed_token"
-    }
-
-    fn attempt<'a>(&'a self, facts: &'a RequestFacts) -> BoxFuture<'a, Attempt<C>> {
-        let found = match &self.source {
-            TokenSource::Query(name) => Ok(facts.query_param(name)),
-            TokenSource::Cookie(name) => facts.cookie(name),
-        };
-        let outcome = match found {
-            Err(e) => Attempt::Refused(Rejection::Request(e)),
-            Ok(None) => Attempt::NotPresent,
-            Ok(Some(token)) => match self.ring.verify(token.expose(), &self.purpose, self.clock.now()) {
-                Ok(t) => Attempt::Verified(Principal::SignedToken(crate::principal::SignedTokenPrincipal {
-                    subject: t.subject,
-                    purpose: t.purpose,
-                    expires_at: t.expires_at,
-                })),
-                Err(e) => Attempt::Refused(e.into()),
-            },
-        };
-        Box::pin(std::future::ready(outcome))
     }
 }

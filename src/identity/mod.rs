@@ -1,37 +1,43 @@
 //! Layer 2 — Identity: turn untrusted request facts into a proven [`Principal`](crate::Principal).
 //!
-//! - [`access_jwt`]: Cloudflare Access JWT verification (RS256, strict claims).
-//! - [`jwks`]: the signing-key cache with single-flight fetching and bounded staleness.
-//! - [`mechanism`]: the mechanism trait, API keys, mTLS, signed tokens, and any-of/all-of.
-//! - [`api_key`]: named API keys stored as SHA-256 digests, compared in constant time.
-//! - [`hmac_token`]: HMAC-signed tokens (unsubscribe links, magic links, session cookies).
-//! - [`webhook`]: webhook signatures (Svix/Resend, GitHub, Stripe) and a replay guard.
-//! - [`policy`]: which proven principals are allowed.
+//! A [`Mechanism`] reads [`RequestFacts`](crate::request::RequestFacts) and answers *not mine*,
+//! *verified* or *refused*; a [`Requirement`] combines mechanisms (any-of, all-of, public).
+//! The mechanisms, one file each with the code that verifies and the adapter that makes it a
+//! mechanism:
 //!
-//! Identity code never touches storage, and never reads a request directly: it takes
-//! [`RequestFacts`](crate::request::RequestFacts).
+//! - [`AccessJwt`]: Cloudflare Access JWTs (RS256, strict claims) through an [`AccessVerifier`],
+//!   authorized by a [`Policy`](crate::Policy); keys from a [`JwksCache`].
+//! - [`ApiKeyAuth`]: named API keys ([`ApiKeys`]), stored as SHA-256 digests, compared in
+//!   constant time.
+//! - [`ClientCertAuth`]: client certificates Cloudflare verified (mTLS), optionally pinned.
+//! - [`hmac_token::SignedTokenAuth`]: HMAC-signed tokens (unsubscribe links, session cookies).
+//! - [`webhook`]: webhook signatures (Svix/Resend, GitHub, Stripe) and the replay guard. A
+//!   webhook is verified over its raw body, so it is called by the handler that reads the body,
+//!   with the request's headers, rather than run as a mechanism on the facts.
+//!
+//! Identity never touches storage and never names a runtime, Tower or the gate. What it needs
+//! from a platform it asks through ports: [`KeyFetcher`] (the JWKS over HTTP or the Workers
+//! fetch API), [`Clock`](crate::clock::Clock), [`SecretSource`](crate::secrets::SecretSource),
+//! [`ReplayGuard`](webhook::ReplayGuard), and two the runtimes fill in without you seeing them:
+//! a single-flight for concurrent key fetches and the engine that checks RS256 signatures.
 
-pub mod access_jwt;
-pub mod api_key;
-pub mod backend;
-#[cfg(any(not(feature = "native"), test))]
-pub(crate) mod flight;
+pub(crate) mod access_jwt;
+mod api_key;
+mod client_cert;
 pub mod hmac_token;
-#[cfg(feature = "native")]
-mod http_fetcher;
-pub mod jwks;
-pub mod mechanism;
-pub mod policy;
+pub(crate) mod jwks;
+pub(crate) mod mechanism;
+pub(crate) mod policy;
+pub(crate) mod ports;
+pub(crate) mod rs256;
 pub mod webhook;
 
-pub use access_jwt::{AccessConfig, AccessVerifier, TokenError};
-pub use api_key::ApiKeys;
-pub use hmac_token::{HmacKey, HmacTokenError, KeyRing, MintError, SignedToken};
-#[cfg(feature = "native")]
-pub use http_fetcher::{DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_JWKS_BYTES, HttpFetcher};
-pub use jwks::{FetchError, FetchedJwks, JwksCache, JwksConfig, KeyError, KeyFetcher, StaticFetcher};
-pub use mechanism::{
-    AccessJwt, ApiKeyAuth, Attempt, ClientCertAuth, Mechanism, Requirement, SignedTokenAuth, TokenSource,
+pub use crate::error::TokenError;
+pub use access_jwt::{AccessJwt, AccessVerifier};
+pub use api_key::{ApiKeyAuth, ApiKeys};
+pub use client_cert::ClientCertAuth;
+pub use jwks::{
+    DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_JWKS_BYTES, FetchError, FetchedJwks, JwksCache, JwksConfig, KeyError,
+    KeyFetcher, StaticFetcher,
 };
-pub use policy::Policy;
-pub use webhook::{InMemoryReplayGuard, ReplayGuard, VerifiedWebhook, WebhookVerifier};
+pub use mechanism::{Attempt, Mechanism, Requirement};

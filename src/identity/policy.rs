@@ -3,12 +3,16 @@
 //! A [`Policy`] is an allowlist. A principal passes when any rule admits it; an empty policy
 //! admits nobody (fail closed). Users are matched by email or email domain, service tokens by
 //! `common_name`, and either by a custom predicate. Email rules never match service tokens.
+//!
+//! A policy authorizes what the Access mechanism proved. Other mechanisms authorize at the
+//! mechanism: [`ApiKeyAuth::only`](crate::identity::ApiKeyAuth::only) narrows API keys by name,
+//! [`ClientCertAuth`](crate::identity::ClientCertAuth) pins certificates.
 
 use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
 
-use crate::principal::Principal;
+use crate::principal::{NoClaims, Principal};
 
 type Predicate<C> = Arc<dyn Fn(&Principal<C>) -> bool + Send + Sync>;
 
@@ -23,11 +27,10 @@ type Predicate<C> = Arc<dyn Fn(&Principal<C>) -> bool + Send + Sync>;
 ///     .allow_service_tokens(["backup-job.access"]);
 /// # let _ = policy;
 /// ```
-pub struct Policy<C = crate::NoClaims> {
+pub struct Policy<C = NoClaims> {
     emails: HashSet<String>,
     domains: HashSet<String>,
     service_tokens: HashSet<String>,
-    api_keys: HashSet<String>,
     predicates: Vec<Predicate<C>>,
 }
 
@@ -37,7 +40,6 @@ impl<C> Clone for Policy<C> {
             emails: self.emails.clone(),
             domains: self.domains.clone(),
             service_tokens: self.service_tokens.clone(),
-            api_keys: self.api_keys.clone(),
             predicates: self.predicates.clone(),
         }
     }
@@ -67,7 +69,6 @@ impl<C> Policy<C> {
             emails: HashSet::new(),
             domains: HashSet::new(),
             service_tokens: HashSet::new(),
-            api_keys: HashSet::new(),
             predicates: Vec::new(),
         }
     }
@@ -99,13 +100,6 @@ impl<C> Policy<C> {
         self
     }
 
-    /// Admits callers holding the API keys with these names.
-    pub fn allow_api_keys<I: IntoIterator<Item = S>, S: AsRef<str>>(mut self, names: I) -> Self {
-        self.api_keys
-            .extend(names.into_iter().map(|n| n.as_ref().trim().to_owned()).filter(|n| !n.is_empty()));
-        self
-    }
-
     /// Admits principals for which `predicate` returns true (e.g. a group claim check).
     pub fn allow_if(mut self, predicate: impl Fn(&Principal<C>) -> bool + Send + Sync + 'static) -> Self {
         self.predicates.push(Arc::new(predicate));
@@ -123,7 +117,6 @@ impl<C> Policy<C> {
                         .is_some_and(|(local, domain)| !local.is_empty() && self.domains.contains(domain))
             }
             Principal::Service(service) => self.service_tokens.contains(&service.common_name),
-            Principal::ApiKey(key) => self.api_keys.contains(&key.name),
             _ => false,
         };
         by_rule || self.predicates.iter().any(|p| p(principal))

@@ -160,6 +160,8 @@ pub struct RequestFacts {
     path: String,
     client_ip: Option<String>,
     country: Option<String>,
+    /// Headers mechanisms declared ([`Mechanism::headers`](crate::identity::Mechanism::headers)).
+    declared: Vec<(HeaderName, Credential)>,
 }
 
 impl RequestFacts {
@@ -186,6 +188,19 @@ impl RequestFacts {
         headers: &HeaderMap,
         limits: &RequestLimits,
     ) -> Result<Self, RequestError> {
+        Self::read(method, path, query, headers, limits, &[])
+    }
+
+    /// Like [`RequestFacts::from_parts_with_query`], also copying the `declared` headers (the
+    /// ones the gate's mechanisms read), each bounded like a credential.
+    pub(crate) fn read(
+        method: &Method,
+        path: &str,
+        query: Option<&str>,
+        headers: &HeaderMap,
+        limits: &RequestLimits,
+        declared: &[HeaderName],
+    ) -> Result<Self, RequestError> {
         let query = match query {
             Some(q) if q.len() > limits.max_query_bytes => {
                 return Err(RequestError::HeaderTooLarge {
@@ -210,7 +225,15 @@ impl RequestFacts {
             path: truncate(path, limits.max_logged_path_bytes).to_owned(),
             client_ip: short_header(headers, "cf-connecting-ip", 64),
             country: short_header(headers, "cf-ipcountry", 8),
+            declared: declared_headers(headers, declared, limits)?,
         })
+    }
+
+    /// A header a mechanism declared it reads, if the request has it. `None` for every header
+    /// that was not declared, so a mechanism sees only what it asked for, each value sent once,
+    /// visible ASCII, within [`RequestLimits::max_token_bytes`]. Names are case-insensitive.
+    pub fn header(&self, name: &str) -> Option<&Credential> {
+        self.declared.iter().find(|(n, _)| n.as_str().eq_ignore_ascii_case(name)).map(|(_, v)| v)
     }
 
     /// The Cloudflare Access JWT, if the request carries one.
@@ -286,6 +309,21 @@ impl RequestFacts {
     pub fn country(&self) -> Option<&str> {
         self.country.as_deref()
     }
+}
+
+/// The declared headers present in the request, each checked like a credential header.
+fn declared_headers(
+    headers: &HeaderMap,
+    declared: &[HeaderName],
+    limits: &RequestLimits,
+) -> Result<Vec<(HeaderName, Credential)>, RequestError> {
+    let mut out = Vec::new();
+    for name in declared {
+        if let Some(value) = single_header(headers, name.as_str(), "a mechanism's header", limits)? {
+            out.push((name.clone(), Credential { value, source: CredentialSource::Header }));
+        }
+    }
+    Ok(out)
 }
 
 /// The Access JWT: the assertion header if present (even if empty or broken: a bad header
@@ -381,7 +419,7 @@ fn cookie_label(name: &str) -> &'static str {
 /// One header that must appear at most once, bounded.
 fn single_header(
     headers: &HeaderMap,
-    name: &'static str,
+    name: &str,
     label: &'static str,
     limits: &RequestLimits,
 ) -> Result<Option<String>, RequestError> {
@@ -554,6 +592,30 @@ mod tests {
         assert!(matches!(facts(&[("cookie", &cookie)]), Err(RequestError::HeaderTooLarge { .. })));
         let token = format!("CF_Authorization={}", "a".repeat(20 * 1024));
         assert!(matches!(facts(&[("cookie", &token)]), Err(RequestError::HeaderTooLarge { .. })));
+    }
+
+    #[test]
+    fn only_declared_headers_are_read_and_each_is_bounded_like_a_credential() {
+        let declared = [HeaderName::from_static("x-device-sig")];
+        let read = |pairs: &[(&str, &str)]| {
+            let mut headers = HeaderMap::new();
+            for (k, v) in pairs {
+                headers.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+            }
+            let limits = RequestLimits { max_token_bytes: 16, ..RequestLimits::default() };
+            RequestFacts::read(&Method::GET, "/", None, &headers, &limits, &declared)
+        };
+        let f = read(&[("x-device-sig", "abc"), ("x-other", "secret")]).unwrap();
+        assert_eq!(f.header("X-Device-Sig").map(Credential::expose), Some("abc"));
+        assert!(f.header("x-other").is_none(), "an undeclared header is never exposed");
+        assert!(!format!("{f:?}").contains("abc"), "Debug never shows a declared header's value");
+        let twice = read(&[("x-device-sig", "a"), ("x-device-sig", "b")]).unwrap_err();
+        assert!(matches!(twice, RequestError::AmbiguousCredential { .. }), "{twice:?}");
+        let long = read(&[("x-device-sig", &"a".repeat(17))]).unwrap_err();
+        assert!(matches!(long, RequestError::HeaderTooLarge { .. }), "{long:?}");
+        let undeclared =
+            RequestFacts::read(&Method::GET, "/", None, &HeaderMap::new(), &RequestLimits::default(), &[]);
+        assert!(undeclared.unwrap().header("x-device-sig").is_none());
     }
 
     #[test]

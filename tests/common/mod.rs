@@ -10,7 +10,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use ztgate::clock::FixedClock;
 use ztgate::dev::{DevKey, jwks_json};
-use ztgate::identity::{HttpFetcher, JwksConfig};
+use ztgate::identity::JwksConfig;
+use ztgate::native::HttpFetcher;
 use ztgate::{AccessConfig, Gate, Policy};
 
 pub const TEAM: &str = "https://acme-test.cloudflareaccess.com";

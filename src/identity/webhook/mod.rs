@@ -95,7 +95,7 @@
 //! long as a replay could pass step 4 (`timestamp + tolerance`; GitHub: `now + tolerance`).
 //! A second delivery within that time is [`Rejection::Replayed`] (409). A store that cannot
 //! answer, or an [`InMemoryReplayGuard`] full of live records, refuses the message with a 503
-//! ([`Rejection::NotConfigured`]): never accepted unchecked.
+//! ([`Rejection::StateUnavailable`], code `state_unavailable`): never accepted unchecked.
 //!
 //! The record is made when the signature verifies, before your handler runs. If handling then
 //! fails, the provider's retry carries the same Svix id and is refused until the record
@@ -338,7 +338,7 @@ impl WebhookVerifier {
     /// `body` is the raw body exactly as received (not re-serialized JSON); `now` is Unix
     /// seconds from a [`Clock`](crate::clock::Clock). Errors: [`Rejection::InvalidCredential`]
     /// (401, mechanism `"webhook"`), [`Rejection::Replayed`] (409),
-    /// [`Rejection::PayloadTooLarge`] (413), [`Rejection::NotConfigured`] (503: the replay
+    /// [`Rejection::PayloadTooLarge`] (413), [`Rejection::StateUnavailable`] (503: the replay
     /// store could not answer). [`WebhookError`] converts into these, and tells them apart
     /// more finely.
     pub async fn verify(
@@ -612,7 +612,7 @@ impl From<WebhookError> for Rejection {
             WebhookError::BodyTooLarge { limit } => Self::PayloadTooLarge { limit },
             WebhookError::Replayed => Self::Replayed,
             // 503: the provider retries later, when the store may answer again.
-            WebhookError::ReplayStore(_) => Self::NotConfigured { what: "available replay store" },
+            WebhookError::ReplayStore(_) => Self::StateUnavailable { what: "replay store" },
             other => Self::InvalidCredential { mechanism: "webhook", reason: other.reason() },
         }
     }

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Mutex, PoisonError};
 
-use crate::identity::jwks::BoxFuture;
+use crate::BoxFuture;
 
 /// A store of accepted message keys, shared by every instance that serves one endpoint.
 ///

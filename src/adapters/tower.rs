@@ -1,4 +1,4 @@
-//! The Tower layer: [`Gate`] as middleware.
+//! The Tower layer: [`Gate`] and [`RoutePolicies`] as middleware.
 //!
 //! The [`IdentityService`] runs the gate before the inner service. On success it inserts the
 //! [`Verified<Principal<C>>`](crate::Verified) into the request extensions and calls the inner
@@ -25,32 +25,14 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use http::{Method, Request, Response};
+use http::{Request, Response};
 use serde::de::DeserializeOwned;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::error::Rejection;
-use crate::gate::Gate;
-use crate::routes::RoutePolicies;
-
-/// Chooses the [`Gate`] for a request: a [`Gate`] always chooses itself; [`RoutePolicies`]
-/// chooses by method and path, and `None` (no declared policy) is refused.
-pub trait SelectGate: Clone + Send + Sync + 'static {
-    /// The custom-claims type of the gates.
-    type Claims;
-
-    /// The gate for this request, or `None` when no policy is declared for it.
-    fn select(&self, method: &Method, path: &str) -> Option<&Gate<Self::Claims>>;
-}
-
-impl<C: Send + Sync + 'static> SelectGate for Gate<C> {
-    type Claims = C;
-
-    fn select(&self, _method: &Method, _path: &str) -> Option<&Gate<C>> {
-        Some(self)
-    }
-}
+use crate::gate::pipeline::authenticate;
+use crate::gate::{Gate, RoutePolicies, SelectGate};
+use crate::request::RequestFacts;
 
 impl<S, C: Send + Sync + 'static> Layer<S> for Gate<C> {
     type Service = IdentityService<S, Gate<C>>;
@@ -100,18 +82,13 @@ where
         // Call the instance that poll_ready made ready; leave a fresh clone in its place.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let Some(gate) = self.gates.select(req.method(), req.uri().path()).cloned() else {
-            tracing::warn!(layer = "identity", outcome = "no_policy", method = %req.method(), path = %crate::request::truncate(req.uri().path(), 256));
-            return Box::pin(async { Ok(Rejection::NoPolicy.to_response()) });
-        };
-        // Read the request now, so the future holds owned facts rather than a borrow of it.
-        let facts = gate.extract(&req);
+        // The pipeline reads the request now, so the future holds owned facts, not a borrow.
+        let (method, uri) = (req.method(), req.uri());
+        let checked = authenticate(&self.gates, method, uri.path(), |limits, declared| {
+            RequestFacts::read(method, uri.path(), uri.query(), req.headers(), limits, declared)
+        });
         Box::pin(async move {
-            let checked = match facts {
-                Ok(facts) => gate.check_facts(&facts).await,
-                Err(rejection) => Err(rejection),
-            };
-            match checked {
+            match checked.await {
                 Ok(verified) => {
                     req.extensions_mut().insert(verified);
                     inner.call(req).await

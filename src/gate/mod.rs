@@ -1,19 +1,26 @@
-//! [`Gate`]: the request → identity pipeline for one protected surface.
+//! The gate: [`Gate`] (a requirement plus request limits), [`GateBuilder`] (the Cloudflare
+//! Access gate in five lines), [`RoutePolicies`] (per-route gates, deny by default), and the
+//! one pipeline every inbound adapter runs ([`pipeline`]).
 
 use std::fmt;
 use std::sync::Arc;
 
-use http::Request;
+use http::{HeaderName, Request};
 use serde::de::DeserializeOwned;
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::{ConfigError, Rejection};
-use crate::identity::mechanism::Outcome;
-use crate::identity::{
-    AccessConfig, AccessJwt, AccessVerifier, JwksCache, JwksConfig, KeyFetcher, Policy, Requirement,
-};
+use crate::identity::access_jwt::AccessConfig;
+use crate::identity::policy::Policy;
+use crate::identity::{AccessJwt, AccessVerifier, JwksCache, JwksConfig, KeyFetcher, Requirement};
 use crate::principal::{NoClaims, Principal, Verified};
 use crate::request::{RequestFacts, RequestLimits};
+
+pub(crate) mod pipeline;
+mod routes;
+
+pub use pipeline::SelectGate;
+pub use routes::RoutePolicies;
 
 /// A [`Requirement`] (mechanisms and how they combine) plus request limits: everything needed
 /// to turn a request into a [`Verified<Principal>`] or a [`Rejection`].
@@ -30,6 +37,8 @@ pub struct Gate<C = NoClaims> {
 struct GateInner<C> {
     requirement: Requirement<C>,
     limits: RequestLimits,
+    /// What the requirement's mechanisms read beyond the built-in credentials.
+    declared_headers: Vec<HeaderName>,
 }
 
 impl<C> Clone for Gate<C> {
@@ -60,44 +69,47 @@ impl Gate<NoClaims> {
 }
 
 impl<C: DeserializeOwned + Send + Sync + 'static> Gate<C> {
-    /// Runs request extraction, verification and the policy on `req`.
+    /// Proves who sent `req`: the request layer, the requirement and its policies, logged,
+    /// exactly as the Tower layer does it. For callers without Tower (a custom hyper service,
+    /// a gRPC interceptor): pass the request, or `http::Request::from_parts(parts, ())`.
     ///
     /// The request is read before the returned future starts, so the future does not borrow
     /// it (and is `Send` even when the body type is not `Sync`).
     pub fn check<B>(
         &self,
         req: &Request<B>,
-    ) -> impl Future<Output = Result<Verified<Principal<C>>, Rejection>> + Send + '_ {
-        let facts = self.extract(req);
-        async move { self.check_facts(&facts?).await }
-    }
-
-    /// The request layer alone: reads the facts of `req` (and logs a refusal).
-    pub fn extract<B>(&self, req: &Request<B>) -> Result<RequestFacts, Rejection> {
-        RequestFacts::extract(req, &self.inner.limits).map_err(|e| {
-            tracing::info!(layer = "request", outcome = "refused", reason = %e, path = %crate::request::truncate(req.uri().path(), 256));
-            Rejection::from(e)
+    ) -> impl Future<Output = Result<Verified<Principal<C>>, Rejection>> + Send + 'static {
+        pipeline::authenticate(self, req.method(), req.uri().path(), |limits, declared| {
+            RequestFacts::read(
+                req.method(),
+                req.uri().path(),
+                req.uri().query(),
+                req.headers(),
+                limits,
+                declared,
+            )
         })
     }
 
-    /// Runs the requirement on already extracted facts.
+    /// The request layer alone, as this gate reads requests (its limits, and the headers its
+    /// mechanisms declared).
+    pub fn extract<B>(&self, req: &Request<B>) -> Result<RequestFacts, Rejection> {
+        let uri = req.uri();
+        RequestFacts::read(
+            req.method(),
+            uri.path(),
+            uri.query(),
+            req.headers(),
+            self.limits(),
+            self.declared_headers(),
+        )
+        .map_err(Rejection::from)
+    }
+
+    /// Runs the requirement on facts already read (e.g. by [`Gate::extract`], or by an adapter
+    /// that reads them from elsewhere), and logs the outcome.
     pub async fn check_facts(&self, facts: &RequestFacts) -> Result<Verified<Principal<C>>, Rejection> {
-        let (method, path) = (facts.method(), facts.path());
-        match self.inner.requirement.evaluate(facts).await {
-            Outcome::Verified(principal, proofs) => {
-                let via: Vec<&str> = proofs.iter().map(|p| p.mechanism).collect();
-                tracing::info!(layer = "identity", outcome = "verified", principal = %principal.id(), via = ?via, %method, path);
-                Ok(Verified::new(principal, proofs))
-            }
-            Outcome::NotPresent => {
-                tracing::info!(layer = "identity", outcome = "missing_credential", %method, path);
-                Err(Rejection::MissingCredential)
-            }
-            Outcome::Refused(rejection) => {
-                tracing::info!(layer = "identity", outcome = "refused", code = rejection.code(), reason = %rejection, %method, path);
-                Err(rejection)
-            }
-        }
+        pipeline::check(self, facts).await
     }
 }
 
@@ -111,13 +123,18 @@ impl<C> Gate<C> {
     pub fn requirement(&self) -> &Requirement<C> {
         &self.inner.requirement
     }
+
+    pub(crate) fn declared_headers(&self) -> &[HeaderName] {
+        &self.inner.declared_headers
+    }
 }
 
 impl<C: Send + Sync + 'static> Gate<C> {
     /// A gate whose principals carry custom claims `C` (see [`GateBuilder::custom_claims`]).
     /// With the default claims type, use [`Gate::new`] or [`Gate::with_limits`].
     pub fn with_claims(requirement: Requirement<C>, limits: RequestLimits) -> Self {
-        Self { inner: Arc::new(GateInner { requirement, limits }) }
+        let declared_headers = requirement.declared_headers();
+        Self { inner: Arc::new(GateInner { requirement, limits, declared_headers }) }
     }
 }
 
@@ -135,7 +152,7 @@ impl Gate<NoClaims> {
 
     /// A gate that admits everyone as [`Principal::Anonymous`]: public routes, declared.
     pub fn public() -> Self {
-        Self::new(Requirement::Public)
+        Self::new(Requirement::public())
     }
 }
 
@@ -184,7 +201,8 @@ impl<C: DeserializeOwned + Send + Sync + 'static> GateBuilder<C> {
         self
     }
 
-    /// Use a custom key fetcher (tests, the Workers fetch API, a fixed key set).
+    /// Use a custom key fetcher (tests, a fixed key set, other limits). The default is the
+    /// runtime's: `ztgate::native::HttpFetcher` or `ztgate::workers::WorkersFetcher`.
     pub fn fetcher(mut self, fetcher: Arc<dyn KeyFetcher>) -> Self {
         self.fetcher = Some(fetcher);
         self
@@ -223,27 +241,11 @@ impl<C: DeserializeOwned + Send + Sync + 'static> GateBuilder<C> {
         })?;
         let fetcher: Arc<dyn KeyFetcher> = match self.fetcher {
             Some(f) => f,
-            None => default_fetcher(self.certs_url.unwrap_or_else(|| self.config.default_certs_url()))?,
+            None => crate::runtime::default_fetcher(
+                &self.certs_url.unwrap_or_else(|| self.config.default_certs_url()),
+            )?,
         };
         let keys = JwksCache::new(fetcher, self.clock.clone(), self.jwks);
         Ok(AccessJwt::new(AccessVerifier::new(self.config, keys, self.clock), policy))
     }
-}
-
-#[cfg(feature = "native")]
-fn default_fetcher(url: String) -> Result<Arc<dyn KeyFetcher>, ConfigError> {
-    Ok(Arc::new(crate::identity::HttpFetcher::new(&url)?))
-}
-
-#[cfg(all(feature = "workers", not(feature = "native")))]
-fn default_fetcher(url: String) -> Result<Arc<dyn KeyFetcher>, ConfigError> {
-    Ok(Arc::new(crate::workers::WorkersFetcher::new(&url)?))
-}
-
-#[cfg(not(any(feature = "native", feature = "workers")))]
-fn default_fetcher(_url: String) -> Result<Arc<dyn KeyFetcher>, ConfigError> {
-    Err(ConfigError::new(
-        "fetcher",
-        "without the `native` or `workers` feature, pass a KeyFetcher to GateBuilder::fetcher",
-    ))
 }

@@ -1,4 +1,4 @@
-//! axum integration (feature `axum`): `Verified<Principal<C>>` is an extractor and
+//! The axum adapter (feature `axum`): `Verified<Principal<C>>` is an extractor and
 //! [`Rejection`] is a response.
 //!
 //! The extractor only reads what the [`Gate`](crate::Gate) layer inserted. If the layer is

@@ -1,9 +1,10 @@
-//! A runtime-free single-flight: concurrent callers asking for the same key share one run of
-//! one future.
+//! A polling single-flight: concurrent callers asking for the same key share one run of one
+//! future, and waiters look for the result after sleeps of their own.
 //!
-//! The JWKS cache uses moka's `try_get_with` for this on native targets; moka panics inside a
-//! Workers isolate (it reads `Instant::now()` on its first insert), so the `workers` build uses
-//! this instead. A leader runs the future; the others wait for its result.
+//! The native runtime uses moka for this; moka panics inside a Workers isolate (it reads
+//! `Instant::now()` on its first insert), so the Workers runtime uses this instead, with the
+//! Workers timer as its sleep. It is built for native tests too. A leader runs the future; the
+//! others wait for its result.
 //!
 //! Waiters do **not** register wakers with the leader: in Workers, each request has its own
 //! I/O context, and a promise resolved from another request's context is cancelled by the
@@ -15,8 +16,13 @@
 //! torn down), waiters give up after the bound instead of waiting forever.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::future::Future;
+use std::hash::Hash;
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::BoxFuture;
+use crate::identity::ports::SingleFlight;
 
 enum State<T> {
     Running,
@@ -39,20 +45,20 @@ impl<T> Flight<T> {
 }
 
 /// Flights by key. A key's flight is removed when it ends, so a later call runs anew.
-pub(crate) struct Flights<T> {
-    flights: Mutex<HashMap<u64, Arc<Flight<T>>>>,
+pub(crate) struct Flights<K, T> {
+    flights: Mutex<HashMap<K, Arc<Flight<T>>>>,
 }
 
-impl<T> Flights<T> {
-    fn remove(&self, key: u64, flight: &Arc<Flight<T>>) {
+impl<K: Hash + Eq + Clone, T> Flights<K, T> {
+    fn remove(&self, key: &K, flight: &Arc<Flight<T>>) {
         let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
-        if flights.get(&key).is_some_and(|f| Arc::ptr_eq(f, flight)) {
-            flights.remove(&key);
+        if flights.get(key).is_some_and(|f| Arc::ptr_eq(f, flight)) {
+            flights.remove(key);
         }
     }
 }
 
-impl<T> Default for Flights<T> {
+impl<K, T> Default for Flights<K, T> {
     fn default() -> Self {
         Self { flights: Mutex::new(HashMap::new()) }
     }
@@ -64,16 +70,16 @@ enum Role<T> {
 }
 
 /// Ends the leader's flight as abandoned unless it completed (cancellation safety).
-struct LeaderGuard<'a, T> {
-    flights: &'a Flights<T>,
-    key: u64,
+struct LeaderGuard<'a, K: Hash + Eq + Clone, T> {
+    flights: &'a Flights<K, T>,
+    key: K,
     flight: Arc<Flight<T>>,
     completed: bool,
 }
 
-impl<T> Drop for LeaderGuard<'_, T> {
+impl<K: Hash + Eq + Clone, T> Drop for LeaderGuard<'_, K, T> {
     fn drop(&mut self) {
-        self.flights.remove(self.key, &self.flight);
+        self.flights.remove(&self.key, &self.flight);
         if !self.completed {
             self.flight.finish(State::Abandoned);
         }
@@ -86,22 +92,23 @@ pub(crate) struct Patience<S> {
     pub(crate) max_sleeps: u32,
 }
 
-impl<T: Clone> Flights<T> {
+impl<K: Hash + Eq + Clone, T: Clone> Flights<K, T> {
     /// Runs `make()` for `key`, or waits for the run already in flight and shares its result.
     /// `make` is only called by the caller that ends up running the future. `None` when the
     /// run in flight neither finished nor was abandoned within the waiter's patience.
-    pub(crate) async fn run<F, Fut, S, SFut>(&self, key: u64, make: F, patience: Patience<S>) -> Option<T>
+    pub(crate) async fn run<F, Fut, S, SFut>(&self, key: K, make: F, patience: &Patience<S>) -> Option<T>
     where
-        F: Fn() -> Fut,
+        F: FnMut() -> Fut,
         Fut: Future<Output = T>,
         S: Fn() -> SFut,
         SFut: Future<Output = ()>,
     {
+        let mut make = make;
         let mut sleeps = 0u32;
         loop {
-            match self.join(key) {
+            match self.join(&key) {
                 Role::Leader(flight) => {
-                    let mut guard = LeaderGuard { flights: self, key, flight, completed: false };
+                    let mut guard = LeaderGuard { flights: self, key: key.clone(), flight, completed: false };
                     let value = make().await;
                     guard.flight.finish(State::Done(value.clone()));
                     guard.completed = true;
@@ -124,13 +131,13 @@ impl<T: Clone> Flights<T> {
         }
     }
 
-    fn join(&self, key: u64) -> Role<T> {
+    fn join(&self, key: &K) -> Role<T> {
         let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(flight) = flights.get(&key) {
+        if let Some(flight) = flights.get(key) {
             return Role::Follower(flight.clone());
         }
         let flight = Arc::new(Flight { state: Mutex::new(State::Running) });
-        flights.insert(key, flight.clone());
+        flights.insert(key.clone(), flight.clone());
         Role::Leader(flight)
     }
 
@@ -138,6 +145,50 @@ impl<T: Clone> Flights<T> {
     #[cfg(test)]
     fn in_flight(&self) -> usize {
         self.flights.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+/// [`Flights`] as the single-flight port: each caller's own `work` is run if it leads.
+pub(crate) struct PollingFlight<K, V, S> {
+    /// `None` only if a caller led twice, which cannot happen (a leader returns).
+    flights: Flights<K, Option<V>>,
+    patience: Patience<S>,
+}
+
+impl<K, V, S> PollingFlight<K, V, S> {
+    pub(crate) fn new(patience: Patience<S>) -> Self {
+        Self { flights: Flights { flights: Mutex::new(HashMap::new()) }, patience }
+    }
+}
+
+impl<K, V, S> fmt::Debug for PollingFlight<K, V, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PollingFlight").field("max_sleeps", &self.patience.max_sleeps).finish()
+    }
+}
+
+impl<K, V, S, SFut> SingleFlight<K, V> for PollingFlight<K, V, S>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: Fn() -> SFut + Send + Sync + 'static,
+    SFut: Future<Output = ()> + Send,
+{
+    fn run<'a>(&'a self, key: K, work: BoxFuture<'a, V>) -> BoxFuture<'a, Option<V>> {
+        Box::pin(async move {
+            // A caller leads at most once (a leader returns), so its one `work` is enough.
+            let mut work = Some(work);
+            let make = || {
+                let work = work.take();
+                async move {
+                    match work {
+                        Some(work) => Some(work.await),
+                        None => None,
+                    }
+                }
+            };
+            self.flights.run(key, make, &self.patience).await.flatten()
+        })
     }
 }
 
@@ -154,7 +205,7 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn a_thousand_concurrent_callers_share_one_run() {
-        let flights = Arc::new(Flights::<Result<u32, ()>>::default());
+        let flights = Arc::new(Flights::<u64, Result<u32, ()>>::default());
         let runs = Arc::new(AtomicUsize::new(0));
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..1000 {
@@ -168,7 +219,7 @@ mod tests {
                             tokio::time::sleep(Duration::from_millis(20)).await;
                             Ok(42)
                         },
-                        patience(),
+                        &patience(),
                     )
                     .await
             });
@@ -182,9 +233,9 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn errors_are_shared_and_the_next_call_runs_again() {
-        let flights = Arc::new(Flights::<Result<u32, ()>>::default());
+        let flights = Arc::new(Flights::<u64, Result<u32, ()>>::default());
         let runs = Arc::new(AtomicUsize::new(0));
-        let call = |flights: Arc<Flights<Result<u32, ()>>>, runs: Arc<AtomicUsize>| async move {
+        let call = |flights: Arc<Flights<u64, Result<u32, ()>>>, runs: Arc<AtomicUsize>| async move {
             flights
                 .run(
                     1,
@@ -193,7 +244,7 @@ mod tests {
                         tokio::time::sleep(Duration::from_millis(20)).await;
                         Err(())
                     },
-                    patience(),
+                    &patience(),
                 )
                 .await
         };
@@ -206,9 +257,9 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn a_cancelled_leader_hands_the_flight_to_a_waiter() {
-        let flights = Arc::new(Flights::<u32>::default());
+        let flights = Arc::new(Flights::<u64, u32>::default());
         let runs = Arc::new(AtomicUsize::new(0));
-        let slow = |flights: Arc<Flights<u32>>, runs: Arc<AtomicUsize>| async move {
+        let slow = |flights: Arc<Flights<u64, u32>>, runs: Arc<AtomicUsize>| async move {
             flights
                 .run(
                     3,
@@ -217,7 +268,7 @@ mod tests {
                         tokio::time::sleep(Duration::from_millis(30)).await;
                         5
                     },
-                    patience(),
+                    &patience(),
                 )
                 .await
         };
@@ -234,15 +285,35 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn a_leader_that_never_finishes_does_not_hold_waiters_forever() {
-        let flights = Arc::new(Flights::<u32>::default());
+        let flights = Arc::new(Flights::<u64, u32>::default());
         let stuck = {
             let flights = flights.clone();
-            tokio::spawn(async move { flights.run(9, std::future::pending::<u32>, patience()).await })
+            tokio::spawn(async move { flights.run(9, std::future::pending::<u32>, &patience()).await })
         };
         tokio::task::yield_now().await;
         let impatient = Patience { sleep: || tokio::time::sleep(Duration::from_millis(1)), max_sleeps: 5 };
-        let waited = flights.run(9, || async { 1 }, impatient).await;
+        let waited = flights.run(9, || async { 1 }, &impatient).await;
         assert_eq!(waited, None, "gave up after its patience instead of running a second fetch");
         stuck.abort();
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn as_the_port_each_caller_brings_its_work_and_only_the_leader_runs_it() {
+        let flight: Arc<dyn SingleFlight<u64, u32>> = Arc::new(PollingFlight::new(patience()));
+        let runs = Arc::new(AtomicUsize::new(0));
+        let call = |n: u32| {
+            let (flight, runs) = (flight.clone(), runs.clone());
+            async move {
+                let work: BoxFuture<'static, u32> = Box::pin(async move {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    n
+                });
+                flight.run(4, work).await
+            }
+        };
+        let (a, b, c) = tokio::join!(call(1), call(2), call(3));
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        assert_eq!((a, b, c), (Some(1), Some(1), Some(1)), "every caller got the leader's value");
     }
 }

@@ -1,10 +1,57 @@
-//! The native JWKS fetcher: reqwest, bounded in time and size, no redirects.
+//! The native runtime: the reqwest JWKS fetcher (bounded in time and size, no redirects),
+//! moka's single-flight, the operating system's clock, RS256 by the compiled-in backend.
 
 use std::fmt;
+use std::hash::Hash;
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::jwks::{BoxFuture, FetchError, FetchedJwks, KeyFetcher, check_fetch_config, parse_max_age};
-use crate::ConfigError;
+use crate::BoxFuture;
+use crate::error::ConfigError;
+use crate::identity::jwks::{append_capped, check_fetch_config, check_response, network_error};
+use crate::identity::ports::{PureRs256, Rs256Engine, SingleFlight};
+use crate::identity::{DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_JWKS_BYTES, FetchError, FetchedJwks, KeyFetcher};
+
+pub(super) fn unix_now() -> u64 {
+    // A clock before 1970 is a broken host; 0 makes every token look "not yet valid" rather
+    // than valid, which fails closed.
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+pub(super) fn default_fetcher(url: &str) -> Result<Arc<dyn KeyFetcher>, ConfigError> {
+    Ok(Arc::new(HttpFetcher::new(url)?))
+}
+
+pub(super) fn single_flight<K, V>() -> Arc<dyn SingleFlight<K, V>>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    Arc::new(MokaFlight(moka::future::Cache::builder().max_capacity(8).build()))
+}
+
+pub(super) fn rs256_engine() -> Arc<dyn Rs256Engine> {
+    Arc::new(PureRs256)
+}
+
+/// moka's `get_with`: one init future runs per key, the other callers are woken with its value.
+struct MokaFlight<K, V>(moka::future::Cache<K, V>);
+
+impl<K, V> fmt::Debug for MokaFlight<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MokaFlight")
+    }
+}
+
+impl<K, V> SingleFlight<K, V> for MokaFlight<K, V>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    fn run<'a>(&'a self, key: K, work: BoxFuture<'a, V>) -> BoxFuture<'a, Option<V>> {
+        Box::pin(async move { Some(self.0.get_with(key, work).await) })
+    }
+}
 
 /// Fetches a JWKS over HTTP(S) with reqwest.
 ///
@@ -31,13 +78,9 @@ impl fmt::Debug for HttpFetcher {
     }
 }
 
-/// Default timeout for one JWKS fetch.
-pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
-/// Default cap on a JWKS response body.
-pub const DEFAULT_MAX_JWKS_BYTES: usize = 1024 * 1024;
-
 impl HttpFetcher {
-    /// A fetcher for `url` with the default timeout and size cap.
+    /// A fetcher for `url` with the default timeout and size cap
+    /// ([`DEFAULT_FETCH_TIMEOUT`], [`DEFAULT_MAX_JWKS_BYTES`]).
     pub fn new(url: &str) -> Result<Self, ConfigError> {
         Self::with_limits(url, DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_JWKS_BYTES)
     }
@@ -70,27 +113,17 @@ impl HttpFetcher {
             .send()
             .await
             .map_err(classify)?;
-        let status = response.status().as_u16();
-        if status != 200 {
-            return Err(FetchError::Status(status));
-        }
-        let headers = response.headers();
-        let content_type =
-            headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-        if !is_json(&content_type) {
-            return Err(FetchError::ContentType(content_type.chars().take(64).collect()));
-        }
-        let max_age =
-            headers.get(http::header::CACHE_CONTROL).and_then(|v| v.to_str().ok()).and_then(parse_max_age);
-        if response.content_length().is_some_and(|n| n > self.max_bytes as u64) {
-            return Err(FetchError::TooLarge { limit: self.max_bytes });
-        }
+        let header = |name| response.headers().get(name).and_then(|v: &http::HeaderValue| v.to_str().ok());
+        let max_age = check_response(
+            response.status().as_u16(),
+            header(http::header::CONTENT_TYPE),
+            header(http::header::CONTENT_LENGTH),
+            header(http::header::CACHE_CONTROL),
+            self.max_bytes,
+        )?;
         let mut body = Vec::new();
         while let Some(chunk) = response.chunk().await.map_err(classify)? {
-            if body.len() + chunk.len() > self.max_bytes {
-                return Err(FetchError::TooLarge { limit: self.max_bytes });
-            }
-            body.extend_from_slice(&chunk);
+            append_capped(&mut body, &chunk, self.max_bytes)?;
         }
         Ok(FetchedJwks { body, max_age })
     }
@@ -107,14 +140,8 @@ fn classify(e: reqwest::Error) -> FetchError {
         FetchError::Timeout
     } else {
         // reqwest's Display never includes bodies or auth; the URL is public.
-        FetchError::Network(e.to_string())
+        network_error(e)
     }
-}
-
-fn is_json(content_type: &str) -> bool {
-    let essence = content_type.split(';').next().unwrap_or("").trim();
-    essence.eq_ignore_ascii_case("application/json")
-        || essence.eq_ignore_ascii_case("application/jwk-set+json")
 }
 
 #[cfg(test)]
@@ -131,14 +158,5 @@ mod tests {
         assert!(HttpFetcher::new("http://127.0.0.1.evil.example/certs").is_err());
         assert!(HttpFetcher::new("file:///etc/passwd").is_err());
         assert!(HttpFetcher::new("not a url").is_err());
-    }
-
-    #[test]
-    fn json_content_types() {
-        assert!(is_json("application/json"));
-        assert!(is_json("Application/JSON; charset=utf-8"));
-        assert!(is_json("application/jwk-set+json"));
-        assert!(!is_json("text/html"));
-        assert!(!is_json(""));
     }
 }

@@ -1,4 +1,4 @@
-//! Per-route policies with deny by default.
+//! Per-route gates with deny by default.
 //!
 //! [`RoutePolicies`] is one layer for a whole router: each rule pairs a method and a path
 //! pattern with a [`Requirement`]; the first matching rule decides, and a request that matches
@@ -30,10 +30,10 @@ use std::sync::Arc;
 
 use http::Method;
 
+use super::Gate;
+use super::pipeline::SelectGate;
 use crate::error::ConfigError;
-use crate::gate::Gate;
 use crate::identity::Requirement;
-use crate::layer::SelectGate;
 use crate::principal::NoClaims;
 use crate::request::RequestLimits;
 

@@ -1,0 +1,70 @@
+//! Runtimes: the outbound side of each platform, implementing identity's ports.
+//!
+//! - `native` (feature `native`): the reqwest JWKS fetcher, moka's single-flight, the
+//!   operating system's clock, RS256 by the compiled-in backend.
+//! - `workers` (feature `workers`, wasm32): the Workers fetch API, a polling single-flight
+//!   (a waiter must not be woken from another request's I/O context), the JS clock, RS256
+//!   through WebCrypto, Worker secrets.
+//!
+//! This is the one place where a runtime is chosen: `platform` is whichever of the two is
+//! compiled in (`lib.rs` refuses both or neither), and the public constructors that need a
+//! default port ([`JwksCache::new`], [`AccessVerifier::new`], [`SystemClock`]) are defined
+//! here, so identity itself never names a runtime.
+
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+
+use crate::clock::Clock;
+use crate::error::ConfigError;
+use crate::identity::{AccessVerifier, JwksCache, JwksConfig, KeyFetcher};
+
+#[cfg(any(feature = "workers", test))]
+mod flight;
+#[cfg(feature = "native")]
+pub(crate) mod native;
+#[cfg(feature = "workers")]
+pub(crate) mod workers;
+
+#[cfg(feature = "native")]
+use native as platform;
+#[cfg(all(feature = "workers", not(feature = "native")))]
+use workers as platform;
+
+/// The platform's wall clock: the operating system's on native targets, the JS clock
+/// (`Date.now()`) in a Workers build, where `SystemTime::now()` panics.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> u64 {
+        platform::unix_now()
+    }
+}
+
+/// The system time in Unix seconds: shorthand for `SystemClock.now()`.
+pub fn unix_now() -> u64 {
+    platform::unix_now()
+}
+
+/// The JWKS fetcher a [`GateBuilder`](crate::GateBuilder) uses unless given one: reqwest
+/// natively, the Workers fetch API in Workers; both bounded the same way.
+pub(crate) fn default_fetcher(url: &str) -> Result<Arc<dyn KeyFetcher>, ConfigError> {
+    platform::default_fetcher(url)
+}
+
+impl JwksCache {
+    /// A cache that fetches with `fetcher` and reads time from `clock`; concurrent fetches
+    /// coalesce through the runtime's single-flight.
+    pub fn new(fetcher: Arc<dyn KeyFetcher>, clock: Arc<dyn Clock>, config: JwksConfig) -> Self {
+        Self::with_flights(fetcher, clock, config, platform::single_flight())
+    }
+}
+
+impl<C: DeserializeOwned> AccessVerifier<C> {
+    /// A verifier for `config`, with keys from `keys` and time from `clock`; signatures are
+    /// checked by the platform's fastest RS256 engine (WebCrypto in Workers).
+    pub fn new(config: crate::AccessConfig, keys: JwksCache, clock: Arc<dyn Clock>) -> Self {
+        Self::with_engine(config, keys, clock, platform::rs256_engine())
+    }
+}

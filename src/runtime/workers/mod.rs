@@ -1,0 +1,232 @@
+//! The Workers runtime (feature `workers`, wasm32): the Workers fetch API for the JWKS, a
+//! polling single-flight, the JS clock, RS256 through WebCrypto, Worker secrets.
+
+use std::fmt;
+use std::future::Future;
+use std::hash::Hash;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use futures_core::Stream;
+use worker::send::SendFuture;
+
+use super::flight::{Patience, PollingFlight};
+use crate::BoxFuture;
+use crate::error::ConfigError;
+use crate::identity::jwks::{append_capped, check_fetch_config, check_response, network_error};
+use crate::identity::ports::{Rs256Engine, SingleFlight};
+use crate::identity::{DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_JWKS_BYTES, FetchError, FetchedJwks, KeyFetcher};
+use crate::secrets::{Secret, SecretError, SecretFuture, SecretSource};
+
+mod webcrypto;
+
+pub use webcrypto::set_webcrypto;
+
+/// In Workers, `SystemTime::now()` panics; the JS clock (`Date.now()`, milliseconds) is the
+/// wall clock there. Workers only advance it across I/O, which is fine at one-second grain.
+pub(super) fn unix_now() -> u64 {
+    let millis = js_sys::Date::now();
+    // NaN, negative or absurd values fail closed (0 = 1970: every token is "not yet valid").
+    if millis.is_finite() && millis > 0.0 { (millis / 1000.0) as u64 } else { 0 }
+}
+
+pub(super) fn default_fetcher(url: &str) -> Result<Arc<dyn KeyFetcher>, ConfigError> {
+    Ok(Arc::new(WorkersFetcher::new(url)?))
+}
+
+pub(super) fn rs256_engine() -> Arc<dyn Rs256Engine> {
+    Arc::new(webcrypto::WebCrypto::default())
+}
+
+/// A request waits for a fetch another request started with 10 ms timers of its own (see
+/// `runtime::flight` on why not wakers), for at most the fetch timeout plus 2 s.
+pub(super) fn single_flight<K, V>() -> Arc<dyn SingleFlight<K, V>>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    const POLL: Duration = Duration::from_millis(10);
+    let bound = DEFAULT_FETCH_TIMEOUT + Duration::from_secs(2);
+    let patience = Patience {
+        sleep: || SendFuture::new(worker::Delay::from(POLL)),
+        max_sleeps: (bound.as_millis() / POLL.as_millis()) as u32,
+    };
+    Arc::new(PollingFlight::new(patience))
+}
+
+/// Fetches the JWKS with the Workers fetch API.
+///
+/// - timeout (default 5 s) for the whole fetch, body included, enforced with an
+///   `AbortController`;
+/// - body size cap (default 1 MiB) from `Content-Length` and while streaming;
+/// - `redirect: "manual"` (a 3xx is a failed fetch); only `200` with a JSON `Content-Type`;
+/// - `https://` only, except loopback hosts for local development and tests.
+#[derive(Clone)]
+pub struct WorkersFetcher {
+    url: worker::Url,
+    timeout: Duration,
+    max_bytes: usize,
+}
+
+impl fmt::Debug for WorkersFetcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkersFetcher")
+            .field("url", &self.url.as_str())
+            .field("timeout", &self.timeout)
+            .field("max_bytes", &self.max_bytes)
+            .finish()
+    }
+}
+
+impl WorkersFetcher {
+    /// A fetcher for `url` with the default timeout and size cap.
+    pub fn new(url: &str) -> Result<Self, ConfigError> {
+        Self::with_limits(url, DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_JWKS_BYTES)
+    }
+
+    /// A fetcher with explicit limits (both non-zero).
+    pub fn with_limits(url: &str, timeout: Duration, max_bytes: usize) -> Result<Self, ConfigError> {
+        let parsed = worker::Url::parse(url)
+            .map_err(|e| ConfigError::new("certs_url", format!("{url:?} is not a URL: {e}")))?;
+        check_fetch_config(parsed.as_str(), parsed.scheme(), parsed.host_str(), timeout, max_bytes)?;
+        Ok(Self { url: parsed, timeout, max_bytes })
+    }
+
+    async fn fetch_bounded(&self) -> Result<FetchedJwks, FetchError> {
+        let controller = worker::AbortController::default();
+        let signal = controller.signal();
+        let work = pin!(self.fetch_once(&signal));
+        let timer = pin!(worker::Delay::from(self.timeout));
+        let outcome = race(work, timer).await;
+        if outcome.is_none() {
+            // Stops the request and the body stream on the runtime's side too.
+            controller.abort();
+        }
+        outcome.unwrap_or(Err(FetchError::Timeout))
+    }
+
+    async fn fetch_once(&self, signal: &worker::AbortSignal) -> Result<FetchedJwks, FetchError> {
+        let mut init = worker::RequestInit::new();
+        init.with_method(worker::Method::Get).with_redirect(worker::RequestRedirect::Manual);
+        let headers = worker::Headers::new();
+        headers.set("accept", "application/json").map_err(network_error)?;
+        init.with_headers(headers);
+        let request = worker::Request::new_with_init(self.url.as_str(), &init).map_err(network_error)?;
+        let mut response =
+            worker::Fetch::Request(request).send_with_signal(signal).await.map_err(network_error)?;
+        let header = |name: &str| response.headers().get(name).ok().flatten();
+        let (content_type, content_length, cache_control) =
+            (header("content-type"), header("content-length"), header("cache-control"));
+        let max_age = check_response(
+            response.status_code(),
+            content_type.as_deref(),
+            content_length.as_deref(),
+            cache_control.as_deref(),
+            self.max_bytes,
+        )?;
+        let mut stream = response.stream().map_err(network_error)?;
+        let mut body = Vec::new();
+        while let Some(chunk) = std::future::poll_fn(|cx| std::pin::Pin::new(&mut stream).poll_next(cx)).await
+        {
+            append_capped(&mut body, &chunk.map_err(network_error)?, self.max_bytes)?;
+        }
+        Ok(FetchedJwks { body, max_age })
+    }
+}
+
+impl KeyFetcher for WorkersFetcher {
+    fn fetch(&self) -> BoxFuture<'_, Result<FetchedJwks, FetchError>> {
+        // JS futures are not `Send`; an isolate runs one thread, so nothing crosses threads.
+        Box::pin(SendFuture::new(self.fetch_bounded()))
+    }
+}
+
+/// Polls `work` and `timer` together: `Some(output)` if the work finished first.
+async fn race<T>(
+    mut work: std::pin::Pin<&mut impl Future<Output = T>>,
+    mut timer: std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Option<T> {
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(value) = work.as_mut().poll(cx) {
+            return Poll::Ready(Some(value));
+        }
+        if timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// A Worker secret (`wrangler secret put NAME`) or plain var, read from the `Env` it was made
+/// with. Empty counts as missing.
+pub struct WorkerSecret {
+    name: String,
+    value: Option<Secret>,
+}
+
+impl fmt::Debug for WorkerSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkerSecret").field("name", &self.name).field("set", &self.value.is_some()).finish()
+    }
+}
+
+impl WorkerSecret {
+    /// Reads binding `name` of `env` (a secret or a var): the value is copied once, here.
+    pub fn new(env: &worker::Env, name: impl Into<String>) -> Self {
+        let name = name.into();
+        let value = env
+            .secret(&name)
+            .or_else(|_| env.var(&name))
+            .map(|v| v.to_string())
+            .ok()
+            .filter(|v| !v.is_empty())
+            .map(Secret::from);
+        Self { name, value }
+    }
+}
+
+impl SecretSource for WorkerSecret {
+    fn get(&self) -> SecretFuture<'_> {
+        let value = self.value.clone().ok_or_else(|| SecretError::Missing(self.name.clone()));
+        Box::pin(async move { value })
+    }
+}
+
+/// A Secrets Store binding: every `get` awaits the store's `get()`. Wrap it in
+/// [`PerRequest`](crate::secrets::PerRequest) (once per request) or
+/// [`CachedSecret`](crate::secrets::CachedSecret) (once per TTL per isolate).
+pub struct SecretStoreSecret {
+    binding: String,
+    store: Option<worker::send::SendWrapper<worker::SecretStore>>,
+}
+
+impl fmt::Debug for SecretStoreSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecretStoreSecret").field("binding", &self.binding).finish_non_exhaustive()
+    }
+}
+
+impl SecretStoreSecret {
+    /// The Secrets Store binding `binding` of `env`; a missing binding fails on `get`.
+    pub fn new(env: &worker::Env, binding: impl Into<String>) -> Self {
+        let binding = binding.into();
+        let store = env.secret_store(&binding).ok().map(worker::send::SendWrapper);
+        Self { binding, store }
+    }
+}
+
+impl SecretSource for SecretStoreSecret {
+    fn get(&self) -> SecretFuture<'_> {
+        Box::pin(SendFuture::new(async move {
+            let store = self.store.as_ref().ok_or_else(|| SecretError::Missing(self.binding.clone()))?;
+            match store.0.get().await {
+                Ok(Some(value)) if !value.is_empty() => Ok(Secret::from(value)),
+                Ok(_) => Err(SecretError::Missing(self.binding.clone())),
+                Err(e) => Err(SecretError::Unavailable(e.to_string().chars().take(200).collect())),
+            }
+        }))
+    }
+}
