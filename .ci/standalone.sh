@@ -4,8 +4,12 @@
 # command there. Exits non-zero when the tests fail. Run from anywhere:
 # `bash .ci/standalone.sh`.
 # - Only what is committed is tested (uncommitted changes are not in the clone: commit first).
-# - CARGO_TARGET_DIR, if set, is reused (dependencies are not rebuilt; ztgate itself is, from the
-#   clone); otherwise the build goes to the clone's own target/, deleted with it.
+# - CARGO_TARGET_DIR, if set, is reused: dependencies are not rebuilt. ztgate's own artifacts are
+#   removed from it before and after the run (`cargo clean -p ztgate`): cargo names them
+#   independently of where the package lives, so the clone's test binaries (which read their data
+#   through the clone's CARGO_MANIFEST_DIR, deleted afterwards) would otherwise look up to date to
+#   the next build of the repository itself, and the other way round. Without CARGO_TARGET_DIR the
+#   build goes to the clone's own target/, deleted with it.
 set -euo pipefail
 
 die() { printf 'standalone: %s\n' "$*" >&2; exit 1; }
@@ -24,8 +28,19 @@ if [[ -n "$(git status --porcelain --untracked-files=no)" ]]; then
 fi
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/ztgate-standalone.XXXXXX")"
-trap 'rm -rf "${work}"' EXIT
 clone="${work}/ztgate"
+clean_shared_target() {
+    if [[ -n "${CARGO_TARGET_DIR:-}" && -f "${clone}/Cargo.toml" ]]; then
+        (cd "${clone}" && cargo clean --quiet --locked -p ztgate)
+    fi
+}
+cleanup() {
+    local status=$?
+    clean_shared_target || { echo "standalone: cargo clean -p ztgate failed in ${CARGO_TARGET_DIR}" >&2; status=1; }
+    rm -rf "${work}"
+    exit "${status}"
+}
+trap cleanup EXIT
 git clone --quiet --no-local --no-checkout -- "${PWD}" "${clone}"
 git -C "${clone}" checkout --quiet --detach "${head}"
 [[ "$(git -C "${clone}" rev-parse HEAD)" == "${head}" ]] || die "the clone is not at ${head}"
@@ -34,6 +49,7 @@ git -C "${clone}" checkout --quiet --detach "${head}"
 [[ "$(ls -A "${work}")" == "ztgate" ]] || die "${work} holds more than the clone"
 
 echo "standalone: ${head} in ${clone}, target dir ${CARGO_TARGET_DIR:-${clone}/target}"
+clean_shared_target
 cd "${clone}"
 # The README's test command (as in .ci/run).
 cargo test --locked
