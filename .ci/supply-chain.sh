@@ -2,7 +2,9 @@
 # Supply-chain and secrets gate: cargo-deny (advisories, licenses, bans, sources) over every
 # graph ztgate ships, then a detect-secrets scan of the repository against .secrets.baseline.
 # Exits non-zero on any finding. Run from anywhere: `bash .ci/supply-chain.sh`.
-# Offline by design: only package registries are reachable (to install the tools).
+# Offline when ../shared/advisory-db is beside the repository (CI, project machines: only package
+# registries are reachable, to install the tools); without it, cargo-deny fetches the advisory
+# database itself (network needed).
 set -euo pipefail
 
 # ---- what to check ----------------------------------------------------------------------------
@@ -21,6 +23,8 @@ DENY_GRAPHS=(
 )
 CARGO_DENY_VERSION="0.20.2"    # known to work with the offline advisory-db layout below
 DETECT_SECRETS_VERSION="1.5.0" # the version that wrote .secrets.baseline
+# Optional: a RustSec snapshot beside the repository. When it is missing (a clone on its own),
+# cargo-deny fetches the database itself, see "advisory database" below.
 ADVISORY_DB_SNAPSHOT="../shared/advisory-db"
 # cargo-deny looks for the db at <db-path>/<last URL segment>-<xxhash64 of the URL in deny.toml>.
 ADVISORY_DB_DIRNAME="advisory-db-3157b0e258782691"
@@ -46,40 +50,51 @@ echo "$(cargo deny --version), detect-secrets $(python3 -m detect_secrets --vers
 # `--install`: only the tools above (CI installs them in the background ahead of time).
 [[ "${1:-}" == "--install" ]] && exit 0
 
-# ---- advisory database (offline copy of the snapshot) -----------------------------------------
-[[ -d "${ADVISORY_DB_SNAPSHOT}/crates" ]] || die "no advisory database at ${ADVISORY_DB_SNAPSHOT} (expected shared/ beside the repo)"
-snapshot_date="$(grep -oE '[0-9]{4}-[0-9]{2}-[0-9]{2}' "${ADVISORY_DB_SNAPSHOT}/SNAPSHOT.md" | head -n1 || true)"
-[[ -n "${snapshot_date}" ]] || die "cannot read the snapshot date from ${ADVISORY_DB_SNAPSHOT}/SNAPSHOT.md"
-
+# ---- advisory database ------------------------------------------------------------------------
 work="$(mktemp -d "${TMPDIR:-/tmp}/ztgate-supply-chain.XXXXXX")"
 trap 'rm -rf "${work}"' EXIT
-export ZTGATE_ADVISORY_DBS="${work}/advisory-dbs"
-db="${ZTGATE_ADVISORY_DBS}/${ADVISORY_DB_DIRNAME}"
-mkdir -p "${ZTGATE_ADVISORY_DBS}"
-cp -R "${ADVISORY_DB_SNAPSHOT}" "${db}"
-chmod -R u+w "${db}"
-# cargo-deny wants a git repository and takes its freshness from the HEAD commit time (or the
-# mtime of .git/HEAD, whichever is newer). Date both to the snapshot, so deny.toml's
-# `maximum-db-staleness` measures the real age of the data, not the age of this copy.
-(
-    cd "${db}"
-    export GIT_AUTHOR_DATE="${snapshot_date}T00:00:00Z" GIT_COMMITTER_DATE="${snapshot_date}T00:00:00Z"
-    git init -q
-    git -c user.name=ci -c user.email=ci@localhost -c commit.gpgsign=false add -A
-    git -c user.name=ci -c user.email=ci@localhost -c commit.gpgsign=false commit -q -m "advisory-db snapshot ${snapshot_date}"
-    touch -d "${snapshot_date}T00:00:00Z" .git/HEAD
-)
-age_days=$(( ( $(date -u +%s) - $(date -u -d "${snapshot_date}" +%s) ) / 86400 ))
-echo "advisory-db snapshot: ${snapshot_date} (${age_days} days old)"
-if (( age_days > 90 )); then
-    echo "warning: the advisory-db snapshot is ${age_days} days old; refresh ../shared/advisory-db (deny.toml fails past maximum-db-staleness)" >&2
+# Options for every `cargo deny` call below.
+deny_opts=(--locked)
+if [[ -d "${ADVISORY_DB_SNAPSHOT}/crates" ]]; then
+    # An offline copy of the snapshot: cargo-deny runs with --offline and never fetches.
+    snapshot_date="$(grep -oE '[0-9]{4}-[0-9]{2}-[0-9]{2}' "${ADVISORY_DB_SNAPSHOT}/SNAPSHOT.md" | head -n1 || true)"
+    [[ -n "${snapshot_date}" ]] || die "cannot read the snapshot date from ${ADVISORY_DB_SNAPSHOT}/SNAPSHOT.md"
+    export ZTGATE_ADVISORY_DBS="${work}/advisory-dbs"
+    db="${ZTGATE_ADVISORY_DBS}/${ADVISORY_DB_DIRNAME}"
+    mkdir -p "${ZTGATE_ADVISORY_DBS}"
+    cp -R "${ADVISORY_DB_SNAPSHOT}" "${db}"
+    chmod -R u+w "${db}"
+    # cargo-deny wants a git repository and takes its freshness from the HEAD commit time (or the
+    # mtime of .git/HEAD, whichever is newer). Date both to the snapshot, so deny.toml's
+    # `maximum-db-staleness` measures the real age of the data, not the age of this copy.
+    (
+        cd "${db}"
+        export GIT_AUTHOR_DATE="${snapshot_date}T00:00:00Z" GIT_COMMITTER_DATE="${snapshot_date}T00:00:00Z"
+        git init -q
+        git -c user.name=ci -c user.email=ci@localhost -c commit.gpgsign=false add -A
+        git -c user.name=ci -c user.email=ci@localhost -c commit.gpgsign=false commit -q -m "advisory-db snapshot ${snapshot_date}"
+        touch -d "${snapshot_date}T00:00:00Z" .git/HEAD
+    )
+    age_days=$(( ( $(date -u +%s) - $(date -u -d "${snapshot_date}" +%s) ) / 86400 ))
+    echo "advisory-db snapshot: ${snapshot_date} (${age_days} days old)"
+    if (( age_days > 90 )); then
+        echo "warning: the advisory-db snapshot is ${age_days} days old; refresh ../shared/advisory-db (deny.toml fails past maximum-db-staleness)" >&2
+    fi
+    deny_opts=(--offline "${deny_opts[@]}")
+else
+    # No snapshot beside the repository: cargo-deny uses its own advisory database, i.e. its
+    # default fetch of deny.toml's `db-urls` (RustSec) into its default location,
+    # $CARGO_HOME/advisory-dbs (cloned on the first run, updated on later ones). This needs
+    # network access; a failed fetch fails the check.
+    export ZTGATE_ADVISORY_DBS="${CARGO_HOME:-$HOME/.cargo}/advisory-dbs"
+    echo "advisory-db: no snapshot at ${ADVISORY_DB_SNAPSHOT}; cargo-deny fetches its own into ${ZTGATE_ADVISORY_DBS}"
 fi
 
 # ---- cargo-deny -------------------------------------------------------------------------------
 failed=()
-# cargo-deny runs offline (it must not try to fetch the advisory db), and `cargo metadata --offline`
-# needs every crate of the lock file in the local cache: fetch them first (crates.io only), for all
-# targets.
+# With the snapshot, cargo-deny runs offline (it must not try to fetch the advisory db), and
+# `cargo metadata --offline` needs every crate of the lock file in the local cache: fetch them first
+# (crates.io only), for all targets.
 step "cargo fetch --locked"
 cargo fetch --locked
 for entry in "${DENY_GRAPHS[@]}"; do
@@ -89,7 +104,7 @@ for entry in "${DENY_GRAPHS[@]}"; do
     step "cargo deny [${label}]: ${graph_opts}"
     # Unmaintained advisories are warnings (see deny.toml); everything else that cargo-deny reports
     # as an error (vulnerability, unsound, license, banned duplicate, wildcard, source) fails.
-    if ! cargo deny --offline --locked "${graph_args[@]}" check --warn unmaintained ${check_args[@]+"${check_args[@]}"}; then
+    if ! cargo deny "${deny_opts[@]}" "${graph_args[@]}" check --warn unmaintained ${check_args[@]+"${check_args[@]}"}; then
         failed+=("cargo-deny[${label}]")
     fi
 done
@@ -99,6 +114,11 @@ step "detect-secrets against .secrets.baseline"
 # Tracked files plus untracked files that are not git-ignored (so a local run catches a secret
 # before it is committed), minus files deleted in the working tree. Cargo.lock is scanned but
 # detect-secrets' built-in is_lock_file filter skips it (its checksums look like hex secrets).
+# Whole paths are excluded in .secrets.baseline (filter `should_exclude_file`, which the hook
+# applies): `^tests/vectors/wycheproof/`, the vendored upstream test vectors (public test keys,
+# signatures and MACs by the thousand, none of them ours). To change the list:
+# `python3 -m detect_secrets scan --baseline .secrets.baseline --exclude-files '<regex>'`
+# (it replaces the list: give every pattern).
 git rev-parse --is-inside-work-tree >/dev/null 2>&1 || die "not a git work tree: the secret scan needs git ls-files"
 listing="${work}/files-to-scan"
 git ls-files -z --cached --others --exclude-standard >"${listing}"

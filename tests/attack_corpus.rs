@@ -396,8 +396,9 @@ mod bignum {
 async fn jwks_1024_bit_key_is_refused_with_a_token_it_really_signed() {
     use bignum::*;
     // The 1024-bit RS256 key pair of Wycheproof's json_web_key_test.json (group
-    // keysize_too_small), read at test time: no private key lives in this repository.
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/testdata/wycheproof/json_web_key_test.json");
+    // keysize_too_small), read at test time from the vendored upstream file
+    // (tests/vectors/wycheproof/): the private key is not copied into this test's source.
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors/wycheproof/json_web_key_test.json");
     let doc: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let weak = doc["testGroups"]
         .as_array()

@@ -1,7 +1,7 @@
-//! Wycheproof vectors (C2SP/wycheproof, `../shared/testdata/wycheproof/`) run through ztgate's own
-//! verification paths. Each file's applicability is documented in `docs/hardening.md`; every
-//! file prints `applied / skipped (reason) / passed` counts, and a file that should apply but ran
-//! no vector fails the test.
+//! Wycheproof vectors (C2SP/wycheproof, vendored unmodified in `tests/vectors/wycheproof/`, see
+//! its README) run through ztgate's own verification paths. Each file's applicability is
+//! documented in `docs/hardening.md`; every file prints `applied / skipped (reason) / passed`
+//! counts, and a file that should apply but ran no vector fails the test.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -18,7 +18,7 @@ use ztgate::AccessConfig;
 use ztgate::clock::FixedClock;
 use ztgate::identity::{AccessVerifier, JwksCache, JwksConfig, StaticFetcher, TokenError};
 
-const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/testdata/wycheproof/");
+const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors/wycheproof/");
 const TEAM: &str = "https://acme-test.cloudflareaccess.com";
 const AUD: &str = "aud-4b8f1c";
 const NOW: u64 = 1_800_000_000;
