@@ -180,7 +180,7 @@ pub mod native {
 /// `examples/worker/` is a complete Worker with the admin server's routes and configuration.
 #[cfg(feature = "workers")]
 pub mod workers {
-    pub use crate::adapters::workers::{MAX_HEADERS, check, client_cert, request_facts};
+    pub use crate::adapters::workers::{MAX_HEADERS, check, client_cert, headers, request_facts};
     pub use crate::runtime::workers::{SecretStoreSecret, WorkerSecret, WorkersFetcher, set_webcrypto};
 }
 

@@ -53,6 +53,19 @@ fn read(
     let method =
         Method::from_bytes(req.method().as_ref().as_bytes()).map_err(|_| malformed("request method"))?;
     let url = req.url().map_err(|_| malformed("request URL"))?;
+    let headers = copy_headers(req)?;
+    let facts = RequestFacts::read(&method, url.path(), url.query(), &headers, limits, declared)?;
+    Ok(facts.with_client_cert(client_cert(req)))
+}
+
+/// The request's headers as an [`http::HeaderMap`], with the bound the gate applies: more
+/// than [`MAX_HEADERS`] is refused (431), never truncated. Use it where a handler needs the
+/// headers itself (a webhook body check, say), so it reads exactly what the gate read.
+pub fn headers(req: &worker::Request) -> Result<HeaderMap, Rejection> {
+    copy_headers(req).map_err(Rejection::from)
+}
+
+fn copy_headers(req: &worker::Request) -> Result<HeaderMap, RequestError> {
     let mut headers = HeaderMap::new();
     for (i, (name, value)) in req.headers().entries().enumerate() {
         if i >= MAX_HEADERS {
@@ -66,8 +79,7 @@ fn read(
             headers.append(name, value);
         }
     }
-    let facts = RequestFacts::read(&method, url.path(), url.query(), &headers, limits, declared)?;
-    Ok(facts.with_client_cert(client_cert(req)))
+    Ok(headers)
 }
 
 /// The runtime parsed the request already; failing again here is refused, never guessed at.

@@ -25,8 +25,8 @@ use http::StatusCode;
 use serde_json::{Value, json};
 use worker::{Context, Env, Request, event};
 use ztgate::clock::{Clock, SystemClock};
-use ztgate::identity::webhook::{append_capped, check_content_length};
 use ztgate::identity::webhook::{InMemoryReplayGuard, WebhookVerifier};
+use ztgate::identity::webhook::{append_capped, check_content_length};
 use ztgate::identity::{ClientCertAuth, Requirement};
 use ztgate::secrets::{PerRequest, SecretSource};
 use ztgate::workers::WorkersFetcher;
@@ -113,14 +113,11 @@ async fn inbound_webhook(req: &mut Request, env: &Env) -> http::Response<String>
     let replays = REPLAYS.get_or_init(|| Arc::new(InMemoryReplayGuard::with_capacity(10_000)));
     let verifier = verifier.with_replay_guard(replays.clone());
     let limit = verifier.max_body_bytes();
-    let mut headers = http::HeaderMap::new();
-    for (name, value) in req.headers().entries().take(ztgate::workers::MAX_HEADERS) {
-        if let (Ok(name), Ok(value)) =
-            (http::HeaderName::from_bytes(name.as_bytes()), http::HeaderValue::from_str(&value))
-        {
-            headers.append(name, value);
-        }
-    }
+    // The same bounded copy the gate reads (more than 256 headers is 431, not truncated).
+    let headers = match ztgate::workers::headers(req) {
+        Ok(headers) => headers,
+        Err(rejection) => return rejection.to_response(),
+    };
     if let Err(rejection) = check_content_length(&headers, limit) {
         return rejection.to_response();
     }
