@@ -6,8 +6,9 @@
 //!   listed twice is dropped whole rather than guessed at. Cloudflare's extra
 //!   `public_cert`/`public_certs` members are ignored.
 //! - **One fetch in flight** whatever the concurrency: concurrent misses coalesce on one
-//!   fetch (moka's `try_get_with` on native targets, a runtime-free single-flight in Workers,
-//!   where moka cannot run), and each cache generation is fetched at most once.
+//!   fetch through the single-flight port the runtime supplies (moka's `try_get_with` on
+//!   native targets, a polling single-flight in Workers, where moka cannot run), and each
+//!   cache generation is fetched at most once.
 //! - **Refresh by age**: keys are fresh for `Cache-Control: max-age` clamped to
 //!   [`JwksConfig::min_max_age`, `JwksConfig::max_max_age`] (default 10 min without one).
 //!   While a refresh runs, other requests keep using the stale keys instead of waiting.
