@@ -113,6 +113,8 @@ pub trait Mechanism<C = NoClaims>: Send + Sync + fmt::Debug + 'static {
     /// The request headers this mechanism reads beyond the built-in credentials, through
     /// [`RequestFacts::header`]. Only declared headers are copied into the facts, each at most
     /// once, as text, within [`RequestLimits::max_token_bytes`](crate::request::RequestLimits).
+    /// The facts are read once per request for the whole requirement, so a mechanism also sees
+    /// the headers its siblings in the same gate declared: read only the ones you declared.
     fn headers(&self) -> &[HeaderName] {
         &[]
     }

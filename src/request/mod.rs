@@ -229,8 +229,8 @@ impl RequestFacts {
         })
     }
 
-    /// A header a mechanism declared it reads, if the request has it. `None` for every header
-    /// that was not declared, so a mechanism sees only what it asked for, each value sent once,
+    /// A header one of the gate's mechanisms declared it reads, if the request has it. `None`
+    /// for every header no mechanism of the gate declared; each value is sent once,
     /// visible ASCII, within [`RequestLimits::max_token_bytes`]. Names are case-insensitive.
     pub fn header(&self, name: &str) -> Option<&Credential> {
         self.declared.iter().find(|(n, _)| n.as_str().eq_ignore_ascii_case(name)).map(|(_, v)| v)
