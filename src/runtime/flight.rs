@@ -197,7 +197,11 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
-    use super::*;
+    use std::sync::Arc;
+
+    use crate::BoxFuture;
+    use crate::identity::ports::SingleFlight;
+    use crate::runtime::flight::{Flights, Patience, PollingFlight};
 
     fn patience() -> Patience<impl Fn() -> tokio::time::Sleep> {
         Patience { sleep: || tokio::time::sleep(Duration::from_millis(1)), max_sleeps: 1000 }

@@ -146,7 +146,7 @@ fn classify(e: reqwest::Error) -> FetchError {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::runtime::native::HttpFetcher;
 
     #[test]
     fn plain_http_only_for_loopback() {
