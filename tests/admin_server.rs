@@ -1,4 +1,4 @@
-//! Black-box tests of `examples/admin_server.rs`: the compiled example runs as a child process
+//! Black-box tests of `examples/admin_server/`: the compiled example runs as a child process
 //! and is driven over real HTTP on 127.0.0.1, in dev mode and in production mode against a
 //! loopback JWKS server (`common::JwksServer`).
 //!
@@ -69,7 +69,8 @@ fn example_binary() -> PathBuf {
     );
     let built = modified(&bin);
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let newest = [manifest.join("examples/admin_server.rs"), manifest.join("src")]
+    // `newest_mtime` walks directories: a change to any file of the example makes the binary stale.
+    let newest = [manifest.join("examples/admin_server"), manifest.join("src")]
         .iter()
         .map(|p| newest_mtime(p))
         .max()

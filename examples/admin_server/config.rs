@@ -1,0 +1,274 @@
+//! Configuration: the `ZTGATE_*` environment variables parsed into [`Settings`], the defaults
+//! for credentials left unset, and the start-up errors ([`EnvError`], [`Fatal`]).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use ztgate::identity::hmac_token::KeyRing;
+use ztgate::identity::webhook::WebhookVerifier;
+use ztgate::identity::{AccessJwt, ApiKeys};
+use ztgate::{AccessConfig, ConfigError, Gate, Policy};
+
+use crate::LOG_TARGET;
+
+const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+const DEFAULT_DB: &str = "ztgate-admin.sqlite";
+
+pub(crate) enum Identity {
+    /// Production: Access verification for the configured Cloudflare Access team.
+    Access(Arc<AccessJwt>),
+    /// No team domain: a local issuer, built once the listen address is known.
+    Dev,
+}
+
+pub(crate) struct Settings {
+    pub(crate) listen: SocketAddr,
+    pub(crate) db: PathBuf,
+    pub(crate) identity: Identity,
+    pub(crate) credentials: CredentialSettings,
+}
+
+/// The routes' credentials as configured, before [`CredentialSettings::resolve`].
+pub(crate) struct CredentialSettings {
+    /// `None`: unset (dev mode makes a key; production refuses every API key).
+    api_keys: Option<ApiKeys>,
+    /// `None`: unset (a random key per start).
+    hmac_keys: Option<KeyRing>,
+    /// `None`: unset (the webhook route answers 503).
+    webhook: Option<WebhookVerifier>,
+    trust_cert_headers: bool,
+}
+
+/// The routes' credentials to run with.
+pub(crate) struct Credentials {
+    pub(crate) api_keys: ApiKeys,
+    pub(crate) ring: KeyRing,
+    /// Without a replay guard yet: that lives in the store.
+    pub(crate) webhook: Option<WebhookVerifier>,
+    pub(crate) trust_cert_headers: bool,
+}
+
+impl Settings {
+    pub(crate) fn from_env() -> Result<Self, EnvError> {
+        let listen = env("ZTGATE_LISTEN")?.unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        let listen: SocketAddr = listen.parse().map_err(|_| {
+            EnvError::new("ZTGATE_LISTEN", format!("{listen:?} is not an address such as 127.0.0.1:8080"))
+        })?;
+        let db = PathBuf::from(env("ZTGATE_DB")?.unwrap_or_else(|| DEFAULT_DB.to_owned()));
+        let identity = match env("ZTGATE_TEAM_DOMAIN")? {
+            Some(team) => Identity::Access(production_access(&team)?),
+            None => {
+                // Half a production configuration without a team domain is a mistake, not a
+                // request for dev mode: refuse rather than start with a local issuer.
+                for var in ["ZTGATE_AUD", "ZTGATE_CERTS_URL", "ZTGATE_ADMIN_EMAILS", "ZTGATE_SERVICE_TOKENS"]
+                {
+                    if env(var)?.is_some() {
+                        return Err(EnvError::new(
+                            "ZTGATE_TEAM_DOMAIN",
+                            format!("is required when {var} is set (unset both for dev mode)"),
+                        ));
+                    }
+                }
+                Identity::Dev
+            }
+        };
+        // Secrets: parse errors name the variable and never repeat its value.
+        let api_keys = match env("ZTGATE_API_KEYS")? {
+            None => None,
+            Some(spec) => {
+                let keys = ApiKeys::parse(&spec)?;
+                if keys.names().is_empty() {
+                    return Err(EnvError::new("ZTGATE_API_KEYS", "is set but holds no name:secret entry"));
+                }
+                Some(keys)
+            }
+        };
+        let hmac_keys = env("ZTGATE_HMAC_KEYS")?.map(|spec| KeyRing::parse(&spec)).transpose()?;
+        let webhook = env("ZTGATE_WEBHOOK_SECRET")?.map(WebhookVerifier::svix).transpose()?;
+        let trust_cert_headers = match env("ZTGATE_TRUST_CERT_HEADERS")?.as_deref() {
+            None | Some("0") => false,
+            Some("1") => true,
+            Some(other) => {
+                return Err(EnvError::new(
+                    "ZTGATE_TRUST_CERT_HEADERS",
+                    format!("{other:?} is neither 0 (ignore cf-cert-* headers) nor 1 (trust them)"),
+                ));
+            }
+        };
+        let credentials = CredentialSettings { api_keys, hmac_keys, webhook, trust_cert_headers };
+        Ok(Self { listen, db, identity, credentials })
+    }
+}
+
+impl CredentialSettings {
+    /// Gives each unset credential its default, with a warning. In dev mode (`dev`) an unset
+    /// `ZTGATE_API_KEYS` becomes one random key named `dev`, returned too so it can be printed.
+    pub(crate) fn resolve(self, dev: bool) -> Result<(Credentials, Option<String>), Fatal> {
+        let mut dev_api_key = None;
+        let api_keys = match self.api_keys {
+            Some(keys) => keys,
+            None if dev => {
+                let (keys, key) = crate::dev::api_keys()?;
+                dev_api_key = Some(key);
+                keys
+            }
+            None => {
+                tracing::warn!(
+                    target: LOG_TARGET,
+                    "ZTGATE_API_KEYS is unset: API-key routes refuse every request"
+                );
+                ApiKeys::new()
+            }
+        };
+        let ring = match self.hmac_keys {
+            Some(ring) => ring,
+            None => {
+                tracing::warn!(
+                    target: LOG_TARGET,
+                    "ZTGATE_HMAC_KEYS is unset: unsubscribe links are signed with a random key made at \
+                     start-up and will not survive a restart"
+                );
+                KeyRing::random().map_err(|e| Fatal::Runtime(e.to_string()))?
+            }
+        };
+        if self.webhook.is_none() {
+            tracing::warn!(
+                target: LOG_TARGET,
+                "ZTGATE_WEBHOOK_SECRET is unset: POST /webhooks/inbound answers 503"
+            );
+        }
+        if self.trust_cert_headers {
+            tracing::warn!(
+                target: LOG_TARGET,
+                "ZTGATE_TRUST_CERT_HEADERS=1: cf-cert-* headers are believed; every request must come \
+                 through Cloudflare"
+            );
+        }
+        let credentials = Credentials {
+            api_keys,
+            ring,
+            webhook: self.webhook,
+            trust_cert_headers: self.trust_cert_headers,
+        };
+        Ok((credentials, dev_api_key))
+    }
+}
+
+fn production_access(team: &str) -> Result<Arc<AccessJwt>, EnvError> {
+    if !team.starts_with("https://") {
+        return Err(EnvError::new(
+            "ZTGATE_TEAM_DOMAIN",
+            format!("{team:?} must start with https://, e.g. https://acme.cloudflareaccess.com"),
+        ));
+    }
+    let audiences = list("ZTGATE_AUD")?;
+    if audiences.is_empty() {
+        return Err(EnvError::new("ZTGATE_AUD", "is required: the Access application's AUD tag(s)"));
+    }
+    let emails = list("ZTGATE_ADMIN_EMAILS")?;
+    if let Some(bad) = emails.iter().find(|e| !e.contains('@')) {
+        return Err(EnvError::new("ZTGATE_ADMIN_EMAILS", format!("{bad:?} is not an email address")));
+    }
+    let service_tokens = list("ZTGATE_SERVICE_TOKENS")?;
+    if emails.is_empty() && service_tokens.is_empty() {
+        return Err(EnvError::new(
+            "ZTGATE_ADMIN_EMAILS",
+            "nobody would be allowed in: set ZTGATE_ADMIN_EMAILS and/or ZTGATE_SERVICE_TOKENS",
+        ));
+    }
+    let mut builder = Gate::builder(AccessConfig::new(team, audiences)?)
+        .policy(Policy::new().allow_emails(emails).allow_service_tokens(service_tokens));
+    if let Some(url) = env("ZTGATE_CERTS_URL")? {
+        builder = builder.certs_url(url);
+    }
+    Ok(Arc::new(builder.build_mechanism()?))
+}
+
+/// The value of `name`: unset → `None`; set → trimmed (empty counts as set, so it can be
+/// refused rather than silently ignored).
+fn env(name: &'static str) -> Result<Option<String>, EnvError> {
+    match std::env::var(name) {
+        Ok(v) => Ok(Some(v.trim().to_owned())),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => Err(EnvError::new(name, "is not valid UTF-8")),
+    }
+}
+
+/// A comma-separated list; empty items are dropped.
+fn list(name: &'static str) -> Result<Vec<String>, EnvError> {
+    Ok(env(name)?
+        .map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect())
+        .unwrap_or_default())
+}
+
+/// A configuration error, naming the environment variable at fault.
+#[derive(Debug)]
+pub(crate) struct EnvError {
+    var: &'static str,
+    message: String,
+}
+
+impl EnvError {
+    pub(crate) fn new(var: &'static str, message: impl Into<String>) -> Self {
+        Self { var, message: message.into() }
+    }
+}
+
+impl std::fmt::Display for EnvError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.var, self.message)
+    }
+}
+
+/// ztgate names its own settings; say which environment variable set each one. (ztgate's
+/// messages never repeat a secret, so they can be printed.)
+impl From<ConfigError> for EnvError {
+    fn from(e: ConfigError) -> Self {
+        let var = match e.setting() {
+            "team_domain" => "ZTGATE_TEAM_DOMAIN",
+            "audiences" => "ZTGATE_AUD",
+            "certs_url" => "ZTGATE_CERTS_URL",
+            "policy" => "ZTGATE_ADMIN_EMAILS",
+            "api_keys" => "ZTGATE_API_KEYS", // pragma: allowlist secret
+            "hmac_keys" => "ZTGATE_HMAC_KEYS",
+            "webhook_secret" => "ZTGATE_WEBHOOK_SECRET", // pragma: allowlist secret
+            _ => "configuration",
+        };
+        Self::new(var, e.to_string())
+    }
+}
+
+pub(crate) enum Fatal {
+    Config(EnvError),
+    Runtime(String),
+}
+
+impl From<EnvError> for Fatal {
+    fn from(e: EnvError) -> Self {
+        Self::Config(e)
+    }
+}
+
+impl From<ConfigError> for Fatal {
+    fn from(e: ConfigError) -> Self {
+        Self::Config(e.into())
+    }
+}
+
+impl Fatal {
+    /// Prints the error to stderr and gives the exit status: 2 for invalid configuration.
+    pub(crate) fn report(self) -> ExitCode {
+        match self {
+            Self::Config(e) => {
+                eprintln!("admin_server: invalid configuration: {e}");
+                ExitCode::from(2)
+            }
+            Self::Runtime(e) => {
+                eprintln!("admin_server: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    }
+}

@@ -1,0 +1,278 @@
+//! The handlers: each takes its caller's proof (a [`Verified<Principal>`] the policies layer
+//! made, or for the webhook the raw delivery it verifies itself) and answers JSON, errors
+//! included ([`ApiError`]).
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::{Body, HttpBody as _};
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use ztgate::clock::unix_now;
+use ztgate::identity::webhook::{append_capped, check_content_length};
+use ztgate::storage::Actor;
+use ztgate::{Principal, Rejection, Verified};
+
+use crate::LOG_TARGET;
+use crate::routes::{AppState, UNSUBSCRIBE};
+use crate::store::{Note, StorageError};
+
+const MAX_NOTE_BYTES: usize = 4096;
+const MAX_EMAIL_BYTES: usize = 254;
+const MAX_LINK_TTL_SECS: u64 = 30 * 86_400;
+
+pub(crate) async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+pub(crate) async fn not_found() -> ApiError {
+    ApiError::NotFound("no such route")
+}
+
+pub(crate) async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+pub(crate) async fn whoami(who: Verified<Principal>) -> Json<Value> {
+    Json(match who.principal() {
+        Principal::User(user) => json!({ "kind": "user", "email": user.email }),
+        Principal::Service(service) => json!({ "kind": "service", "common_name": service.common_name }),
+        other => json!({ "kind": other.kind(), "id": other.id() }),
+    })
+}
+
+#[derive(Deserialize)]
+pub(crate) struct NewNote {
+    text: Option<String>,
+}
+
+pub(crate) async fn create_note(
+    State(app): State<AppState>,
+    who: Verified<Principal>,
+    body: Result<Json<NewNote>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Json(note) = body.map_err(|e| ApiError::Body(e, "invalid_note"))?;
+    let text = validate_note(note.text)?;
+    let id = app.store.create_note(&Actor::from(&who), text).await?;
+    Ok((StatusCode::CREATED, Json(json!({ "id": id }))))
+}
+
+pub(crate) async fn list_notes(
+    State(app): State<AppState>,
+    who: Verified<Principal>,
+) -> Result<Json<Vec<Note>>, ApiError> {
+    Ok(Json(app.store.list_notes(&Actor::from(&who)).await?))
+}
+
+fn validate_note(text: Option<String>) -> Result<String, ApiError> {
+    let invalid = |why: &str| ApiError::invalid("invalid_note", why);
+    match text {
+        None => Err(invalid("`text` is required")),
+        Some(t) if t.trim().is_empty() => Err(invalid("`text` must not be empty")),
+        Some(t) if t.len() > MAX_NOTE_BYTES => Err(invalid("`text` is longer than 4096 bytes")),
+        Some(t) => Ok(t),
+    }
+}
+
+/// Two proofs in one request: an Access admin (who) and an API key (something they hold).
+pub(crate) async fn delete_note(
+    State(app): State<AppState>,
+    who: Verified<Principal>,
+    id: Result<Path<i64>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    // The route policy requires both; refuse rather than trust a wiring change silently.
+    if !(who.proved_by("access_jwt") && who.proved_by("api_key")) {
+        tracing::error!(target: LOG_TARGET, layer = "storage", outcome = "refused", principal = %who.id(), "delete without both proofs");
+        return Err(Rejection::Forbidden.into());
+    }
+    let Path(id) = id.map_err(|_| ApiError::invalid("invalid_id", "the note id must be an integer"))?;
+    let proofs: Vec<String> =
+        who.proofs().iter().map(|p| format!("{}={}", p.mechanism, p.principal_id)).collect();
+    if app.store.delete_note(&Actor::from(&who), id, proofs).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound("no such note"))
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct NewLink {
+    email: Option<String>,
+    ttl_secs: Option<u64>,
+}
+
+/// Mints an unsubscribe link token for `email`, valid for `ttl_secs` (1 s to 30 days).
+pub(crate) async fn mint_unsubscribe_link(
+    State(app): State<AppState>,
+    who: Verified<Principal>,
+    body: Result<Json<NewLink>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(link) = body.map_err(|e| ApiError::Body(e, "invalid_request"))?;
+    let invalid = |why: &str| ApiError::invalid("invalid_request", why);
+    let email = match link.email {
+        None => return Err(invalid("`email` is required")),
+        Some(e) if !e.contains('@') => return Err(invalid("`email` is not an email address")),
+        Some(e) if e.len() > MAX_EMAIL_BYTES => return Err(invalid("`email` is longer than 254 bytes")),
+        Some(e) => e,
+    };
+    let ttl = match link.ttl_secs {
+        None => return Err(invalid("`ttl_secs` is required")),
+        Some(t) if !(1..=MAX_LINK_TTL_SECS).contains(&t) => {
+            return Err(invalid("`ttl_secs` must be between 1 and 2592000 (30 days)"));
+        }
+        Some(t) => t,
+    };
+    let now = unix_now();
+    let token = app.ring.mint(UNSUBSCRIBE, &email, now, Duration::from_secs(ttl)).map_err(|e| {
+        tracing::error!(target: LOG_TARGET, layer = "identity", outcome = "mint_failed", principal = %who.id(), error = %e);
+        ApiError::Internal
+    })?;
+    // The token is a credential: logged never, only who asked for it and until when.
+    tracing::info!(target: LOG_TARGET, layer = "identity", outcome = "unsubscribe_link_minted", principal = %who.id(), expires_at = now + ttl);
+    Ok(Json(json!({ "token": token, "expires_at": now + ttl })))
+}
+
+/// Follows an unsubscribe link: the gate verified the token; record the unsubscribe (once).
+pub(crate) async fn unsubscribe(
+    State(app): State<AppState>,
+    who: Verified<Principal>,
+) -> Result<Json<Value>, ApiError> {
+    let email = match who.principal() {
+        Principal::SignedToken(t) if t.purpose == UNSUBSCRIBE => t.subject.clone(),
+        _ => return Err(Rejection::Forbidden.into()),
+    };
+    app.store.unsubscribe(&Actor::from(&who), email.clone()).await?;
+    Ok(Json(json!({ "email": email })))
+}
+
+pub(crate) async fn ops_stats(
+    State(app): State<AppState>,
+    who: Verified<Principal>,
+) -> Result<Json<Value>, ApiError> {
+    let Principal::ApiKey(key) = who.principal() else { return Err(Rejection::Forbidden.into()) };
+    let stats = app.store.stats(&Actor::from(&who)).await?;
+    Ok(Json(json!({
+        "key": key.name,
+        "notes": stats.notes,
+        "unsubscribes": stats.unsubscribes,
+        "webhooks": stats.webhooks,
+    })))
+}
+
+pub(crate) async fn mtls_whoami(who: Verified<Principal>) -> Result<Json<Value>, ApiError> {
+    let Principal::ClientCert(cert) = who.principal() else { return Err(Rejection::Forbidden.into()) };
+    Ok(Json(json!({
+        "fingerprint": cert.fingerprint_sha256,
+        "subject_dn": cert.subject_dn,
+        "issuer_dn": cert.issuer_dn,
+    })))
+}
+
+/// A Svix delivery. The gate let it through (public); the signature, timestamp and replay
+/// checks happen here, over the raw body, before anything is stored.
+pub(crate) async fn inbound_webhook(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let Some(verifier) = &app.webhooks else {
+        return Err(Rejection::NotConfigured { what: "webhook secret" }.into());
+    };
+    let limit = verifier.max_body_bytes();
+    check_content_length(&headers, limit)?;
+    let body = read_capped(body, limit).await?;
+    let message = verifier.verify(&headers, &body, unix_now()).await?;
+    app.store.record_webhook(&message, body.len()).await?;
+    Ok(Json(json!({ "id": message.id() })))
+}
+
+/// Reads a body chunk by chunk, refusing it (413) as soon as it passes `limit`, whatever its
+/// declared length.
+async fn read_capped(mut body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let mut out = Vec::new();
+    while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+        let frame = frame.map_err(|_| ApiError::invalid("invalid_body", "the body could not be read"))?;
+        if let Ok(data) = frame.into_data() {
+            append_capped(&mut out, &data, limit)?;
+        }
+    }
+    Ok(out)
+}
+
+/// Errors of the handlers, as JSON bodies with a stable `code` (like ztgate's rejections).
+pub(crate) enum ApiError {
+    /// 400 with this code.
+    Invalid {
+        code: &'static str,
+        message: String,
+    },
+    /// A JSON body that did not parse; the code for a well-formed body of the wrong shape.
+    Body(JsonRejection, &'static str),
+    NotFound(&'static str),
+    MethodNotAllowed,
+    Rejected(Rejection),
+    Storage,
+    Internal,
+}
+
+impl ApiError {
+    fn invalid(code: &'static str, message: &str) -> Self {
+        Self::Invalid { code, message: message.to_owned() }
+    }
+}
+
+impl From<Rejection> for ApiError {
+    fn from(e: Rejection) -> Self {
+        Self::Rejected(e)
+    }
+}
+
+impl From<StorageError> for ApiError {
+    fn from(_: StorageError) -> Self {
+        Self::Storage
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, message) = match self {
+            Self::Invalid { code, message } => (StatusCode::BAD_REQUEST, code, message),
+            Self::Body(e, data_code) => {
+                let code = match &e {
+                    JsonRejection::JsonSyntaxError(_) => "malformed_json",
+                    JsonRejection::JsonDataError(_) => data_code,
+                    JsonRejection::MissingJsonContentType(_) => "unsupported_media_type",
+                    _ if e.status() == StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+                    _ => "invalid_body",
+                };
+                // Syntax and data errors are client mistakes: answer 400 for both (axum would
+                // say 422 for a well-formed body of the wrong shape).
+                let status = match &e {
+                    JsonRejection::JsonSyntaxError(_) | JsonRejection::JsonDataError(_) => {
+                        StatusCode::BAD_REQUEST
+                    }
+                    _ => e.status(),
+                };
+                (status, code, e.body_text())
+            }
+            Self::NotFound(what) => (StatusCode::NOT_FOUND, "not_found", what.to_owned()),
+            Self::MethodNotAllowed => {
+                (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed here".to_owned())
+            }
+            Self::Rejected(rejection) => return rejection.into_response(),
+            // Already logged where it happened; the client learns nothing about the database.
+            Self::Storage => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "storage_error", "the store failed".to_owned())
+            }
+            Self::Internal => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "internal error".to_owned())
+            }
+        };
+        (status, Json(json!({ "code": code, "message": message }))).into_response()
+    }
+}

@@ -1,0 +1,135 @@
+//! An admin server with notes in SQLite, behind per-route ztgate policies.
+//!
+//! The three ztgate layers, as this server applies them:
+//!
+//! 1. **Request** — one [`RoutePolicies`] layer in front of the whole app reads the
+//!    credentials each route may use (the `Cf-Access-Jwt-Assertion` header or
+//!    `CF_Authorization` cookie, `X-Api-Key` / `Authorization: Bearer`, a `?token=` query
+//!    parameter, Cloudflare's `cf-cert-*` headers when trusted) with size limits, and believes
+//!    nothing yet.
+//! 2. **Identity** — the same layer picks the route's requirement (first matching rule wins)
+//!    and verifies it. A route nobody declared is refused with 403 `no_policy`: forgetting a
+//!    policy closes a route instead of opening it. A refused request is answered with a JSON
+//!    401/403/503 and never reaches a handler.
+//! 3. **Storage** — handlers take a [`Verified<Principal>`] extractor, and the storage
+//!    functions take an [`Actor`] made from it (or, for webhooks, the [`VerifiedWebhook`]):
+//!    code that has no proof cannot even call them. Every note records its author, every
+//!    deletion is logged with the principal and the mechanisms that proved it.
+//!
+//! | route | requirement |
+//! |---|---|
+//! | `GET /healthz` | public |
+//! | `GET /cdn-cgi/access/certs` | public, dev mode only: the dev issuer's JWKS |
+//! | `DELETE /admin/notes/{id}` | an Access admin **and** an API key (both, in one request) |
+//! | `GET /admin/whoami`, `GET`/`POST /admin/notes`, `POST /admin/unsubscribe-links` | an Access admin |
+//! | any other `/admin` path | an Access admin (so unknown admin paths are 401 before 404) |
+//! | `GET /ops/stats` | an API key |
+//! | `GET /mtls/whoami` | a client certificate Cloudflare verified and found unrevoked |
+//! | `GET /api/unsubscribe?token=..` | an HMAC-signed token for purpose `unsubscribe` |
+//! | `POST /webhooks/inbound` | public at the gate; the handler verifies the Svix signature (it needs the body) and refuses replays |
+//! | anything else | nobody: 403 `no_policy` |
+//!
+//! Run it with no configuration for **dev mode**: it makes a signing key, serves its own
+//! JWKS, verifies against it over HTTP exactly as in production, makes a random API key named
+//! `dev`, and prints `curl` lines with a token for `dev@localhost` and with that key.
+//!
+//! ```text
+//! cargo run --example admin_server
+//! ```
+//!
+//! Production mode is configured by environment:
+//!
+//! | variable | meaning |
+//! |---|---|
+//! | `ZTGATE_LISTEN` | address to listen on (default `127.0.0.1:8080`) |
+//! | `ZTGATE_TEAM_DOMAIN` | e.g. `https://acme.cloudflareaccess.com`, the exact `iss`; unset = dev mode |
+//! | `ZTGATE_CERTS_URL` | JWKS URL (default `{team}/cdn-cgi/access/certs`) |
+//! | `ZTGATE_AUD` | comma-separated Access AUD tags (required) |
+//! | `ZTGATE_ADMIN_EMAILS` | comma-separated emails allowed in |
+//! | `ZTGATE_SERVICE_TOKENS` | comma-separated service-token common names allowed in |
+//! | `ZTGATE_DB` | SQLite file (default `ztgate-admin.sqlite`) |
+//! | `ZTGATE_API_KEYS` | comma-separated `name:secret` API keys (secrets of 16+ bytes); unset = API-key routes refuse everyone (dev mode: one random key named `dev`) |
+//! | `ZTGATE_HMAC_KEYS` | comma-separated `kid:secret` keys for unsubscribe links (secrets of 32+ bytes): the first signs, all verify; unset = a random key per start, so links die with the process |
+//! | `ZTGATE_WEBHOOK_SECRET` | the Svix endpoint secret, `whsec_<base64>`; unset = `POST /webhooks/inbound` answers 503 `not_configured` | <!-- pragma: allowlist secret -->
+//! | `ZTGATE_TRUST_CERT_HEADERS` | `1` = believe Cloudflare's `cf-cert-*` client-certificate headers (only when every request arrives through Cloudflare); `0` (default) = ignore them |
+//!
+//! To rotate HMAC keys, put the new key first and keep the old one second
+//! (`new:<secret>,old:<secret>`) until the longest link it signed has expired.
+//!
+//! Invalid configuration exits with status 2 and names the variable, never repeating a
+//! secret. Logs go to stderr (`RUST_LOG`, default `info`) and never contain a credential.
+
+mod config;
+mod dev;
+mod handlers;
+mod routes;
+mod store;
+
+use std::io::Write as _;
+use std::process::ExitCode;
+
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{EnvError, Fatal, Identity, Settings};
+use crate::dev::DevIssuer;
+use crate::store::Store;
+
+/// The target of every log line, whichever module logs it: the example's name.
+const LOG_TARGET: &str = "admin_server";
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(fatal) => fatal.report(),
+    }
+}
+
+async fn run() -> Result<(), Fatal> {
+    let settings = Settings::from_env()?;
+    let store = Store::open(&settings.db)?;
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .map_err(|e| EnvError::new("ZTGATE_LISTEN", format!("cannot listen on {}: {e}", settings.listen)))?;
+    let addr = listener.local_addr().map_err(|e| Fatal::Runtime(e.to_string()))?;
+
+    // Dev mode needs the bound address: the issuer and the JWKS URL are this server itself.
+    let (access, dev) = match settings.identity {
+        Identity::Access(access) => (access, None),
+        Identity::Dev => {
+            let dev = DevIssuer::new(addr)?;
+            (dev.access()?, Some(dev))
+        }
+    };
+    // Unset credentials get their defaults, with a warning (dev mode: a random API key).
+    let (credentials, dev_api_key) = settings.credentials.resolve(dev.is_some())?;
+    let app = routes::app(access.clone(), credentials, store, dev.as_ref())?;
+
+    if let Some(dev) = &dev {
+        dev.announce(dev_api_key.as_deref());
+    }
+    println!("listening on http://{addr}");
+    let _ = std::io::stdout().flush();
+
+    // Warm the key cache once the server is up (in dev mode the JWKS is served by this very
+    // listener). A failure is only logged: requests then get 503 until keys are reachable.
+    tokio::spawn(async move {
+        match access.verifier().keys().refresh().await {
+            Ok(n) => tracing::info!(layer = "identity", outcome = "jwks_warm", keys = n),
+            Err(e) => tracing::warn!(layer = "identity", outcome = "jwks_warm_failed", error = ?e),
+        }
+    });
+
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+            tracing::info!("shutting down");
+        })
+        .await
+        .map_err(|e| Fatal::Runtime(format!("server error: {e}")))
+}

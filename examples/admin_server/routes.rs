@@ -1,0 +1,127 @@
+//! The routes: every route's requirement (the policy table), the router, and the state the
+//! handlers share.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::header;
+use axum::routing::{delete, get, post};
+use ztgate::clock::SystemClock;
+use ztgate::identity::hmac_token::{KeyRing, SignedTokenAuth, TokenSource};
+use ztgate::identity::webhook::WebhookVerifier;
+use ztgate::identity::{AccessJwt, ApiKeyAuth, ApiKeys, ClientCertAuth, Requirement};
+use ztgate::request::RequestLimits;
+use ztgate::{ConfigError, RoutePolicies};
+
+use crate::config::{Credentials, Fatal};
+use crate::dev::{CERTS_PATH, DevIssuer};
+use crate::handlers::{
+    create_note, delete_note, healthz, inbound_webhook, list_notes, method_not_allowed,
+    mint_unsubscribe_link, mtls_whoami, not_found, ops_stats, unsubscribe, whoami,
+};
+use crate::store::Store;
+
+const MAX_BODY_BYTES: usize = 64 * 1024;
+/// The purpose unsubscribe links are minted and verified for: a token minted for anything
+/// else (a magic link, a session) is refused here.
+pub(crate) const UNSUBSCRIBE: &str = "unsubscribe";
+const UNSUBSCRIBE_TOKEN_PARAM: &str = "token";
+
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub(crate) store: Store,
+    pub(crate) ring: Arc<KeyRing>,
+    pub(crate) webhooks: Option<WebhookVerifier>,
+}
+
+/// The whole app: every route (the dev JWKS too when `dev` is given) and both fallbacks, under
+/// one policies layer.
+pub(crate) fn app(
+    access: Arc<AccessJwt>,
+    credentials: Credentials,
+    store: Store,
+    dev: Option<&DevIssuer>,
+) -> Result<Router, Fatal> {
+    // The replay guard lives in the same SQLite file: a replay is refused across restarts.
+    let webhooks = credentials.webhook.map(|verifier| verifier.with_replay_guard(store.replay_guard()));
+    let ring = Arc::new(credentials.ring);
+    let policies = route_policies(
+        access,
+        Arc::new(credentials.api_keys),
+        ring.clone(),
+        dev.is_some(),
+        credentials.trust_cert_headers,
+    )
+    .map_err(|e| Fatal::Runtime(format!("route policies: {e}")))?;
+    let state = AppState { store, ring, webhooks };
+
+    let mut app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/admin/whoami", get(whoami))
+        .route("/admin/notes", get(list_notes).post(create_note))
+        .route("/admin/notes/{id}", delete(delete_note))
+        .route("/admin/unsubscribe-links", post(mint_unsubscribe_link))
+        .route("/ops/stats", get(ops_stats))
+        .route("/mtls/whoami", get(mtls_whoami))
+        .route("/api/unsubscribe", get(unsubscribe))
+        .route("/webhooks/inbound", post(inbound_webhook));
+    if let Some(dev) = dev {
+        let jwks = dev.jwks();
+        app = app.route(
+            CERTS_PATH,
+            get(move || {
+                let jwks = jwks.clone();
+                async move { ([(header::CONTENT_TYPE, "application/json")], jwks) }
+            }),
+        );
+    }
+    // The policies layer goes on last, over every route and both fallbacks: nothing is
+    // reachable without a declared policy.
+    Ok(app
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(policies))
+}
+
+/// Every route's requirement, first match wins; whatever matches no rule is 403 `no_policy`.
+fn route_policies(
+    access: Arc<AccessJwt>,
+    api_keys: Arc<ApiKeys>,
+    ring: Arc<KeyRing>,
+    dev: bool,
+    trust_cert_headers: bool,
+) -> Result<RoutePolicies, ConfigError> {
+    let access = Requirement::mechanism(access);
+    let api_key = Requirement::mechanism(ApiKeyAuth::new(api_keys));
+    let unsubscribe_token = Requirement::mechanism(SignedTokenAuth::new(
+        ring,
+        UNSUBSCRIBE,
+        TokenSource::Query(UNSUBSCRIBE_TOKEN_PARAM.to_owned()),
+        Arc::new(SystemClock),
+    ));
+    let limits = RequestLimits { trust_client_cert_headers: trust_cert_headers, ..Default::default() };
+    let mut policies = RoutePolicies::with_limits(limits)
+        .route("GET", "/healthz", Requirement::public())?
+        .route("HEAD", "/healthz", Requirement::public())?;
+    if dev {
+        policies = policies.route("GET", CERTS_PATH, Requirement::public())?;
+    }
+    policies
+        // Before the broader /admin rules: the first match wins.
+        .route("DELETE", "/admin/notes/{id}", Requirement::all_of([access.clone(), api_key.clone()]))?
+        .route("GET", "/admin/whoami", access.clone())?
+        .route("GET", "/admin/notes", access.clone())?
+        .route("POST", "/admin/notes", access.clone())?
+        .route("POST", "/admin/unsubscribe-links", access.clone())?
+        // Every other admin path and method: identity first, then 404 or 405.
+        .route("*", "/admin", access.clone())?
+        .route("*", "/admin/{*rest}", access)?
+        .route("GET", "/ops/stats", api_key)?
+        .route("GET", "/mtls/whoami", Requirement::mechanism(ClientCertAuth::new()))?
+        .route("GET", "/api/unsubscribe", unsubscribe_token)?
+        // The signature covers the body, which a gate does not read: verified in the handler.
+        .route("POST", "/webhooks/inbound", Requirement::public())
+}
