@@ -9,15 +9,25 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-// The wall clock is the runtime's to read.
-pub use crate::runtime::{SystemClock, unix_now};
-
 /// A source of the current time, in whole seconds since the Unix epoch.
 ///
 /// JWT `NumericDate` claims are whole seconds, so a finer resolution would buy nothing.
 pub trait Clock: Send + Sync + fmt::Debug + 'static {
     /// Seconds since 1970-01-01T00:00:00Z.
     fn now(&self) -> u64;
+}
+
+/// The platform's wall clock: the operating system's on native targets, the JS clock
+/// (`Date.now()`) in a Workers build, where `SystemTime::now()` panics.
+///
+/// Its [`Clock`] impl is the runtime's (written in `src/runtime/mod.rs`), so this module names
+/// no runtime.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+/// The system time in Unix seconds: shorthand for `SystemClock.now()`.
+pub fn unix_now() -> u64 {
+    SystemClock.now()
 }
 
 /// A clock that only moves when told to. For tests and reproducible fuzzing.

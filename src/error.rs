@@ -174,6 +174,7 @@ impl RequestError {
             Self::HeaderTooLarge { .. } => Spec::new(431, "header_too_large"),
             Self::NotText { .. } => Spec::new(400, "malformed_header"),
             Self::AmbiguousCredential { .. } => Spec::new(400, "ambiguous_credential"),
+            Self::UriTooLong { .. } => Spec::new(414, "uri_too_long"),
         }
     }
 }
@@ -252,7 +253,7 @@ rejections! {
     /// Why a request was refused, and the response that says so.
     pub enum Rejection {
         composite {
-            /// The request layer refused the request's shape (400 or 431, see [`RequestError`]).
+            /// The request layer refused the request's shape (400, 414 or 431, see [`RequestError`]).
             Request(RequestError),
             /// An Access token was present but did not verify (401, or 503 when no keys could be
             /// had; see [`TokenError`]).

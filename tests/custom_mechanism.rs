@@ -51,14 +51,11 @@ const NAME: &str = "device_signature";
 #[derive(Debug)]
 struct DeviceSignature {
     devices: HashMap<String, Secret>,
-    /// The gate's `max_logged_path_bytes`: `RequestFacts::path` is cut to it.
-    max_path: usize,
 }
 
 impl DeviceSignature {
-    /// `limits` must be the ones the gate reads requests with.
-    fn new(devices: impl IntoIterator<Item = (String, Secret)>, limits: &RequestLimits) -> Self {
-        Self { devices: devices.into_iter().collect(), max_path: limits.max_logged_path_bytes }
+    fn new(devices: impl IntoIterator<Item = (String, Secret)>) -> Self {
+        Self { devices: devices.into_iter().collect() }
     }
 
     fn refuse(reason: &'static str) -> Attempt {
@@ -69,13 +66,9 @@ impl DeviceSignature {
         if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
             return Self::refuse("malformed device id");
         }
-        // `RequestFacts::path` is cut (on a char boundary) to `max_logged_path_bytes`: a path
-        // near that length may not be the whole path, and a signature must never cover less
-        // than the request it authorizes.
+        // The whole path (the request layer refuses one over `max_path_bytes` with 414): the
+        // signature covers every byte of what it authorizes.
         let path = facts.path();
-        if path.len() + 4 > self.max_path {
-            return Self::refuse("path too long to be signed over");
-        }
         let Some(given) = decode_hex_32(signature) else {
             return Self::refuse("signature is not 64 lowercase hex digits");
         };
@@ -226,9 +219,9 @@ impl Devices {
         Self { a: Device::new("dev-a"), b: Device::new("dev-b"), rogue: Device::new("rogue") }
     }
 
-    fn mechanism(&self, limits: &RequestLimits, log: &Arc<SpyLog>) -> Spy<DeviceSignature> {
+    fn mechanism(&self, log: &Arc<SpyLog>) -> Spy<DeviceSignature> {
         let registered = [&self.a, &self.b].map(|d| (d.id.to_owned(), Secret::new(d.key.clone())));
-        Spy { inner: DeviceSignature::new(registered, limits), log: log.clone() }
+        Spy { inner: DeviceSignature::new(registered), log: log.clone() }
     }
 }
 
@@ -275,7 +268,7 @@ impl Server {
     async fn start(limits: RequestLimits, requirement: impl FnOnce(Requirement) -> Requirement) -> Self {
         let devices = Devices::new();
         let log = Arc::new(SpyLog::default());
-        let device = Requirement::mechanism(devices.mechanism(&limits, &log));
+        let device = Requirement::mechanism(devices.mechanism(&log));
         let base = serve(Gate::with_limits(requirement(device), limits)).await;
         Self { base, client: reqwest::Client::new(), devices, log }
     }
@@ -528,21 +521,21 @@ async fn hostile_device_headers_are_refused_without_a_panic() {
 }
 
 #[tokio::test]
-async fn a_path_cut_for_logging_is_never_signed_over() {
-    let server = Server::device_only().await;
+async fn a_long_path_is_signed_and_checked_whole() {
+    let limits = RequestLimits { max_path_bytes: 1024, ..RequestLimits::default() };
+    let server = Server::start(limits, |device| device).await;
     let dev = &server.devices.a;
-    let limit = RequestLimits::default().max_logged_path_bytes;
-    // Two different long paths share the first `limit` bytes: `RequestFacts::path` shows both as
-    // the same cut path, so a signature over that would authorize either of them.
-    let prefix = format!("/devices/{}", "a".repeat(limit));
-    let (cut, first, second) = (&prefix[..limit], format!("{prefix}/reboot"), format!("{prefix}/wipe"));
-    for path in [&first, &second] {
-        let req = server.signed_get(path, dev, "GET", cut);
-        let body = expect(req, 401, Some("invalid_credential")).await;
-        assert!(body["message"].as_str().unwrap().contains("path too long"), "{body}");
-        expect(server.signed_get(path, dev, "GET", path), 401, Some("invalid_credential")).await;
-    }
-    // A path the mechanism sees whole is fine.
-    let short = format!("/devices/{}", "a".repeat(limit - 20));
-    expect(server.signed_get(&short, dev, "GET", &short), 200, None).await;
+    // Two paths that agree on their first 600 bytes (far past the 256 bytes a log line keeps)
+    // and differ after: a signature over one never authorizes the other.
+    let prefix = format!("/devices/{}", "a".repeat(600));
+    let (reboot, wipe) = (format!("{prefix}/reboot"), format!("{prefix}/wipe"));
+    let body = expect(server.signed_get(&reboot, dev, "GET", &reboot), 200, None).await;
+    assert_eq!(body["id"], "custom:device:dev-a");
+    expect(server.signed_get(&wipe, dev, "GET", &reboot), 401, Some("invalid_credential")).await;
+    expect(server.signed_get(&reboot, dev, "GET", &reboot[..256]), 401, Some("invalid_credential")).await;
+    // Over the gate's path limit: 414 from the request layer; the mechanism never runs.
+    let before = server.log.attempts();
+    let too_long = format!("/devices/{}", "a".repeat(1024));
+    expect(server.signed_get(&too_long, dev, "GET", &too_long), 414, Some("uri_too_long")).await;
+    assert_eq!(server.log.attempts(), before, "a refused path never reaches the mechanism");
 }

@@ -27,7 +27,8 @@ pub const MAX_HEADERS: usize = 256;
 /// [`RequestFacts::extract`] on native, plus the client certificate from `request.cf`. Reads no
 /// headers declared by mechanisms of your own: [`check`] does, for the gate it selects.
 pub fn request_facts(req: &worker::Request, limits: &RequestLimits) -> Result<RequestFacts, Rejection> {
-    read(req, limits, &[]).map_err(Rejection::from)
+    let (method, url) = method_and_url(req)?;
+    read(req, &method, &url, limits, &[]).map_err(Rejection::from)
 }
 
 /// Proves who sent `req`: selects the gate (deny by default: no gate is 403 `no_policy`), reads
@@ -39,22 +40,28 @@ pub async fn check<G: SelectGate>(
 where
     G::Claims: serde::de::DeserializeOwned + Send + Sync + 'static,
 {
-    let method = Method::from_bytes(req.method().as_ref().as_bytes())
-        .map_err(|_| Rejection::from(malformed("request method")))?;
-    let path = req.path();
-    authenticate(selector, &method, &path, |limits, declared| read(req, limits, declared)).await
+    let (method, url) = method_and_url(req)?;
+    authenticate(selector, &method, url.path(), |limits, declared| read(req, &method, &url, limits, declared))
+        .await
+}
+
+/// The method and URL, parsed once per request (the gate selection and the facts share them).
+fn method_and_url(req: &worker::Request) -> Result<(Method, worker::Url), Rejection> {
+    let method =
+        Method::from_bytes(req.method().as_ref().as_bytes()).map_err(|_| malformed("request method"))?;
+    let url = req.url().map_err(|_| malformed("request URL"))?;
+    Ok((method, url))
 }
 
 fn read(
     req: &worker::Request,
+    method: &Method,
+    url: &worker::Url,
     limits: &RequestLimits,
     declared: &[HeaderName],
 ) -> Result<RequestFacts, RequestError> {
-    let method =
-        Method::from_bytes(req.method().as_ref().as_bytes()).map_err(|_| malformed("request method"))?;
-    let url = req.url().map_err(|_| malformed("request URL"))?;
     let headers = copy_headers(req)?;
-    let facts = RequestFacts::read(&method, url.path(), url.query(), &headers, limits, declared)?;
+    let facts = RequestFacts::read(method, url.path(), url.query(), &headers, limits, declared)?;
     Ok(facts.with_client_cert(client_cert(req)))
 }
 

@@ -46,14 +46,16 @@ pub struct RequestLimits {
     /// (e.g. a Cloudflare Tunnel or authenticated origin pulls): anyone who can reach the origin
     /// directly can send these headers. Default `false`: the headers are ignored.
     pub trust_client_cert_headers: bool,
-    /// Largest accepted query string (kept for mechanisms that read a token parameter).
+    /// Largest accepted query string (kept for mechanisms that read a token parameter); a
+    /// longer one is refused with 414.
     pub max_query_bytes: usize,
     /// Largest accepted credential: the assertion header, or the token inside the cookie.
     pub max_token_bytes: usize,
     /// Largest accepted `Cookie` header (all `Cookie` fields together).
     pub max_cookie_bytes: usize,
-    /// Longest path kept for logs; longer paths are cut (never rejected).
-    pub max_logged_path_bytes: usize,
+    /// Largest accepted path; a longer one is refused with 414. The path is kept whole for
+    /// mechanisms (a signature over it must cover all of it); logs cut it to 256 bytes.
+    pub max_path_bytes: usize,
 }
 
 impl Default for RequestLimits {
@@ -63,7 +65,7 @@ impl Default for RequestLimits {
             max_query_bytes: 4 * 1024,
             max_token_bytes: 16 * 1024,
             max_cookie_bytes: 32 * 1024,
-            max_logged_path_bytes: 256,
+            max_path_bytes: 8 * 1024,
         }
     }
 }
@@ -90,6 +92,13 @@ pub enum RequestError {
         /// Which header or cookie.
         name: &'static str,
     },
+    /// The path or the query string exceeded its size limit (414 URI Too Long).
+    UriTooLong {
+        /// `"path"` or `"query string"`.
+        part: &'static str,
+        /// Its limit in bytes.
+        limit: usize,
+    },
 }
 
 impl fmt::Display for RequestError {
@@ -102,6 +111,7 @@ impl fmt::Display for RequestError {
             Self::AmbiguousCredential { name } => {
                 write!(f, "{name} was sent more than once with different values")
             }
+            Self::UriTooLong { part, limit } => write!(f, "the {part} is longer than {limit} bytes"),
         }
     }
 }
@@ -203,14 +213,14 @@ impl RequestFacts {
     ) -> Result<Self, RequestError> {
         let query = match query {
             Some(q) if q.len() > limits.max_query_bytes => {
-                return Err(RequestError::HeaderTooLarge {
-                    header: "query string",
-                    limit: limits.max_query_bytes,
-                });
+                return Err(RequestError::UriTooLong { part: "query string", limit: limits.max_query_bytes });
             }
             Some(q) => Some(Credential { value: q.to_owned(), source: CredentialSource::Query }),
             None => None,
         };
+        if path.len() > limits.max_path_bytes {
+            return Err(RequestError::UriTooLong { part: "path", limit: limits.max_path_bytes });
+        }
         let client_cert =
             if limits.trust_client_cert_headers { ClientCertFacts::from_cf_headers(headers) } else { None };
         Ok(Self {
@@ -222,7 +232,7 @@ impl RequestFacts {
             query,
             cookies: cookie_header(headers, limits)?,
             method: method.clone(),
-            path: truncate(path, limits.max_logged_path_bytes).to_owned(),
+            path: path.to_owned(),
             client_ip: short_header(headers, "cf-connecting-ip", 64),
             country: short_header(headers, "cf-ipcountry", 8),
             declared: declared_headers(headers, declared, limits)?,
@@ -294,7 +304,8 @@ impl RequestFacts {
         &self.method
     }
 
-    /// The request path (no query string, which may carry tokens), cut for logging.
+    /// The request path, whole (at most [`RequestLimits::max_path_bytes`]), without the query
+    /// string. Untrusted text: a log should cut and escape it (the gate's own events do).
     pub fn path(&self) -> &str {
         &self.path
     }
@@ -619,10 +630,23 @@ mod tests {
     }
 
     #[test]
-    fn long_paths_are_cut_on_a_char_boundary() {
+    fn the_path_is_kept_whole_up_to_its_limit_and_refused_beyond() {
+        let limits = RequestLimits { max_path_bytes: 601, ..RequestLimits::default() };
         let path = format!("/{}", "é".repeat(300));
         let req = Request::builder().uri(path.as_str()).body(()).unwrap();
-        let f = RequestFacts::extract(&req, &RequestLimits::default()).unwrap();
-        assert!(f.path().len() <= 256);
+        let f = RequestFacts::extract(&req, &limits).unwrap();
+        assert_eq!(f.path(), req.uri().path(), "a mechanism sees the whole path, not a logging cut");
+        let longer = Request::builder().uri(format!("{path}x").as_str()).body(()).unwrap();
+        let refused = RequestFacts::extract(&longer, &limits).unwrap_err();
+        assert_eq!(refused, RequestError::UriTooLong { part: "path", limit: 601 });
+    }
+
+    #[test]
+    fn an_oversized_query_is_414_uri_too_long_not_a_header_error() {
+        let limits = RequestLimits { max_query_bytes: 8, ..RequestLimits::default() };
+        let req = Request::builder().uri("/a?token=123456789").body(()).unwrap();
+        let refused = RequestFacts::extract(&req, &limits).unwrap_err();
+        assert_eq!(refused, RequestError::UriTooLong { part: "query string", limit: 8 });
+        assert_eq!(refused.to_string(), "the query string is longer than 8 bytes");
     }
 }

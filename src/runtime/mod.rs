@@ -7,15 +7,15 @@
 //!   through WebCrypto, Worker secrets.
 //!
 //! This is the one place where a runtime is chosen: `platform` is whichever of the two is
-//! compiled in (`lib.rs` refuses both or neither), and the public constructors that need a
-//! default port ([`JwksCache::new`], [`AccessVerifier::new`], [`SystemClock`]) are defined
-//! here, so identity itself never names a runtime.
+//! compiled in (`lib.rs` refuses both or neither), and the public items that need the platform
+//! ([`JwksCache::new`], [`AccessVerifier::new`], [`SystemClock`]'s [`Clock`] impl) are written
+//! here, so neither identity nor `clock` names a runtime.
 
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 
-use crate::clock::Clock;
+use crate::clock::{Clock, SystemClock};
 use crate::error::ConfigError;
 use crate::identity::{AccessVerifier, JwksCache, JwksConfig, KeyFetcher};
 
@@ -31,20 +31,11 @@ use native as platform;
 #[cfg(all(feature = "workers", not(feature = "native")))]
 use workers as platform;
 
-/// The platform's wall clock: the operating system's on native targets, the JS clock
-/// (`Date.now()`) in a Workers build, where `SystemTime::now()` panics.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SystemClock;
-
+/// The platform's wall clock ([`SystemClock`] is declared in `clock`, which names no runtime).
 impl Clock for SystemClock {
     fn now(&self) -> u64 {
         platform::unix_now()
     }
-}
-
-/// The system time in Unix seconds: shorthand for `SystemClock.now()`.
-pub fn unix_now() -> u64 {
-    platform::unix_now()
 }
 
 /// The JWKS fetcher a [`GateBuilder`](crate::GateBuilder) uses unless given one: reqwest
