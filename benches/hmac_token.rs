@@ -13,8 +13,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use criterion::{Criterion, criterion_group, criterion_main};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use ztgate::Secret;
 use ztgate::identity::hmac_token::{HmacKey, KeyRing};
+use ztgate::secrets::Secret;
 
 const CURRENT: &str = "bench-key-0123456789abcdef0123456789abcdef"; // pragma: allowlist secret
 const PREVIOUS: &str = "bench-key-previous-0000000000000000000000"; // pragma: allowlist secret

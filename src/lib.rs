@@ -114,7 +114,6 @@ pub use principal::{
     AccessUser, ApiKeyPrincipal, ClientCertPrincipal, CustomPrincipal, NoClaims, Principal, Proof,
     ServiceToken, SignedTokenPrincipal, Verified,
 };
-pub use secrets::Secret;
 
 /// A boxed, sendable future: what the ports ([`identity::KeyFetcher`],
 /// [`identity::webhook::ReplayGuard`], [`identity::Mechanism`]) return, so that they stay

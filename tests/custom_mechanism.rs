@@ -33,7 +33,8 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq;
 use ztgate::identity::{ApiKeyAuth, ApiKeys, Attempt, Mechanism, Requirement};
 use ztgate::request::{RequestFacts, RequestLimits};
-use ztgate::{BoxFuture, CustomPrincipal, Gate, Principal, Rejection, Secret, Verified};
+use ztgate::secrets::Secret;
+use ztgate::{BoxFuture, CustomPrincipal, Gate, Principal, Rejection, Verified};
 
 // ---------------------------------------------------------------------------------------------
 // The mechanism, as a user would write it.

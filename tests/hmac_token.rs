@@ -9,10 +9,11 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
+use ztgate::Rejection;
 use ztgate::identity::hmac_token::{
     HmacKey, HmacTokenError, KeyRing, MAX_SUBJECT_LEN, MAX_TOKEN_LEN, MAX_TTL, MintError,
 };
-use ztgate::{Rejection, Secret};
+use ztgate::secrets::Secret;
 
 const NOW: u64 = 1_767_222_000;
 const HOUR: Duration = Duration::from_secs(3600);

@@ -11,8 +11,10 @@ use ztgate::clock::FixedClock;
 use ztgate::dev::user_claims;
 use ztgate::identity::{AccessJwt, ApiKeyAuth, ApiKeys, ClientCertAuth, Requirement};
 use ztgate::request::RequestLimits;
-use ztgate::secrets::{CachedSecret, EnvSecret, PerRequest, SecretFuture, SecretSource, StaticSecret};
-use ztgate::{AccessConfig, Gate, Principal, Rejection, Secret};
+use ztgate::secrets::{
+    CachedSecret, EnvSecret, PerRequest, Secret, SecretFuture, SecretSource, StaticSecret,
+};
+use ztgate::{AccessConfig, Gate, Principal, Rejection};
 
 const DEPLOY_KEY: &str = "deploy-0123456789abcdef0123456789";
 const BACKUP_KEY: &str = "backup-fedcba9876543210fedcba9876";

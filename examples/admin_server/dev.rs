@@ -11,7 +11,8 @@ use ztgate::clock::unix_now;
 use ztgate::dev::{DevKey, jwks_json, user_claims};
 use ztgate::identity::hmac_token::KeyRing;
 use ztgate::identity::{AccessJwt, ApiKeys};
-use ztgate::{AccessConfig, Gate, Policy, Secret};
+use ztgate::secrets::Secret;
+use ztgate::{AccessConfig, Gate, Policy};
 
 use crate::LOG_TARGET;
 use crate::config::{EnvError, Fatal};

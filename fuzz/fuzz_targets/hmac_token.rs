@@ -27,9 +27,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
 use libfuzzer_sys::fuzz_target;
 use sha2::Sha256;
-use ztgate::Secret;
-use ztgate::identity::hmac_token::{MAX_SUBJECT_LEN, MAX_TOKEN_LEN, MAX_TTL, MIN_SECRET_LEN};
 use ztgate::identity::hmac_token::{HmacKey, HmacTokenError, KeyRing, MintError};
+use ztgate::identity::hmac_token::{MAX_SUBJECT_LEN, MAX_TOKEN_LEN, MAX_TTL, MIN_SECRET_LEN};
+use ztgate::secrets::Secret;
 use ztgate_fuzz::{HMAC_KEYS, NOW, hmac_ring};
 
 /// Tolerated skew past `MAX_TTL` (the module's private `CLOCK_SKEW_SECS`).

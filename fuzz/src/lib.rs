@@ -14,9 +14,9 @@ use std::sync::{Arc, OnceLock};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ztgate::AccessConfig;
 use ztgate::clock::FixedClock;
 use ztgate::dev::{DevKey, jwks_json};
-use ztgate::AccessConfig;
 use ztgate::identity::{AccessVerifier, JwksCache, JwksConfig, StaticFetcher};
 
 pub const TEAM: &str = "https://acme-test.cloudflareaccess.com";
