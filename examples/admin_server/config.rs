@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use ztgate::identity::hmac_token::KeyRing;
 use ztgate::identity::webhook::WebhookVerifier;
@@ -12,9 +13,20 @@ use ztgate::identity::{AccessJwt, ApiKeys};
 use ztgate::{AccessConfig, ConfigError, Gate, Policy};
 
 use crate::LOG_TARGET;
+use crate::serve::Limits;
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_DB: &str = "ztgate-admin.sqlite";
+const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Well below the usual 1,024 open files, leaving room for everything else the process opens.
+const DEFAULT_MAX_CONNECTIONS: usize = 512;
+const DEFAULT_MAX_BODY_READS: usize = 64;
+/// The range a timeout may be set to.
+const MIN_TIMEOUT: Duration = Duration::from_millis(100);
+const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+const MAX_CONNECTIONS_LIMIT: usize = 65_536;
 
 pub(crate) enum Identity {
     /// Production: Access verification for the configured Cloudflare Access team.
@@ -28,6 +40,10 @@ pub(crate) struct Settings {
     pub(crate) db: PathBuf,
     pub(crate) identity: Identity,
     pub(crate) credentials: CredentialSettings,
+    /// Timeouts and the connection cap of the accept loop.
+    pub(crate) limits: Limits,
+    /// How many webhook bodies (unauthenticated, up to 1 MiB each) may be read at once.
+    pub(crate) max_body_reads: usize,
 }
 
 /// The routes' credentials as configured, before [`CredentialSettings::resolve`].
@@ -98,7 +114,14 @@ impl Settings {
             }
         };
         let credentials = CredentialSettings { api_keys, hmac_keys, webhook, trust_cert_headers };
-        Ok(Self { listen, db, identity, credentials })
+        let limits = Limits {
+            header_timeout: timeout("ZTGATE_HEADER_TIMEOUT", DEFAULT_HEADER_TIMEOUT)?,
+            body_timeout: timeout("ZTGATE_BODY_TIMEOUT", DEFAULT_BODY_TIMEOUT)?,
+            idle_timeout: timeout("ZTGATE_IDLE_TIMEOUT", DEFAULT_IDLE_TIMEOUT)?,
+            max_connections: count("ZTGATE_MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS, MAX_CONNECTIONS_LIMIT)?,
+        };
+        let max_body_reads = count("ZTGATE_MAX_BODY_READS", DEFAULT_MAX_BODY_READS, limits.max_connections)?;
+        Ok(Self { listen, db, identity, credentials, limits, max_body_reads })
     }
 }
 
@@ -193,6 +216,35 @@ fn env(name: &'static str) -> Result<Option<String>, EnvError> {
         Ok(v) => Ok(Some(v.trim().to_owned())),
         Err(std::env::VarError::NotPresent) => Ok(None),
         Err(std::env::VarError::NotUnicode(_)) => Err(EnvError::new(name, "is not valid UTF-8")),
+    }
+}
+
+/// A timeout: whole seconds (`10` or `10s`) or milliseconds (`1500ms`), from 100 ms to 1 h.
+fn timeout(name: &'static str, default: Duration) -> Result<Duration, EnvError> {
+    let Some(value) = env(name)? else { return Ok(default) };
+    let (digits, unit) = match value.strip_suffix("ms") {
+        Some(digits) => (digits, Duration::from_millis(1)),
+        None => (value.strip_suffix('s').unwrap_or(&value), Duration::from_secs(1)),
+    };
+    let parsed = (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse::<u32>().ok())
+        .flatten()
+        .map(|n| unit * n);
+    match parsed {
+        Some(d) if (MIN_TIMEOUT..=MAX_TIMEOUT).contains(&d) => Ok(d),
+        _ => Err(EnvError::new(
+            name,
+            format!("{value:?} is not a timeout such as 10s or 500ms (from 100ms to 3600s)"),
+        )),
+    }
+}
+
+/// A count from 1 to `max`.
+fn count(name: &'static str, default: usize, max: usize) -> Result<usize, EnvError> {
+    let Some(value) = env(name)? else { return Ok(default) };
+    match value.parse::<usize>() {
+        Ok(n) if (1..=max).contains(&n) && value.bytes().all(|b| b.is_ascii_digit()) => Ok(n),
+        _ => Err(EnvError::new(name, format!("{value:?} is not a whole number from 1 to {max}"))),
     }
 }
 

@@ -63,6 +63,7 @@ mod config;
 mod dev;
 mod handlers;
 mod routes;
+mod serve;
 mod store;
 
 use std::io::Write as _;
@@ -108,7 +109,7 @@ async fn run() -> Result<(), Fatal> {
     };
     // Unset credentials get their defaults, with a warning (dev mode: a random API key).
     let (credentials, dev_api_key) = settings.credentials.resolve(dev.is_some())?;
-    let app = routes::app(access.clone(), credentials, store, dev.as_ref())?;
+    let app = routes::app(access.clone(), credentials, store, dev.as_ref(), settings.max_body_reads)?;
 
     if let Some(dev) = &dev {
         dev.announce(dev_api_key.as_deref());
@@ -125,11 +126,9 @@ async fn run() -> Result<(), Fatal> {
         }
     });
 
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-            tracing::info!("shutting down");
-        })
-        .await
-        .map_err(|e| Fatal::Runtime(format!("server error: {e}")))
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    serve::serve(listener, app, settings.limits, shutdown).await;
+    Ok(())
 }

@@ -3,10 +3,14 @@
 
 use std::sync::Arc;
 
-use axum::Router;
-use axum::extract::DefaultBodyLimit;
-use axum::http::header;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use tokio::sync::Semaphore;
 use ztgate::clock::SystemClock;
 use ztgate::identity::hmac_token::{KeyRing, SignedTokenAuth, TokenSource};
 use ztgate::identity::webhook::WebhookVerifier;
@@ -36,12 +40,13 @@ pub(crate) struct AppState {
 }
 
 /// The whole app: every route (the dev JWKS too when `dev` is given) and both fallbacks, under
-/// one policies layer.
+/// one policies layer. At most `max_body_reads` webhook bodies are read at once.
 pub(crate) fn app(
     access: Arc<AccessJwt>,
     credentials: Credentials,
     store: Store,
     dev: Option<&DevIssuer>,
+    max_body_reads: usize,
 ) -> Result<Router, Fatal> {
     // The replay guard lives in the same SQLite file: a replay is refused across restarts.
     let webhooks = credentials.webhook.map(|verifier| verifier.with_replay_guard(store.replay_guard()));
@@ -65,7 +70,13 @@ pub(crate) fn app(
         .route("/ops/stats", get(ops_stats))
         .route("/mtls/whoami", get(mtls_whoami))
         .route("/api/unsubscribe", get(unsubscribe))
-        .route("/webhooks/inbound", post(inbound_webhook));
+        .route(
+            "/webhooks/inbound",
+            post(inbound_webhook).route_layer(middleware::from_fn_with_state(
+                Arc::new(Semaphore::new(max_body_reads)),
+                limit_body_reads,
+            )),
+        );
     if let Some(dev) = dev {
         let jwks = dev.jwks();
         app = app.route(
@@ -84,6 +95,23 @@ pub(crate) fn app(
         .with_state(state)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(policies))
+}
+
+/// The webhook body is read before anything proves who sent it (the signature covers it), up
+/// to 1 MiB each: at most as many are read at once as there are permits. Beyond, 503 with
+/// `Retry-After` before a byte of the body is read (the connection then closes).
+async fn limit_body_reads(State(permits): State<Arc<Semaphore>>, req: Request, next: Next) -> Response {
+    let Ok(_permit) = permits.try_acquire_owned() else {
+        let body = json!({
+            "code": "overloaded",
+            "message": "too many webhook deliveries are being read; retry later",
+        });
+        let mut res = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+        res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return res;
+    };
+    next.run(req).await
 }
 
 /// Every route's requirement, first match wins; whatever matches no rule is 403 `no_policy`.
