@@ -56,8 +56,8 @@ use crate::LOG_TARGET;
 /// can make us hold. Large enough for ztgate's own header limits (32 KiB of cookies, 16 KiB
 /// tokens, an 8 KiB path), which answer with their own 431 first.
 const MAX_CONNECTION_BUFFER: usize = 128 * 1024;
-/// How long the accept loop waits after shedding a connection for descriptors (the shed one
-/// closes within microseconds), and after an error it cannot act on.
+/// How long the accept loop waits at most, out of descriptors, for the connection it shed to
+/// close (it closes within microseconds), and after an error it cannot act on.
 const FD_BACKOFF: Duration = Duration::from_millis(10);
 const ERROR_BACKOFF: Duration = Duration::from_millis(50);
 /// A repeated warning (descriptors exhausted, cap reached) is logged at most this often.
@@ -119,18 +119,25 @@ pub(crate) async fn serve(
             Err(e) if is_connection_error(&e) => continue,
             Err(e) if is_out_of_descriptors(&e) => {
                 let shed = registry.shed_oldest();
+                let shed_any = shed.is_some();
                 if let Some(suppressed) = fd_warning.hit() {
                     tracing::warn!(
                         target: LOG_TARGET,
                         layer = "server",
                         outcome = "out_of_descriptors",
-                        shed,
+                        shed = shed_any,
                         suppressed,
                         "accept failed for lack of file descriptors: shedding the longest-waiting \
                          connection (lower ZTGATE_MAX_CONNECTIONS or raise the open-file limit)"
                     );
                 }
-                tokio::time::sleep(if shed { FD_BACKOFF } else { ERROR_BACKOFF }).await;
+                match shed {
+                    // Its descriptor is free once its task has dropped it.
+                    Some(conn) => {
+                        let _ = tokio::time::timeout(FD_BACKOFF, conn.closed.notified()).await;
+                    }
+                    None => tokio::time::sleep(ERROR_BACKOFF).await,
+                }
                 continue;
             }
             Err(e) => {
@@ -175,7 +182,7 @@ pub(crate) async fn serve(
         let connection = graceful.watch(builder.serve_connection(io, service));
         let registry = registry.clone();
         tokio::spawn(async move {
-            let _leave = Leave { registry, id: conn.id };
+            let _leave = Leave { registry, conn: conn.clone() };
             tokio::select! {
                 served = connection => {
                     if let Err(e) = served {
@@ -209,7 +216,8 @@ fn is_out_of_descriptors(e: &io::Error) -> bool {
 /// Answers a connection accepted at the cap, when no connection can be shed, with a 503 it
 /// may or may not read (one non-blocking write), and closes it.
 fn refuse(stream: TcpStream) {
-    const BODY: &str = r#"{"code":"overloaded","message":"the server is at its connection limit; retry later"}"#;
+    const BODY: &str =
+        r#"{"code":"overloaded","message":"the server is at its connection limit; retry later"}"#;
     let response = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n\
          connection: close\r\ncontent-length: {}\r\n\r\n{BODY}",
@@ -288,7 +296,9 @@ impl State {
             Phase::Waiting { since, served: false } | Phase::Head { since } => {
                 Some((since + limits.header_timeout, Reason::HeaderTimeout))
             }
-            Phase::Waiting { since, served: true } => Some((since + limits.idle_timeout, Reason::IdleTimeout)),
+            Phase::Waiting { since, served: true } => {
+                Some((since + limits.idle_timeout, Reason::IdleTimeout))
+            }
             Phase::Answering => None,
         };
         let write = self.write_blocked_since.map(|since| (since + limits.idle_timeout, Reason::WriteStalled));
@@ -313,6 +323,8 @@ struct Conn {
     wake: Notify,
     shed: AtomicBool,
     write_blocked: AtomicBool,
+    /// Notified when the connection's task has ended (its socket is closed).
+    closed: Notify,
 }
 
 impl Conn {
@@ -326,6 +338,7 @@ impl Conn {
             wake: Notify::new(),
             shed: AtomicBool::new(false),
             write_blocked: AtomicBool::new(false),
+            closed: Notify::new(),
         }
     }
 
@@ -418,7 +431,7 @@ impl Registry {
         let mut conns = self.conns();
         let mut shed = false;
         if conns.len() >= cap {
-            if !Self::shed_oldest_of(&mut conns) {
+            if Self::shed_oldest_of(&mut conns).is_none() {
                 return Admission::Full;
             }
             shed = true;
@@ -429,38 +442,36 @@ impl Registry {
         Admission::Admitted { conn, shed }
     }
 
-    /// Sheds the connection that has waited longest for a request; `false` if every one is
-    /// being answered.
-    fn shed_oldest(&self) -> bool {
+    /// Sheds the connection that has waited longest for a request, and returns it; `None` if
+    /// every one is being answered.
+    fn shed_oldest(&self) -> Option<Arc<Conn>> {
         Self::shed_oldest_of(&mut self.conns())
     }
 
-    fn shed_oldest_of(conns: &mut HashMap<u64, Arc<Conn>>) -> bool {
+    fn shed_oldest_of(conns: &mut HashMap<u64, Arc<Conn>>) -> Option<Arc<Conn>> {
         let oldest = conns
             .values()
             .filter_map(|c| c.state().waiting_since().map(|since| (since, c.id)))
             .min()
             .map(|(_, id)| id);
         // Removed now, so the cap counts it out and it is not picked twice; its task closes it.
-        match oldest.and_then(|id| conns.remove(&id)) {
-            Some(conn) => {
-                conn.shed();
-                true
-            }
-            None => false,
-        }
+        let conn = oldest.and_then(|id| conns.remove(&id))?;
+        conn.shed();
+        Some(conn)
     }
 }
 
-/// Removes its connection from the registry when the connection's task ends.
+/// Removes its connection from the registry when the connection's task ends (after the
+/// socket is dropped), and says so.
 struct Leave {
     registry: Arc<Registry>,
-    id: u64,
+    conn: Arc<Conn>,
 }
 
 impl Drop for Leave {
     fn drop(&mut self) {
-        self.registry.conns().remove(&self.id);
+        self.registry.conns().remove(&self.conn.id);
+        self.conn.closed.notify_one();
     }
 }
 
@@ -499,7 +510,11 @@ struct WatchedIo {
 }
 
 impl AsyncRead for WatchedIo {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(poll, Poll::Ready(Ok(()))) && buf.filled().len() > before {
@@ -603,7 +618,10 @@ impl HttpBody for AnswerBody {
     type Data = Bytes;
     type Error = axum::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         Pin::new(&mut self.inner).poll_frame(cx)
     }
 
@@ -650,7 +668,10 @@ impl HttpBody for DeadlineBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         match this.state {
             Reading::TimedOut => return Poll::Ready(Some(Err(BodyTimeout.into()))),
