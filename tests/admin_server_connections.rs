@@ -492,6 +492,45 @@ fn idle_keep_alive_connection_is_closed_after_the_idle_timeout_not_the_header_ti
     assert!(closed.is_some(), "an idle keep-alive connection is still open after the idle timeout + 3 s");
 }
 
+#[test]
+fn client_that_never_reads_its_answers_is_closed_after_the_idle_timeout() {
+    let server = Server::start(&[
+        ("ZTGATE_HEADER_TIMEOUT", "30s"),
+        ("ZTGATE_IDLE_TIMEOUT", "1s"),
+        ("RUST_LOG", "admin_server=debug,warn"),
+    ]);
+    let mut conn = server.connect();
+    // Pipelined requests, never reading an answer: the answers fill both sockets' buffers, the
+    // server's writes block, and (the server no longer reading) so do ours.
+    let request = format!("GET /healthz HTTP/1.1\r\nhost: {}\r\n\r\n", server.addr);
+    let batch = request.repeat(1000).into_bytes();
+    conn.set_write_timeout(Some(Duration::from_millis(200))).unwrap();
+    let (mut pos, mut sent, mut blocked_at) = (0, 0usize, None::<Instant>);
+    let closed = loop {
+        match conn.write(&batch[pos..]) {
+            Ok(n) => {
+                (pos, sent) = ((pos + n) % batch.len(), sent + n);
+                blocked_at = None;
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                let since = *blocked_at.get_or_insert_with(Instant::now);
+                if since.elapsed() > Duration::from_secs(1) + MARGIN {
+                    break false;
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => break true, // reset: the server closed with our requests unread
+        }
+        assert!(sent < 64 * MIB, "sent {sent} bytes of requests without the server's writes blocking");
+    };
+    assert!(closed, "a client not reading its answers for the idle timeout + 3 s is still connected");
+    std::thread::sleep(Duration::from_millis(300));
+    eprintln!(
+        "{}",
+        server.logs().lines().filter(|l| l.contains("connection_closed")).collect::<Vec<_>>().join("\n")
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // The connection cap and descriptor exhaustion
 

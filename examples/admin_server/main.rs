@@ -52,6 +52,14 @@
 //! | `ZTGATE_HMAC_KEYS` | comma-separated `kid:secret` keys for unsubscribe links (secrets of 32+ bytes): the first signs, all verify; unset = a random key per start, so links die with the process |
 //! | `ZTGATE_WEBHOOK_SECRET` | the Svix endpoint secret, `whsec_<base64>`; unset = `POST /webhooks/inbound` answers 503 `not_configured` | <!-- pragma: allowlist secret -->
 //! | `ZTGATE_TRUST_CERT_HEADERS` | `1` = believe Cloudflare's `cf-cert-*` client-certificate headers (only when every request arrives through Cloudflare); `0` (default) = ignore them |
+//! | `ZTGATE_HEADER_TIMEOUT` | a connection's request head must be whole this long after the accept (first request) or after its first byte (later ones); a silent connection is closed then (default `10s`) |
+//! | `ZTGATE_BODY_TIMEOUT` | a request body must be whole this long after its head, however steadily it trickles: 408 `body_timeout` and the connection closes (default `30s`) |
+//! | `ZTGATE_IDLE_TIMEOUT` | a kept-alive connection with no new request, or a client not reading its answer, is closed after this (default `60s`) |
+//! | `ZTGATE_MAX_CONNECTIONS` | open connections at most (default `512`, below the usual 1,024 open files); one more sheds the connection waiting longest for a request, or gets 503 if every one is being answered |
+//! | `ZTGATE_MAX_BODY_READS` | webhook bodies (unauthenticated, up to 1 MiB each) read at once (default `64`, at most `ZTGATE_MAX_CONNECTIONS`); beyond, 503 `overloaded` with `Retry-After` before reading |
+//!
+//! Timeouts are whole seconds (`10`, `10s`) or milliseconds (`1500ms`), from 100 ms to 1 h.
+//! The accept loop and the connection deadlines are in `serve.rs`.
 //!
 //! To rotate HMAC keys, put the new key first and keep the old one second
 //! (`new:<secret>,old:<secret>`) until the longest link it signed has expired.

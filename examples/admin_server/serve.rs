@@ -10,8 +10,11 @@
 //! | waiting after an answer (keep-alive) | end of the answer + idle timeout | `ZTGATE_IDLE_TIMEOUT` |
 //! | answering a request | none for the connection; the request body must be whole by the request's start + body timeout (408) | `ZTGATE_BODY_TIMEOUT` |
 //!
-//! and in any phase a client that leaves its answer unread (writes blocked) for the idle
-//! timeout is closed. A watchdog beside each connection closes it at its deadline.
+//! A client that leaves its answers unread is waiting too: this server's answers are whole
+//! bodies, which hyper takes at once (the phase ends then), and it reads no further request
+//! while the answer is unwritten, so the idle timeout closes it. (A streaming answer would need
+//! a deadline on write progress as well.) A watchdog beside each connection closes it at its
+//! deadline.
 //!
 //! Why not hyper's own timer: hyper's `header_read_timeout` is armed whenever hyper waits for a
 //! head, so it is also the keep-alive timeout (idle = header), it does not bound a body, and the
@@ -263,18 +266,11 @@ enum Phase {
     Answering,
 }
 
-struct State {
-    phase: Phase,
-    /// Since when writes have been blocked (the client is not reading its answer).
-    write_blocked_since: Option<Instant>,
-}
-
 /// Why the watchdog closed a connection.
 #[derive(Clone, Copy)]
 enum Reason {
     HeaderTimeout,
     IdleTimeout,
-    WriteStalled,
     Shed,
 }
 
@@ -283,34 +279,29 @@ impl Reason {
         match self {
             Self::HeaderTimeout => "header_timeout",
             Self::IdleTimeout => "idle_timeout",
-            Self::WriteStalled => "write_stalled",
             Self::Shed => "shed",
         }
     }
 }
 
-impl State {
+impl Phase {
     /// When and why the connection must close, if nothing changes.
     fn deadline(&self, limits: &Limits) -> Option<(Instant, Reason)> {
-        let phase = match self.phase {
-            Phase::Waiting { since, served: false } | Phase::Head { since } => {
+        match *self {
+            Self::Waiting { since, served: false } | Self::Head { since } => {
                 Some((since + limits.header_timeout, Reason::HeaderTimeout))
             }
-            Phase::Waiting { since, served: true } => {
-                Some((since + limits.idle_timeout, Reason::IdleTimeout))
-            }
-            Phase::Answering => None,
-        };
-        let write = self.write_blocked_since.map(|since| (since + limits.idle_timeout, Reason::WriteStalled));
-        phase.into_iter().chain(write).min_by_key(|(at, _)| *at)
+            Self::Waiting { since, served: true } => Some((since + limits.idle_timeout, Reason::IdleTimeout)),
+            Self::Answering => None,
+        }
     }
 
     /// Since when the connection has been waiting for a request: `None` while answering (a
     /// connection being answered is never shed).
     fn waiting_since(&self) -> Option<Instant> {
-        match self.phase {
-            Phase::Waiting { since, .. } | Phase::Head { since } => Some(since),
-            Phase::Answering => None,
+        match *self {
+            Self::Waiting { since, .. } | Self::Head { since } => Some(since),
+            Self::Answering => None,
         }
     }
 }
@@ -318,11 +309,10 @@ impl State {
 /// One connection, shared by its socket wrapper, its service, its watchdog and the registry.
 struct Conn {
     id: u64,
-    state: Mutex<State>,
+    phase: Mutex<Phase>,
     /// Wakes the watchdog: a deadline got earlier, or the connection is shed.
     wake: Notify,
     shed: AtomicBool,
-    write_blocked: AtomicBool,
     /// Notified when the connection's task has ended (its socket is closed).
     closed: Notify,
 }
@@ -331,28 +321,24 @@ impl Conn {
     fn new(id: u64) -> Self {
         Self {
             id,
-            state: Mutex::new(State {
-                phase: Phase::Waiting { since: Instant::now(), served: false },
-                write_blocked_since: None,
-            }),
+            phase: Mutex::new(Phase::Waiting { since: Instant::now(), served: false }),
             wake: Notify::new(),
             shed: AtomicBool::new(false),
-            write_blocked: AtomicBool::new(false),
             closed: Notify::new(),
         }
     }
 
-    fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    fn phase(&self) -> MutexGuard<'_, Phase> {
+        self.phase.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Bytes arrived: while waiting, a head has begun.
     fn bytes_read(&self) {
-        let mut state = self.state();
-        if let Phase::Waiting { since, served } = state.phase {
+        let mut phase = self.phase();
+        if let Phase::Waiting { since, served } = *phase {
             // The first request's head is due by accept + header timeout; a later one's by its
             // first byte + header timeout (earlier than the idle deadline: wake the watchdog).
-            state.phase = Phase::Head { since: if served { Instant::now() } else { since } };
+            *phase = Phase::Head { since: if served { Instant::now() } else { since } };
             if served {
                 self.wake.notify_one();
             }
@@ -360,24 +346,12 @@ impl Conn {
     }
 
     fn answering(&self) {
-        self.state().phase = Phase::Answering;
+        *self.phase() = Phase::Answering;
     }
 
     fn answered(&self) {
-        self.state().phase = Phase::Waiting { since: Instant::now(), served: true };
+        *self.phase() = Phase::Waiting { since: Instant::now(), served: true };
         self.wake.notify_one();
-    }
-
-    fn write_polled<T>(&self, poll: Poll<T>) -> Poll<T> {
-        if poll.is_pending() {
-            if !self.write_blocked.swap(true, Ordering::AcqRel) {
-                self.state().write_blocked_since = Some(Instant::now());
-                self.wake.notify_one();
-            }
-        } else if self.write_blocked.swap(false, Ordering::AcqRel) {
-            self.state().write_blocked_since = None;
-        }
-        poll
     }
 
     fn shed(&self) {
@@ -392,7 +366,7 @@ async fn watchdog(conn: &Conn, limits: &Limits) -> Reason {
         if conn.shed.load(Ordering::Acquire) {
             return Reason::Shed;
         }
-        let deadline = conn.state().deadline(limits);
+        let deadline = conn.phase().deadline(limits);
         // `notify_one` keeps a permit when nobody waits: a wake between the line above and
         // the wait below is not lost.
         match deadline {
@@ -451,7 +425,7 @@ impl Registry {
     fn shed_oldest_of(conns: &mut HashMap<u64, Arc<Conn>>) -> Option<Arc<Conn>> {
         let oldest = conns
             .values()
-            .filter_map(|c| c.state().waiting_since().map(|since| (since, c.id)))
+            .filter_map(|c| c.phase().waiting_since().map(|since| (since, c.id)))
             .min()
             .map(|(_, id)| id);
         // Removed now, so the cap counts it out and it is not picked twice; its task closes it.
@@ -503,7 +477,7 @@ impl Throttle {
 // ---------------------------------------------------------------------------------------------
 // What the phases are read from: the socket, the service, the bodies
 
-/// The socket, telling its connection when bytes arrive and when writes block.
+/// The socket, telling its connection when bytes arrive.
 struct WatchedIo {
     inner: TcpStream,
     conn: Arc<Conn>,
@@ -526,8 +500,7 @@ impl AsyncRead for WatchedIo {
 
 impl AsyncWrite for WatchedIo {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
-        self.conn.write_polled(poll)
+        Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -535,8 +508,7 @@ impl AsyncWrite for WatchedIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        self.conn.write_polled(poll)
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -544,13 +516,11 @@ impl AsyncWrite for WatchedIo {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let poll = Pin::new(&mut self.inner).poll_flush(cx);
-        self.conn.write_polled(poll)
+        Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let poll = Pin::new(&mut self.inner).poll_shutdown(cx);
-        self.conn.write_polled(poll)
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
