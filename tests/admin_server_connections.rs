@@ -479,7 +479,7 @@ fn body_trickled_a_byte_at_a_time_is_cut_at_the_whole_body_deadline() {
 
 #[test]
 fn idle_keep_alive_connection_is_closed_after_the_idle_timeout_not_the_header_timeout() {
-    let server = Server::start(&[("ZTGATE_HEADER_TIMEOUT", "1s"), ("ZTGATE_IDLE_TIMEOUT", "3s")]);
+    let server = Server::start(&[("ZTGATE_HEADER_TIMEOUT", "1s"), ("ZTGATE_IDLE_TIMEOUT", "4s")]);
     let mut conn = server.connect();
     let request = format!("GET /healthz HTTP/1.1\r\nhost: {}\r\n\r\n", server.addr);
     conn.write_all(request.as_bytes()).unwrap();
@@ -488,7 +488,7 @@ fn idle_keep_alive_connection_is_closed_after_the_idle_timeout_not_the_header_ti
     // Past the header timeout, kept alive: waiting for a next request is the idle timeout's.
     std::thread::sleep(Duration::from_millis(1500));
     assert!(still_open(&mut conn), "an idle keep-alive connection was closed at the header timeout");
-    let closed = wait_closed(&mut conn, Duration::from_secs(3) + MARGIN - answered.elapsed());
+    let closed = wait_closed(&mut conn, (Duration::from_secs(4) + MARGIN).saturating_sub(answered.elapsed()));
     assert!(closed.is_some(), "an idle keep-alive connection is still open after the idle timeout + 3 s");
 }
 
@@ -684,15 +684,14 @@ fn trickled_webhook_bodies_keep_memory_bounded_and_beyond_the_read_cap_get_503()
     drop(tx);
 
     // The clients beyond the cap are answered 503 promptly, before their bodies are read.
-    let mut refused = 0;
-    for _ in 0..CLIENTS - READS {
-        let (res, took) = rx.recv_timeout(Duration::from_secs(15)).unwrap().unwrap_or_else(|| {
+    for refused in 0..CLIENTS - READS {
+        let answer = rx.recv_timeout(Duration::from_secs(15)).ok().flatten();
+        let (res, took) = answer.unwrap_or_else(|| {
             panic!("only {refused} of {} clients beyond the read cap were answered", CLIENTS - READS)
         });
         assert_eq!((res.status, res.code().as_str()), (503, "overloaded"), "{res:?}");
         assert!(res.head.contains("retry-after: 1"), "{res:?}");
         assert!(took < Duration::from_secs(10), "a 503 took {took:?}");
-        refused += 1;
     }
     // Once every client has sent its 900 KiB (or been cut off), the 16 being read have theirs
     // in the server: sample its memory while they trickle.

@@ -199,6 +199,7 @@ pub(crate) async fn serve(
         });
     }
 
+    drop(listener);
     tracing::info!(target: LOG_TARGET, layer = "server", "shutting down");
     if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
         tracing::warn!(target: LOG_TARGET, layer = "server", "connections still open after the shutdown grace period");
@@ -552,7 +553,12 @@ fn service(
         async move {
             let res = app.oneshot(req).await.unwrap_or_else(|never| match never {});
             // The handler saw a body error; say what it was, and close (the body is unread).
-            let res = if timed_out.load(Ordering::Acquire) { body_timeout_response() } else { res };
+            let res = if timed_out.load(Ordering::Acquire) {
+                tracing::debug!(target: LOG_TARGET, layer = "server", outcome = "body_timeout");
+                body_timeout_response()
+            } else {
+                res
+            };
             Ok(res.map(|inner| AnswerBody { inner, _answered: answered }))
         }
     })
