@@ -206,6 +206,15 @@ impl Server {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// Waits (boundedly) for `needle` in the logs: they arrive through a pipe and a thread.
+    fn wait_for_log(&self, needle: &str) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !self.logs().contains(needle) {
+            assert!(Instant::now() < deadline, "no {needle:?} in the logs:\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn connect(&self) -> TcpStream {
         TcpStream::connect(&self.addr).expect("connect to the server")
     }
@@ -214,11 +223,7 @@ impl Server {
     /// done and its kept-alive connection closed by the idle timeout, so that only the test's
     /// connections count towards the cap.
     fn settle(&self, idle_timeout: Duration) {
-        let deadline = Instant::now() + START_TIMEOUT;
-        while !self.logs().contains("jwks_warm") {
-            assert!(Instant::now() < deadline, "no jwks_warm log; stderr:\n{}", self.logs());
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.wait_for_log("jwks_warm");
         std::thread::sleep(idle_timeout + Duration::from_millis(500));
     }
 
@@ -566,7 +571,7 @@ fn connection_flood_beyond_the_cap_sheds_the_longest_waiting_and_healthz_still_a
     for (i, conn) in flood.iter_mut().enumerate().skip(shed + 1) {
         assert!(still_open(conn), "flood connection {i} was closed, not the oldest");
     }
-    assert!(server.logs().contains("connection_cap"), "no warning about the cap:\n{}", server.logs());
+    server.wait_for_log("outcome=\"connection_cap\"");
 }
 
 #[test]
@@ -614,11 +619,7 @@ fn descriptor_exhaustion_sheds_waiting_connections_and_healthz_answers_a_fresh_c
             ("ZTGATE_IDLE_TIMEOUT", "30s"),
         ],
     );
-    let deadline = Instant::now() + START_TIMEOUT;
-    while !server.logs().contains("open-file limit") {
-        assert!(Instant::now() < deadline, "no warning about the cap and the fd limit:\n{}", server.logs());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    server.wait_for_log("open-file limit");
     // More silent connections than the server has descriptors: the kernel queues the rest.
     let flood: Vec<TcpStream> = (0..FLOOD).map(|_| server.connect()).collect();
     // Without shedding, accept keeps failing until a header timeout (30 s) frees a descriptor.
@@ -758,6 +759,7 @@ fn valid_connection_settings_start_and_are_logged() {
         ("ZTGATE_MAX_BODY_READS", "10"),
     ]);
     assert_eq!(healthz(&server, Duration::from_secs(10)).map(|(s, _)| s), Some(200));
+    server.wait_for_log("connection limits");
     let logs = server.logs();
     for field in
         ["header_timeout_ms=1500", "body_timeout_ms=20000", "idle_timeout_ms=45000", "max_connections=100"]

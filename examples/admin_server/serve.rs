@@ -1,7 +1,7 @@
 //! The accept loop and the life of each connection: HTTP/1.1 through hyper's connection
 //! builder, with the deadlines and the connection cap that `axum::serve` does not have.
 //!
-//! Every connection is in one of three phases, and each phase has one deadline:
+//! Every connection is in one of four phases, and each phase has one deadline:
 //!
 //! | phase | deadline | setting |
 //! |---|---|---|
@@ -11,10 +11,10 @@
 //! | answering a request | none for the connection; the request body must be whole by the request's start + body timeout (408) | `ZTGATE_BODY_TIMEOUT` |
 //!
 //! A client that leaves its answers unread is waiting too: this server's answers are whole
-//! bodies, which hyper takes at once (the phase ends then), and it reads no further request
-//! while the answer is unwritten, so the idle timeout closes it. (A streaming answer would need
-//! a deadline on write progress as well.) A watchdog beside each connection closes it at its
-//! deadline.
+//! bodies, which hyper takes at once (the answering phase ends then), and hyper reads no next
+//! request while an answer is unwritten, so the idle timeout closes it (a test pipelines
+//! requests without reading to check this). A streaming answer would need a deadline on write
+//! progress as well. A watchdog beside each connection closes it at its deadline.
 //!
 //! Why not hyper's own timer: hyper's `header_read_timeout` is armed whenever hyper waits for a
 //! head, so it is also the keep-alive timeout (idle = header), it does not bound a body, and the
@@ -60,8 +60,9 @@ use crate::LOG_TARGET;
 /// tokens, an 8 KiB path), which answer with their own 431 first.
 const MAX_CONNECTION_BUFFER: usize = 128 * 1024;
 /// How long the accept loop waits at most, out of descriptors, for the connection it shed to
-/// close (it closes within microseconds), and after an error it cannot act on.
+/// close (it closes within microseconds).
 const FD_BACKOFF: Duration = Duration::from_millis(10);
+/// How long it waits after an accept error it cannot act on (nothing to shed, or unknown).
 const ERROR_BACKOFF: Duration = Duration::from_millis(50);
 /// A repeated warning (descriptors exhausted, cap reached) is logged at most this often.
 const WARN_EVERY: Duration = Duration::from_secs(10);
