@@ -151,6 +151,7 @@ async function mintHmacToken(kid, secret, purpose, subject, expiresAt) {
   if (!/^[A-Za-z0-9_-]{1,32}$/.test(kid)) throw new Error("invalid kid");
   if (!/^[A-Za-z0-9_.:-]{1,64}$/.test(purpose)) throw new Error("invalid purpose");
   if (!subject.isWellFormed()) throw new Error("subject is not well-formed Unicode");
+  if (/[\p{Cc}\u2028\u2029]/u.test(subject)) throw new Error("subject has a control character or line break");
   const subjectBytes = encoder.encode(subject);
   if (subjectBytes.length < 1 || subjectBytes.length > 1024) throw new Error("subject length");
   if (!Number.isSafeInteger(expiresAt) || expiresAt < 0) throw new Error("expiresAt");
@@ -177,8 +178,15 @@ fn node_webcrypto_minter_matches_rust() {
         ("k", CURRENT, "session", "zoë 🦀 <z@example.de>", NOW + MAX_TTL.as_secs()),
         ("k_-9", ANOTHER_RING, "a", "?>?>~~", NOW + 1),
         (wide_kid.as_str(), CURRENT, "email.verify:v2", long_subject.as_str(), NOW + 60),
-        ("test-current", CURRENT, "nul", "a\u{0}b", NOW + 60),
+        ("test-current", CURRENT, "sep", "a.b:c,d\u{a0}e\u{200b}f", NOW + 60),
     ];
+    // Subjects both minters refuse (log forging).
+    let refused =
+        ["x@example.com\n<fake log line>", "a\u{0}b", "c\r", "d\u{85}", "e\u{9f}", "f\u{2028}", "g\u{2029}"];
+    for subject in refused {
+        let ring = KeyRing::new(vec![key("k", CURRENT)]).unwrap();
+        assert_eq!(ring.mint("unsubscribe", subject, NOW, HOUR), Err(MintError::ControlCharacterInSubject));
+    }
     let rust: Vec<String> = cases
         .iter()
         .map(|&(kid, secret, purpose, subject, exp)| {
@@ -192,13 +200,23 @@ fn node_webcrypto_minter_matches_rust() {
     let main = r#"
 (async () => {
   for (const c of cases) console.log(await mintHmacToken(...c));
+  for (const s of refused) {
+    try { await mintHmacToken("k", "x".repeat(32), "unsubscribe", s, 1); console.log("minted"); }
+    catch (e) { console.log("refused"); }
+  }
 })().catch((e) => { console.error(e); process.exit(1); });
 "#;
-    let script = format!("{JS_MINTER}\nconst cases = {};\n{main}", Value::from(js_cases));
+    let script = format!(
+        "{JS_MINTER}\nconst cases = {};\nconst refused = {};\n{main}",
+        Value::from(js_cases),
+        json!(refused)
+    );
     let out = Command::new("node").arg("-e").arg(script).output().unwrap();
     assert!(out.status.success(), "node failed: {}", String::from_utf8_lossy(&out.stderr));
     let js: Vec<String> = String::from_utf8(out.stdout).unwrap().lines().map(str::to_owned).collect();
-    assert_eq!(js, rust);
+    let (js_tokens, js_refusals) = js.split_at(rust.len().min(js.len()));
+    assert_eq!(js_tokens, rust);
+    assert_eq!(js_refusals, vec!["refused"; refused.len()]);
     for token in &rust {
         assert!(token.len() <= MAX_TOKEN_LEN);
     }
@@ -415,7 +433,7 @@ fn over_length_token_is_refused_before_decoding() {
 #[test]
 fn tokens_are_safe_in_urls_and_cookies() {
     let r = ring();
-    for subject in ["alice@example.com", "a b/c?d=e&f#g;h,i\"j", "zoë 🦀", "\u{0}\u{7f}", "=="] {
+    for subject in ["alice@example.com", "a b/c?d=e&f#g;h,i\"j", "zoë 🦀", "\u{a0}\u{ff}", "=="] {
         let token = r.mint("session", subject, NOW, HOUR).unwrap();
         assert!(
             token.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')),
@@ -445,6 +463,37 @@ fn subject_length_is_capped() {
     let wide = KeyRing::new(vec![key(&"k".repeat(32), CURRENT)]).unwrap();
     let token = wide.mint("unsubscribe", &longest, u64::MAX - MAX_TTL.as_secs(), MAX_TTL).unwrap();
     assert_eq!(token.len(), 1467);
+}
+
+/// Log forging: a subject such as `"x@example.com\n<fake log line>"` would be written into
+/// every log line that names the principal. Minting refuses it; what a subject may hold
+/// otherwise (spaces, non-ASCII, zero-width characters) is untouched.
+#[test]
+fn subject_with_a_line_break_or_control_character_is_refused_at_mint() {
+    let r = ring();
+    for bad in [
+        "x@example.com\n2026-01-01T00:00:00Z  INFO ztgate: outcome=\"verified\"",
+        "x@example.com\r\nfake",
+        "x\u{0}y",
+        "tab\there",
+        "esc\u{1b}[31mred",
+        "del\u{7f}",
+        "next-line\u{85}",
+        "c1\u{9b}",
+        "line\u{2028}separator",
+        "para\u{2029}graph",
+    ] {
+        let refused = r.mint("unsubscribe", bad, NOW, HOUR);
+        assert_eq!(refused, Err(MintError::ControlCharacterInSubject), "{bad:?}");
+    }
+    assert_eq!(
+        MintError::ControlCharacterInSubject.to_string(),
+        "subject must not contain control characters or line breaks"
+    );
+    for fine in ["Zoë Dupont <zoe@example.com>", "a b", "zero\u{200b}width", "nbsp\u{a0}"] {
+        let token = r.mint("unsubscribe", fine, NOW, HOUR).unwrap();
+        assert_eq!(r.verify(&token, "unsubscribe", NOW).unwrap().subject, fine);
+    }
 }
 
 #[test]

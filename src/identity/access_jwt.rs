@@ -373,7 +373,7 @@ impl<C: DeserializeOwned + Send + Sync + 'static> Mechanism<C> for AccessJwt<C> 
                 Err(e) => Attempt::Refused(Rejection::from(e)),
                 Ok(p) if self.policy.allows(&p) => Attempt::Verified(p),
                 Ok(p) => {
-                    tracing::warn!(layer = "identity", outcome = "forbidden", mechanism = Self::NAME, principal = %p.id());
+                    tracing::warn!(layer = "identity", outcome = "forbidden", mechanism = Self::NAME, principal = ?p.id());
                     Attempt::Refused(Rejection::Forbidden)
                 }
             }

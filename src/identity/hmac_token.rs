@@ -206,7 +206,8 @@ impl KeyRing {
         self.keys.iter().map(|k| k.kid.as_str())
     }
 
-    /// Mints a token for `subject` (non-empty, at most [`MAX_SUBJECT_LEN`] bytes), valid for
+    /// Mints a token for `subject` (non-empty, at most [`MAX_SUBJECT_LEN`] bytes, no control
+    /// character or line break: see [`MintError::ControlCharacterInSubject`]), valid for
     /// `purpose` (`[A-Za-z0-9_.:-]{1,64}`) from `now` until `now + ttl`, signed with the
     /// first key.
     ///
@@ -221,6 +222,9 @@ impl KeyRing {
         }
         if subject.len() > MAX_SUBJECT_LEN {
             return Err(MintError::SubjectTooLong);
+        }
+        if subject.chars().any(breaks_lines) {
+            return Err(MintError::ControlCharacterInSubject);
         }
         if ttl.as_secs() == 0 || ttl > MAX_TTL {
             return Err(MintError::TtlOutOfRange);
@@ -346,7 +350,10 @@ impl From<HmacTokenError> for Rejection {
     }
 }
 
-/// Why [`KeyRing::mint`] refused to mint: each is a bug in the caller.
+/// Why [`KeyRing::mint`] refused to mint: a bug in the caller, or (for the subject) input the
+/// caller should have refused; a server that mints for a client-chosen subject answers 400 for
+/// [`EmptySubject`](Self::EmptySubject), [`SubjectTooLong`](Self::SubjectTooLong) and
+/// [`ControlCharacterInSubject`](Self::ControlCharacterInSubject).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum MintError {
@@ -356,6 +363,11 @@ pub enum MintError {
     EmptySubject,
     /// The subject is longer than [`MAX_SUBJECT_LEN`] bytes.
     SubjectTooLong,
+    /// The subject contains a control character (Unicode category Cc: U+0000 to U+001F, U+007F
+    /// to U+009F, so `\n`, `\r`, tab, NUL and ESC) or a line or paragraph separator (U+2028,
+    /// U+2029). A subject is an email address or an id; one with a line break in it is an
+    /// attempt to forge log lines or headers wherever it is written later.
+    ControlCharacterInSubject,
     /// The lifetime is under one second or over [`MAX_TTL`].
     TtlOutOfRange,
 }
@@ -366,6 +378,7 @@ impl fmt::Display for MintError {
             Self::InvalidPurpose => "purpose must be 1 to 64 characters of A-Z a-z 0-9 _ . : -",
             Self::EmptySubject => "subject must not be empty",
             Self::SubjectTooLong => "subject is longer than 1024 bytes",
+            Self::ControlCharacterInSubject => "subject must not contain control characters or line breaks",
             Self::TtlOutOfRange => "lifetime must be between 1 second and 400 days",
         })
     }
@@ -439,6 +452,11 @@ fn mac_over(key: &HmacKey, purpose: &str, expiry: &str, subject: &[u8]) -> HmacS
 fn split_at_dot(s: &str, max: usize) -> Option<(&str, &str)> {
     let dot = s.bytes().take(max + 1).position(|b| b == b'.')?;
     Some((&s[..dot], &s[dot + 1..]))
+}
+
+/// A control character (Cc) or a Unicode line or paragraph separator: refused in subjects.
+fn breaks_lines(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{2028}' | '\u{2029}')
 }
 
 /// `[A-Za-z0-9_-]{1,32}`.
@@ -565,5 +583,11 @@ mod tests {
     fn charsets() {
         assert!(is_kid("2025-06_a") && !is_kid("") && !is_kid("a.b") && !is_kid(&"k".repeat(33)));
         assert!(is_purpose("email.verify:v2") && !is_purpose("a/b") && !is_purpose("a\0b"));
+        for c in ['\n', '\r', '\t', '\0', '\u{1b}', '\u{7f}', '\u{85}', '\u{9f}', '\u{2028}', '\u{2029}'] {
+            assert!(breaks_lines(c), "{c:?}");
+        }
+        for c in [' ', 'a', '@', 'é', '\u{a0}', '\u{200b}'] {
+            assert!(!breaks_lines(c), "{c:?}");
+        }
     }
 }
