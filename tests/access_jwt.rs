@@ -454,6 +454,49 @@ async fn email_matching_ignores_ascii_case() {
     assert!(check(&f.gate, &f.key.sign(&claims)).await.is_ok());
 }
 
+/// Split identity: the allowlist compares case-insensitively, so if the id kept the case sent,
+/// one person would write as `user:ALICE@…` and as `user:alice@…`. The email is
+/// ASCII-lowercased once, and the allowlist, the id and the proofs all see that form.
+#[tokio::test]
+async fn the_same_person_in_any_ascii_case_is_one_principal() {
+    let f = fixture().await;
+    for sent in ["alice@acme.com", "ALICE@ACME.COM", "Alice@Acme.Com", "aLiCe@acme.COM"] {
+        let token = f.key.sign(&user_claims(TEAM, AUD, sent, NOW, 3600));
+        let verified = f.gate.check(&request_with_token(&token)).await.unwrap();
+        assert_eq!(verified.id(), "user:alice@acme.com", "{sent}");
+        assert_eq!(verified.as_user().unwrap().email, "alice@acme.com", "{sent}");
+        assert_eq!(verified.proofs()[0].principal_id, "user:alice@acme.com", "{sent}");
+    }
+    // Domain rules see the same form.
+    let token = f.key.sign(&user_claims(TEAM, AUD, "Bob@OPS.Acme.com", NOW, 3600));
+    assert_eq!(f.gate.check(&request_with_token(&token)).await.unwrap().id(), "user:bob@ops.acme.com");
+}
+
+/// What is not normalised, exactly as documented: only ASCII letters change case. A non-ASCII
+/// letter in another case is another address (no Unicode case folding), and so is anything
+/// else that differs (dots, `+tags`, whitespace).
+#[tokio::test]
+async fn only_ascii_case_is_normalised() {
+    let key = key("k1");
+    let server = JwksServer::start(&[&key]).await;
+    let policy = Policy::new().allow_emails(["jörg@acme.com"]);
+    let gate = gate_with(&server.url(), clock(), policy, Default::default());
+    let sign = |email: &str| key.sign(&user_claims(TEAM, AUD, email, NOW, 3600));
+    let verified = gate.check(&request_with_token(&sign("JÖRG@ACME.COM"))).await;
+    assert_eq!(verified.unwrap_err(), Rejection::Forbidden, "Ö is not folded to ö");
+    let verified = gate.check(&request_with_token(&sign("JöRG@ACME.COM"))).await.unwrap();
+    assert_eq!(verified.id(), "user:jörg@acme.com");
+    let everyone = gate_with(&server.url(), clock(), Policy::new().allow_if(|_| true), Default::default());
+    for (sent, id) in [
+        ("JÖRG@Acme.com", "user:jÖrg@acme.com"),
+        ("a.lice+News@ACME.com", "user:a.lice+news@acme.com"),
+        ("ALİCE@acme.com", "user:alİce@acme.com"),
+    ] {
+        let verified = everyone.check(&request_with_token(&sign(sent))).await.unwrap();
+        assert_eq!(verified.id(), id, "{sent}");
+    }
+}
+
 #[tokio::test]
 async fn email_domain_suffix_tricks_are_403() {
     let f = fixture().await;

@@ -1503,3 +1503,16 @@ async fn a_link_whose_subject_has_a_line_break_never_starts_a_log_line() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_admin_in_any_ascii_case_writes_notes_as_one_author() {
+    let p = Production::start().await;
+    for (sent, text) in [("ALICE@ACME.COM", "upper"), (ADMIN, "lower"), ("Alice@Acme.com", "mixed")] {
+        let res = p.post_note(Some(&user_token(sent)), &json!({ "text": text })).await;
+        assert_eq!(res.status(), StatusCode::CREATED, "{sent}");
+        let res = p.get("/admin/whoami", Some(&user_token(sent))).await;
+        assert_eq!(json_of(res).await, json!({ "kind": "user", "email": ADMIN }), "{sent}");
+    }
+    let authors: Vec<Value> = p.notes().await.iter().map(|n| n["author"].clone()).collect();
+    assert_eq!(authors, vec![json!(format!("user:{ADMIN}")); 3]);
+}

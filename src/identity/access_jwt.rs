@@ -13,6 +13,20 @@
 //! 6. the principal: a `common_name` claim makes a [`ServiceToken`]
 //!    (never a user, whatever else it carries); otherwise a user with a non-empty `email`.
 //!
+//! ## One person, one id
+//!
+//! Access compares emails case-insensitively, so `ADMIN@acme.com` and `admin@acme.com` are the
+//! same person. The verifier normalises the email once, here, and everything downstream (the
+//! [`Policy`] allowlist, [`Principal::id`] `user:<email>`, what storage records as the author,
+//! the logs) sees the normalised form. Exactly what is normalised:
+//! - the whole `email` (local part and domain) is **ASCII-lowercased**: `A`–`Z` become `a`–`z`;
+//! - nothing else: no Unicode case folding (`Ä` stays `Ä`), no Unicode normalisation (NFC/NFKC),
+//!   no trimming, no removal of dots or `+tags`. Two addresses that differ in anything but ASCII
+//!   case are two principals;
+//! - service tokens: `common_name` is kept and compared **exactly** as sent. Cloudflare issues
+//!   Client IDs in lowercase (`<hex>.access`) and a token always carries its own, so one token
+//!   has one id; an allowlist entry in another case does not match (fail closed).
+//!
 //! [`AccessJwt`] is the mechanism: the verifier above, then a [`Policy`] that decides who of
 //! the proven principals may pass.
 
@@ -280,7 +294,8 @@ impl<C: DeserializeOwned> AccessVerifier<C> {
             .ok_or_else(|| TokenError::Claims("neither email nor common_name".into()))?;
         let custom: C = serde_json::from_str(payload).map_err(|e| TokenError::Claims(claim_error(&e)))?;
         Ok(Principal::User(AccessUser {
-            email,
+            // One person, one id (module docs): compared and recorded in this form.
+            email: email.to_ascii_lowercase(),
             sub: claims.sub.unwrap_or_default(),
             country: claims.country,
             identity_nonce: claims.identity_nonce,
