@@ -1516,3 +1516,34 @@ async fn one_admin_in_any_ascii_case_writes_notes_as_one_author() {
     let authors: Vec<Value> = p.notes().await.iter().map(|n| n["author"].clone()).collect();
     assert_eq!(authors, vec![json!(format!("user:{ADMIN}")); 3]);
 }
+
+/// A proxy between the admin and the server must never store a response that carries a
+/// credential (the minted link token) or one admin's data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credential_bearing_and_admin_responses_are_never_stored_by_a_proxy() {
+    let p = Production::start().await;
+    let admin = user_token(ADMIN);
+    let cache_control = |r: &reqwest::Response| {
+        r.headers()
+            .get_all("cache-control")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let minted = p.post_link_request(&admin, &json!({ "email": "ivy@example.com", "ttl_secs": 60 })).await;
+    assert_eq!(minted.status(), StatusCode::OK);
+    assert_eq!(cache_control(&minted), ["private, no-store"], "the response holds a link token");
+    let token = json_of(minted).await["token"].as_str().unwrap().to_owned();
+    for res in [
+        p.get("/admin/whoami", Some(&admin)).await,
+        p.get("/admin/notes", Some(&admin)).await,
+        p.call("GET", "/ops/stats", &[("X-Api-Key", OPS_KEY)]).await,
+        p.follow_link(&token).await,
+    ] {
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(cache_control(&res), ["private, no-store"], "{}", res.url());
+    }
+    // Handler errors after identity (404 under /admin) and refusals alike.
+    assert_eq!(cache_control(&p.get("/admin/no-such-route", Some(&admin)).await), ["private, no-store"]);
+    assert_eq!(cache_control(&p.get("/admin/whoami", None).await), ["no-store"]);
+}

@@ -24,7 +24,7 @@ use std::future::Future;
 use http::Method;
 use serde::de::DeserializeOwned;
 
-use super::Gate;
+use super::{CachePolicy, Gate};
 use crate::error::Rejection;
 use crate::identity::mechanism::Outcome;
 use crate::principal::{Principal, Verified};
@@ -73,10 +73,27 @@ where
     G: SelectGate,
     G::Claims: DeserializeOwned + Send + Sync + 'static,
 {
+    let checked = authenticate_for_response(selector, method, path, extract);
+    async move { checked.await.map(|(verified, _)| verified) }
+}
+
+/// [`authenticate`], also giving the selected gate's [`CachePolicy`], for an adapter that
+/// answers with the inner service's response (the Tower layer).
+pub(crate) fn authenticate_for_response<G>(
+    selector: &G,
+    method: &Method,
+    path: &str,
+    extract: impl Extract,
+) -> impl Future<Output = Result<(Verified<Principal<G::Claims>>, CachePolicy), Rejection>> + Send + 'static
+where
+    G: SelectGate,
+    G::Claims: DeserializeOwned + Send + Sync + 'static,
+{
     let begun = begin(selector, method, path, extract).map(|(gate, facts)| (gate.clone(), facts));
     async move {
         let (gate, facts) = begun?;
-        check(&gate, &facts).await
+        let cache = gate.cache_policy();
+        check(&gate, &facts).await.map(|verified| (verified, cache))
     }
 }
 
