@@ -1547,3 +1547,16 @@ async fn credential_bearing_and_admin_responses_are_never_stored_by_a_proxy() {
     assert_eq!(cache_control(&p.get("/admin/no-such-route", Some(&admin)).await), ["private, no-store"]);
     assert_eq!(cache_control(&p.get("/admin/whoami", None).await), ["no-store"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_access_token_claiming_to_live_longer_than_31_days_is_401() {
+    let p = Production::start().await;
+    for exp in [now() + 32 * 86_400, u64::MAX] {
+        let mut claims = user_claims(TEAM, AUD, ADMIN, now(), 3600);
+        claims["exp"] = json!(exp);
+        let res = p.get("/admin/whoami", Some(&key().sign(&claims))).await;
+        assert_refused(res, StatusCode::UNAUTHORIZED, "invalid_token").await;
+    }
+    let month = key().sign(&user_claims(TEAM, AUD, ADMIN, now(), 31 * 86_400));
+    assert_eq!(p.get("/admin/whoami", Some(&month)).await.status(), StatusCode::OK);
+}
