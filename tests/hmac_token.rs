@@ -623,3 +623,246 @@ fn rejection_is_a_401_invalid_credential() {
         "invalid signed_token credential: token has expired"
     );
 }
+
+// ---- rotation without a restart: a key ring from a SecretSource ---------------------------------
+
+mod rotation {
+    use std::path::PathBuf;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use axum::Router;
+    use axum::routing::{get, post};
+    use ztgate::clock::{Clock, FixedClock};
+    use ztgate::identity::Requirement;
+    use ztgate::identity::hmac_token::{KeyRingSource, SignedTokenAuth, TokenSource};
+    use ztgate::secrets::{FileSecret, Secret, SecretError, SecretFuture, SecretSource};
+    use ztgate::{Principal, RoutePolicies, Verified};
+
+    use super::{ANOTHER_RING, CURRENT, HOUR, NOW, PREVIOUS};
+
+    const TTL: Duration = Duration::from_secs(60);
+
+    /// A key ring file in the temp dir, replaced atomically (write, then rename), removed on drop.
+    struct RingFile(PathBuf);
+
+    impl RingFile {
+        fn new(label: &str) -> Self {
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let name =
+                format!("ztgate-ring-{label}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
+            Self(std::env::temp_dir().join(name))
+        }
+
+        fn write(&self, text: &str) {
+            let tmp = self.0.with_extension("tmp");
+            std::fs::write(&tmp, text).unwrap();
+            std::fs::rename(&tmp, &self.0).unwrap();
+        }
+
+        fn remove(&self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    impl Drop for RingFile {
+        fn drop(&mut self) {
+            self.remove();
+        }
+    }
+
+    /// An app on 127.0.0.1 like the admin server's: `POST /mint` signs an unsubscribe token with
+    /// the ring's current first key, `GET /unsubscribe?token=` is gated by it.
+    async fn serve(ring: Arc<KeyRingSource>, clock: Arc<FixedClock>) -> String {
+        let auth = SignedTokenAuth::from_source(
+            ring.clone(),
+            "unsubscribe",
+            TokenSource::Query("token".into()),
+            clock.clone(),
+        );
+        let policies = RoutePolicies::new()
+            .route("GET", "/unsubscribe", Requirement::mechanism(auth))
+            .unwrap()
+            .route("POST", "/mint", Requirement::public())
+            .unwrap();
+        let mint = move || {
+            let (ring, clock) = (ring.clone(), clock.clone());
+            async move {
+                match ring.ring().await {
+                    Ok(ring) => ring.mint("unsubscribe", "alice@example.com", clock.now(), HOUR).unwrap(),
+                    Err(e) => format!("error: {e}"),
+                }
+            }
+        };
+        let app = Router::new()
+            .route("/unsubscribe", get(|who: Verified<Principal>| async move { who.id() }))
+            .route("/mint", post(mint))
+            .layer(policies);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        format!("http://{addr}")
+    }
+
+    async fn mint(base: &str) -> String {
+        reqwest::Client::new().post(format!("{base}/mint")).send().await.unwrap().text().await.unwrap()
+    }
+
+    async fn follow(base: &str, token: &str) -> u16 {
+        let url = format!("{base}/unsubscribe?token={token}");
+        reqwest::Client::new().get(url).send().await.unwrap().status().as_u16()
+    }
+
+    /// Rotation needed a restart: the ring was fixed at start-up. Now it comes from a file read
+    /// again after the TTL: the new first key signs, old links keep verifying until their key
+    /// is removed, and a broken file never takes the links down.
+    #[tokio::test]
+    async fn the_key_ring_rotates_from_a_file_without_a_restart() {
+        let file = RingFile::new("rotate");
+        file.write(&format!("old:{CURRENT}\n"));
+        let clock = Arc::new(FixedClock::at(NOW));
+        let ring = Arc::new(KeyRingSource::load(FileSecret::new(&file.0), TTL, clock.clone()).await.unwrap());
+        let base = serve(ring.clone(), clock.clone()).await;
+        let old_link = mint(&base).await;
+        assert!(old_link.starts_with("v1.old."), "{old_link}");
+        assert_eq!(follow(&base, &old_link).await, 200);
+
+        // A new key first, the old one second: within the TTL the old ring is still in use.
+        file.write(&format!("new:{PREVIOUS},old:{CURRENT}"));
+        clock.advance(TTL - Duration::from_secs(1));
+        assert!(mint(&base).await.starts_with("v1.old."));
+        clock.advance(Duration::from_secs(1));
+        let new_link = mint(&base).await;
+        assert!(new_link.starts_with("v1.new."), "the new key signs after the TTL: {new_link}");
+        assert_eq!(follow(&base, &new_link).await, 200);
+        assert_eq!(follow(&base, &old_link).await, 200, "the old key still verifies");
+
+        // A half-written or invalid file, then a missing one: the last good ring stays.
+        for broken in ["new:short", "not a key ring", ""] {
+            file.write(broken);
+            clock.advance(TTL);
+            assert_eq!(follow(&base, &old_link).await, 200, "{broken:?}");
+            assert!(mint(&base).await.starts_with("v1.new."), "{broken:?}");
+        }
+        file.remove();
+        clock.advance(TTL);
+        assert_eq!(follow(&base, &new_link).await, 200);
+
+        // The old key removed: its links die, the new ones live on.
+        file.write(&format!("new:{PREVIOUS}"));
+        clock.advance(TTL);
+        assert_eq!(follow(&base, &old_link).await, 401);
+        assert_eq!(follow(&base, &new_link).await, 200);
+        // Another ring's token under a kid the ring knows is refused.
+        let forged = ztgate::identity::hmac_token::KeyRing::parse(&format!("new:{ANOTHER_RING}")).unwrap();
+        let forged = forged.mint("unsubscribe", "alice@example.com", clock.now(), HOUR).unwrap();
+        assert_eq!(follow(&base, &forged).await, 401);
+    }
+
+    /// Fail closed: a source that never held a valid ring refuses every token (503) and
+    /// refuses to start through `load`; once a valid ring appears, it is used.
+    #[tokio::test]
+    async fn without_a_good_ring_ever_every_token_is_refused() {
+        let file = RingFile::new("never");
+        let clock = Arc::new(FixedClock::at(NOW));
+        let e = KeyRingSource::load(FileSecret::new(&file.0), TTL, clock.clone()).await.unwrap_err();
+        assert_eq!(e.setting(), "hmac_keys");
+        file.write(&format!("k1:{}", &CURRENT[..31]));
+        let e = KeyRingSource::load(FileSecret::new(&file.0), TTL, clock.clone()).await.unwrap_err();
+        assert!(!e.to_string().contains(&CURRENT[..31]), "the error repeats the secret: {e}");
+
+        let ring = Arc::new(KeyRingSource::new(FileSecret::new(&file.0), TTL, clock.clone()));
+        let base = serve(ring.clone(), clock.clone()).await;
+        let token = super::ring().mint("unsubscribe", "alice@example.com", NOW, HOUR).unwrap();
+        let res = reqwest::get(format!("{base}/unsubscribe?token={token}")).await.unwrap();
+        assert_eq!(res.status(), 503);
+        let body: serde_json::Value = res.json().await.unwrap();
+        assert_eq!(body["code"], "not_configured");
+        assert!(mint(&base).await.starts_with("error: invalid hmac_keys"));
+
+        // Not cached: the next request reads the file again.
+        file.write(&format!("test-current:{CURRENT}"));
+        assert_eq!(follow(&base, &token).await, 200);
+    }
+
+    /// A source that counts its reads and takes a while to answer.
+    #[derive(Debug)]
+    struct Slow {
+        reads: Arc<AtomicUsize>,
+        text: String,
+    }
+
+    impl SecretSource for Slow {
+        fn get(&self) -> SecretFuture<'_> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            let text = self.text.clone();
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                if text.is_empty() {
+                    Err(SecretError::Unavailable("store down".into()))
+                } else {
+                    Ok(Secret::from(text))
+                }
+            })
+        }
+    }
+
+    /// A stampede on a slow store: when the ring goes stale under load, one request re-reads it
+    /// and the others carry on with the last good ring.
+    #[tokio::test]
+    async fn a_stale_ring_is_read_again_once_however_many_requests_arrive() {
+        let reads = Arc::new(AtomicUsize::new(0));
+        let clock = Arc::new(FixedClock::at(NOW));
+        let source = Slow { reads: reads.clone(), text: format!("k1:{CURRENT}") };
+        let ring = Arc::new(KeyRingSource::load(source, TTL, clock.clone()).await.unwrap());
+        assert_eq!(reads.load(Ordering::SeqCst), 1);
+        for _ in 0..10 {
+            ring.ring().await.unwrap();
+        }
+        assert_eq!(reads.load(Ordering::SeqCst), 1, "fresh: no read");
+        clock.advance(TTL);
+        let waiters: Vec<_> = (0..32)
+            .map(|_| {
+                let ring = ring.clone();
+                tokio::spawn(async move { ring.ring().await.map(|r| r.kids().next().unwrap().to_owned()) })
+            })
+            .collect();
+        for waiter in waiters {
+            assert_eq!(waiter.await.unwrap().unwrap(), "k1");
+        }
+        assert_eq!(reads.load(Ordering::SeqCst), 2, "one re-read for the stale ring");
+
+        // A store that is down is asked once per TTL too, while the last good ring serves.
+        let down = Arc::new(AtomicUsize::new(0));
+        let failing =
+            KeyRingSource::new(Slow { reads: down.clone(), text: String::new() }, TTL, clock.clone());
+        assert!(failing.ring().await.is_err());
+        assert!(failing.ring().await.is_err(), "never good: asked again on every call");
+        assert_eq!(down.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_file_secret_is_bounded_and_errors_name_the_path_not_the_contents() {
+        let file = RingFile::new("bounds");
+        let read = |f: &RingFile| futures_lite(FileSecret::new(&f.0).get());
+        assert!(matches!(read(&file), Err(SecretError::Missing(p)) if p.contains("ztgate-ring-bounds")));
+        file.write("");
+        assert!(matches!(read(&file), Err(SecretError::Missing(_))));
+        file.write(&"k".repeat(FileSecret::MAX_BYTES as usize));
+        assert_eq!(read(&file).unwrap().len(), FileSecret::MAX_BYTES as usize);
+        let secret_text = format!("k1:{CURRENT}");
+        file.write(&format!("{secret_text}{}", " ".repeat(FileSecret::MAX_BYTES as usize)));
+        let e = read(&file).unwrap_err();
+        assert!(
+            matches!(&e, SecretError::Unavailable(why) if why.contains("larger than 65536 bytes")),
+            "{e:?}"
+        );
+        assert!(!e.to_string().contains(CURRENT));
+    }
+
+    /// Runs a future that never waits (a `FileSecret` read is synchronous).
+    fn futures_lite<T>(future: impl Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(future)
+    }
+}

@@ -77,6 +77,9 @@ where
     async move { checked.await.map(|(verified, _)| verified) }
 }
 
+/// What the Tower layer needs of a verified request: the proof, and how to mark the response.
+pub(crate) type ForResponse<C> = (Verified<Principal<C>>, CachePolicy);
+
 /// [`authenticate`], also giving the selected gate's [`CachePolicy`], for an adapter that
 /// answers with the inner service's response (the Tower layer).
 pub(crate) fn authenticate_for_response<G>(
@@ -84,7 +87,7 @@ pub(crate) fn authenticate_for_response<G>(
     method: &Method,
     path: &str,
     extract: impl Extract,
-) -> impl Future<Output = Result<(Verified<Principal<G::Claims>>, CachePolicy), Rejection>> + Send + 'static
+) -> impl Future<Output = Result<ForResponse<G::Claims>, Rejection>> + Send + 'static
 where
     G: SelectGate,
     G::Claims: DeserializeOwned + Send + Sync + 'static,
