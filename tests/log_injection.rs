@@ -115,19 +115,20 @@ async fn an_access_email_with_line_breaks_never_starts_a_log_line() {
     capture();
     let key = key("k1");
     let server = JwksServer::start(&[&key]).await;
+    // Markers in lowercase: the email is ASCII-lowercased (one person, one id).
     // Forbidden: logged by the Access mechanism (principal) and the pipeline (refused).
-    let forbidden = format!("mallory@acme.com{}", forged("FORGED-FORBIDDEN"));
+    let forbidden = format!("mallory@acme.com{}", forged("forged-forbidden"));
     let token = key.sign(&user_claims(TEAM, AUD, &forbidden, NOW, 60));
     let rejection = gate(&server.url(), clock()).check(&request_with_token(&token)).await.unwrap_err();
     assert_eq!(rejection.code(), "forbidden");
-    assert_never_starts_a_line(&logs(), "FORGED-FORBIDDEN");
+    assert_never_starts_a_line(&logs(), "forged-forbidden");
 
     // Admitted (a policy that admits every proven user): logged as verified.
-    let admitted = format!("eve@acme.com{}", forged("FORGED-ADMITTED"));
+    let admitted = format!("eve@acme.com{}", forged("forged-admitted"));
     let token = key.sign(&user_claims(TEAM, AUD, &admitted, NOW, 60));
     let everyone = gate_with(&server.url(), clock(), Policy::new().allow_if(|_| true), Default::default());
     everyone.check(&request_with_token(&token)).await.unwrap();
-    assert_never_starts_a_line(&logs(), "FORGED-ADMITTED");
+    assert_never_starts_a_line(&logs(), "forged-admitted");
 }
 
 /// A v1 token signed by hand, as `docs/hmac-token-format.md` specifies: `KeyRing::mint` refuses

@@ -56,8 +56,8 @@
 //!     // The file holds `kid:secret,kid:secret`, the signing key first; rewrite it to rotate.
 //!     let keys = FileSecret::new("/run/secrets/ztgate-hmac-keys");
 //!     let ring = Arc::new(KeyRingSource::load(keys, Duration::from_secs(60), Arc::new(SystemClock)).await?);
-//!     let unsubscribe = TokenSource::Query("token".into());
-//!     let auth = SignedTokenAuth::from_source(ring.clone(), "unsubscribe", unsubscribe, Arc::new(SystemClock));
+//!     let query = TokenSource::Query("token".into());
+//!     let auth = SignedTokenAuth::from_source(ring.clone(), "unsubscribe", query, Arc::new(SystemClock));
 //!     // Mint with the same source: its current first key signs.
 //!     let day = Duration::from_secs(86_400);
 //!     let token = ring.ring().await?.mint("unsubscribe", "alice@example.com", unix_now(), day)?;
