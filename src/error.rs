@@ -25,7 +25,7 @@ impl ConfigError {
         Self { setting, message: message.into() }
     }
 
-    /// The setting at fault: one of `team_domain`, `audiences`, `leeway`, `certs_url`,
+    /// The setting at fault: one of `team_domain`, `audiences`, `leeway`, `max_lifetime`, `certs_url`,
     /// `policy`, `fetcher`, `api_keys`, `hmac_keys`, `webhook_secret`, `webhook_tolerance`,
     /// `routes`. These names are stable, so a program can map them to its own
     /// configuration keys (the admin server maps `team_domain` to `ZTGATE_TEAM_DOMAIN`).
@@ -114,6 +114,10 @@ pub enum TokenError {
     NotYetValid,
     /// `iat` is in the future (beyond the leeway).
     IssuedInFuture,
+    /// The token lives longer than the configured maximum lifetime
+    /// ([`AccessConfig::with_max_lifetime`](crate::AccessConfig::with_max_lifetime), at most 31
+    /// days): `exp − iat`, or `exp − now` beyond the leeway.
+    LifetimeTooLong,
     /// A claim of the wrong type, a duplicate claim, or neither `email` nor `common_name`.
     Claims(String),
     /// No keys could be obtained (the 503 case).
@@ -141,6 +145,7 @@ impl TokenError {
             | Self::MissingExpiry
             | Self::NotYetValid
             | Self::IssuedInFuture
+            | Self::LifetimeTooLong
             | Self::Claims(_) => invalid,
         }
     }
@@ -160,6 +165,7 @@ impl fmt::Display for TokenError {
             Self::Expired => f.write_str("token has expired"),
             Self::NotYetValid => f.write_str("token is not valid yet"),
             Self::IssuedInFuture => f.write_str("token was issued in the future"),
+            Self::LifetimeTooLong => f.write_str("token lifetime exceeds the maximum accepted"),
             Self::Claims(e) => write!(f, "token claims are invalid: {e}"),
             Self::KeysUnavailable { .. } => f.write_str("signing keys are unavailable"),
         }
@@ -376,6 +382,7 @@ mod tests {
             Rejection::Request(RequestError::AmbiguousCredential { name: "Cookie" }),
             Rejection::InvalidToken(TokenError::Expired),
             Rejection::InvalidToken(TokenError::Signature),
+            Rejection::InvalidToken(TokenError::LifetimeTooLong),
             Rejection::InvalidToken(TokenError::KeysUnavailable { retry_after: after }),
             Rejection::MissingCredential,
             Rejection::InvalidCredential { mechanism: "api_key", reason: "unknown key" },
@@ -404,6 +411,7 @@ mod tests {
                 "malformed_header",
                 "ambiguous_credential",
                 "token_expired",
+                "invalid_token",
                 "invalid_token",
                 "keys_unavailable",
                 "missing_credential",

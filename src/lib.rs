@@ -107,7 +107,7 @@ pub mod storage;
 // The public interface is:
 pub use adapters::tower::{IdentityService, ResponseFuture};
 pub use error::{ConfigError, Rejection};
-pub use gate::{Gate, GateBuilder, RoutePolicies, SelectGate};
+pub use gate::{CachePolicy, Gate, GateBuilder, RoutePolicies, SelectGate};
 pub use identity::access_jwt::AccessConfig;
 pub use identity::policy::Policy;
 pub use principal::{

@@ -32,7 +32,8 @@ pub enum Principal<C = NoClaims> {
 }
 
 impl<C> Principal<C> {
-    /// A stable identifier for logs and audit trails: `user:<email>`, `service:<common_name>`,
+    /// A stable identifier for logs and audit trails: `user:<email>` (the email ASCII-lowercased,
+    /// so one person has one id), `service:<common_name>` (exactly as sent),
     /// `api_key:<name>`, `signed:<purpose>:<subject>`, `cert:<sha256 fingerprint>`,
     /// `custom:<kind>:<id>`, `anonymous`.
     pub fn id(&self) -> String {
@@ -82,7 +83,8 @@ impl<C> Principal<C> {
 #[derive(Clone, PartialEq)]
 #[non_exhaustive]
 pub struct AccessUser<C = NoClaims> {
-    /// The `email` claim, as Access sent it.
+    /// The `email` claim, ASCII-lowercased (`A`–`Z` to `a`–`z`, nothing else: no Unicode case
+    /// folding), so the allowlist, [`Principal::id`] and storage see one form per person.
     pub email: String,
     /// The `sub` claim: the user's stable id at Access.
     pub sub: String,

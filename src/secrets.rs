@@ -165,6 +165,63 @@ impl SecretSource for EnvSecret {
     }
 }
 
+/// A file (a mounted Kubernetes or Docker secret, a file a deploy script rewrites), read on
+/// every `get`, so a rotated secret is seen without a restart; wrap it in [`CachedSecret`] or
+/// give it to a source with a TTL (such as
+/// [`KeyRingSource`](crate::identity::hmac_token::KeyRingSource)) to read it at most once per
+/// TTL.
+///
+/// At most [`FileSecret::MAX_BYTES`] are read: a larger file is refused, never truncated. A
+/// missing or empty file is [`SecretError::Missing`], any other failure
+/// [`SecretError::Unavailable`]; errors name the path, never the contents. The read is a
+/// synchronous read of a small local file. Replace the file atomically (write a new file, then
+/// rename it over the old one) so a reader never sees half of it.
+#[derive(Clone, Debug)]
+pub struct FileSecret {
+    path: std::path::PathBuf,
+}
+
+impl FileSecret {
+    /// The largest file read (64 KiB).
+    pub const MAX_BYTES: u64 = 64 * 1024;
+
+    /// Reads `path`.
+    pub fn new(path: impl Into<std::path::PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    fn read(&self) -> Result<Secret, SecretError> {
+        use std::io::Read as _;
+        let what = || self.path.display().to_string();
+        let file = std::fs::File::open(&self.path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => SecretError::Missing(what()),
+            _ => SecretError::Unavailable(format!("{}: {}", what(), e.kind())),
+        })?;
+        let mut bytes = Vec::new();
+        file.take(Self::MAX_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| SecretError::Unavailable(format!("{}: {}", what(), e.kind())))?;
+        if bytes.len() as u64 > Self::MAX_BYTES {
+            return Err(SecretError::Unavailable(format!(
+                "{} is larger than {} bytes",
+                what(),
+                Self::MAX_BYTES
+            )));
+        }
+        if bytes.is_empty() {
+            return Err(SecretError::Missing(what()));
+        }
+        Ok(Secret::new(bytes))
+    }
+}
+
+impl SecretSource for FileSecret {
+    fn get(&self) -> SecretFuture<'_> {
+        let value = self.read();
+        Box::pin(async move { value })
+    }
+}
+
 /// Caches another source for a short TTL, so a rotated secret takes effect without a
 /// restart (after at most `ttl`) while the store is asked at most about once per `ttl`.
 /// Failures are not cached.

@@ -189,6 +189,81 @@ async fn future_iat_beyond_the_leeway_is_rejected() {
     assert!(check(&f.gate, &f.key.sign(&with(alice(), "iat", json!(NOW + 59)))).await.is_ok());
 }
 
+const DAY: u64 = 86_400;
+
+/// A token that claims to live (nearly) forever: a stolen one never expires, and a minting
+/// bug (milliseconds for seconds) goes unnoticed. Refused past the maximum lifetime, 31 days
+/// by default, measured as `exp − iat` and as `exp − now`.
+#[tokio::test]
+async fn a_token_living_longer_than_the_max_lifetime_is_401_invalid_token() {
+    let f = fixture().await;
+    let (gate, key) = (&f.gate, &f.key);
+    let lifetime = |claims: Value| {
+        let token = key.sign(&claims);
+        async move { check(gate, &token).await }
+    };
+    let max = 31 * DAY;
+    for (what, claims) in [
+        ("exp = u64::MAX", with(alice(), "exp", json!(u64::MAX))),
+        ("exp in milliseconds", with(alice(), "exp", json!((NOW + 3600) * 1000))),
+        ("exp − iat one second over", with(with(alice(), "iat", json!(NOW)), "exp", json!(NOW + max + 1))),
+        (
+            "issued long ago, expiring soon",
+            with(with(alice(), "iat", json!(NOW - 40 * DAY)), "exp", json!(NOW + 3600)),
+        ),
+        ("no iat, exp − now over", with(without(alice(), "iat"), "exp", json!(NOW + max + 61))),
+        (
+            "service token",
+            with(service_claims(TEAM, AUD, "ci.access", NOW, 60), "exp", json!(NOW + 400 * DAY)),
+        ),
+    ] {
+        let err = lifetime(claims).await.unwrap_err();
+        assert_eq!(err, Rejection::InvalidToken(TokenError::LifetimeTooLong), "{what}");
+        let response = err.to_response::<String>();
+        assert_eq!(response.status(), 401, "{what}");
+        assert_eq!(err.code(), "invalid_token", "{what}");
+        assert!(response.headers()["www-authenticate"].to_str().unwrap().contains("invalid_token"));
+    }
+    // Exactly the maximum is accepted; so is `exp − now` within the leeway of it.
+    let at_max = with(with(alice(), "iat", json!(NOW)), "exp", json!(NOW + max));
+    assert!(lifetime(at_max).await.is_ok());
+    assert!(lifetime(with(without(alice(), "iat"), "exp", json!(NOW + max + 60))).await.is_ok());
+}
+
+#[tokio::test]
+async fn the_max_lifetime_can_be_lowered_to_the_session_duration_never_raised() {
+    use std::time::Duration;
+    use ztgate::native::HttpFetcher;
+    let key = key("k1");
+    let server = JwksServer::start(&[&key]).await;
+    let config = AccessConfig::new(TEAM, [AUD]).unwrap().with_max_lifetime(Duration::from_secs(DAY)).unwrap();
+    let fetcher = HttpFetcher::with_limits(&server.url(), Duration::from_secs(2), 1024 * 1024).unwrap();
+    let gate = Gate::builder(config)
+        .fetcher(std::sync::Arc::new(fetcher))
+        .clock(clock())
+        .policy(policy())
+        .build()
+        .unwrap();
+    let day = key.sign(&user_claims(TEAM, AUD, "alice@acme.com", NOW, DAY));
+    assert!(check(&gate, &day).await.is_ok());
+    let longer = key.sign(&user_claims(TEAM, AUD, "alice@acme.com", NOW, DAY + 1));
+    assert_eq!(
+        check(&gate, &longer).await.unwrap_err(),
+        Rejection::InvalidToken(TokenError::LifetimeTooLong)
+    );
+
+    let base = AccessConfig::new(TEAM, [AUD]).unwrap();
+    assert_eq!(base.max_lifetime(), AccessConfig::MAX_LIFETIME);
+    assert_eq!(AccessConfig::MAX_LIFETIME, Duration::from_secs(31 * DAY));
+    for refused in [Duration::ZERO, AccessConfig::MAX_LIFETIME + Duration::from_secs(1), Duration::MAX] {
+        assert_eq!(
+            base.clone().with_max_lifetime(refused).unwrap_err().setting(),
+            "max_lifetime",
+            "{refused:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn time_claims_of_the_wrong_type_are_refused_not_ignored() {
     let f = fixture().await;
@@ -210,8 +285,10 @@ async fn time_claims_of_the_wrong_type_are_refused_not_ignored() {
             );
         }
     }
-    // Beyond i64 but a valid u64 is still a number: far-future exp is fine, far-future nbf is not.
-    assert!(check(&f.gate, &f.key.sign(&with(alice(), "exp", json!(u64::MAX)))).await.is_ok());
+    // Beyond i64 but a valid u64 is still a number, of the right type: a far-future exp is
+    // refused for its lifetime (not as a claim of the wrong type), a far-future nbf as not yet valid.
+    let err = check(&f.gate, &f.key.sign(&with(alice(), "exp", json!(u64::MAX)))).await.unwrap_err();
+    assert_eq!(err, Rejection::InvalidToken(TokenError::LifetimeTooLong));
     assert!(check(&f.gate, &f.key.sign(&with(alice(), "nbf", json!(u64::MAX)))).await.is_err());
 }
 
@@ -452,6 +529,49 @@ async fn email_matching_ignores_ascii_case() {
     let f = fixture().await;
     let claims = user_claims(TEAM, AUD, "Alice@ACME.com", NOW, 3600);
     assert!(check(&f.gate, &f.key.sign(&claims)).await.is_ok());
+}
+
+/// Split identity: the allowlist compares case-insensitively, so if the id kept the case sent,
+/// one person would write as `user:ALICE@…` and as `user:alice@…`. The email is
+/// ASCII-lowercased once, and the allowlist, the id and the proofs all see that form.
+#[tokio::test]
+async fn the_same_person_in_any_ascii_case_is_one_principal() {
+    let f = fixture().await;
+    for sent in ["alice@acme.com", "ALICE@ACME.COM", "Alice@Acme.Com", "aLiCe@acme.COM"] {
+        let token = f.key.sign(&user_claims(TEAM, AUD, sent, NOW, 3600));
+        let verified = f.gate.check(&request_with_token(&token)).await.unwrap();
+        assert_eq!(verified.id(), "user:alice@acme.com", "{sent}");
+        assert_eq!(verified.as_user().unwrap().email, "alice@acme.com", "{sent}");
+        assert_eq!(verified.proofs()[0].principal_id, "user:alice@acme.com", "{sent}");
+    }
+    // Domain rules see the same form.
+    let token = f.key.sign(&user_claims(TEAM, AUD, "Bob@OPS.Acme.com", NOW, 3600));
+    assert_eq!(f.gate.check(&request_with_token(&token)).await.unwrap().id(), "user:bob@ops.acme.com");
+}
+
+/// What is not normalised, exactly as documented: only ASCII letters change case. A non-ASCII
+/// letter in another case is another address (no Unicode case folding), and so is anything
+/// else that differs (dots, `+tags`, whitespace).
+#[tokio::test]
+async fn only_ascii_case_is_normalised() {
+    let key = key("k1");
+    let server = JwksServer::start(&[&key]).await;
+    let policy = Policy::new().allow_emails(["jörg@acme.com"]);
+    let gate = gate_with(&server.url(), clock(), policy, Default::default());
+    let sign = |email: &str| key.sign(&user_claims(TEAM, AUD, email, NOW, 3600));
+    let verified = gate.check(&request_with_token(&sign("JÖRG@ACME.COM"))).await;
+    assert_eq!(verified.unwrap_err(), Rejection::Forbidden, "Ö is not folded to ö");
+    let verified = gate.check(&request_with_token(&sign("JöRG@ACME.COM"))).await.unwrap();
+    assert_eq!(verified.id(), "user:jörg@acme.com");
+    let everyone = gate_with(&server.url(), clock(), Policy::new().allow_if(|_| true), Default::default());
+    for (sent, id) in [
+        ("JÖRG@Acme.com", "user:jÖrg@acme.com"),
+        ("a.lice+News@ACME.com", "user:a.lice+news@acme.com"),
+        ("ALİCE@acme.com", "user:alİce@acme.com"),
+    ] {
+        let verified = everyone.check(&request_with_token(&sign(sent))).await.unwrap();
+        assert_eq!(verified.id(), id, "{sent}");
+    }
 }
 
 #[tokio::test]

@@ -816,7 +816,7 @@ async fn delete_with_access_and_api_key_is_204_and_the_note_is_gone() {
     let logs = p.server.logs();
     let line = logs.lines().find(|l| l.contains("note_deleted")).expect("a deletion log line");
     assert!(line.contains("layer=\"storage\""), "{line}");
-    assert!(line.contains(&format!("principal=user:{ADMIN}")), "{line}");
+    assert!(line.contains(&format!("principal=\"user:{ADMIN}\"")), "{line}");
     assert!(line.contains("access_jwt=") && line.contains("api_key=api_key:ops"), "{line}");
 
     // `Authorization: Bearer` works as well as `X-Api-Key`; a second delete finds nothing.
@@ -1429,4 +1429,134 @@ fn invalid_trust_cert_headers_exits_2_naming_it() {
     for value in ["yes", "true", "2", "01", ""] {
         assert_secret_config_error("ZTGATE_TRUST_CERT_HEADERS", value, "");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hardening round 2: logs and identities (log forging, one id per person, caching, token
+// lifetime)
+
+/// The server's logs once they contain `needle` (stderr is read on a thread, so a line written
+/// before the response may arrive a moment after it).
+fn logs_with(server: &Server, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let logs = server.logs();
+        if logs.contains(needle) || Instant::now() > deadline {
+            return logs;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// An unsubscribe token for `subject`, signed by hand with `HMAC_K1` in the documented v1
+/// format: what another minter (or an older server) could have issued. `KeyRing::mint` refuses
+/// such subjects.
+fn hand_signed_link(subject: &str, expires_at: u64) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(HMAC_K1.as_bytes()).unwrap();
+    mac.update(format!("ztgate-hmac-v1\0k1\0unsubscribe\0{expires_at}\0{subject}").as_bytes());
+    let mac = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+    format!("v1.k1.{expires_at}.{}.{mac}", URL_SAFE_NO_PAD.encode(subject))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minting_a_link_for_an_email_with_a_line_break_is_400() {
+    let p = Production::start().await;
+    let admin = user_token(ADMIN);
+    for email in [
+        "x@example.com\n2026-01-01T00:00:00Z  INFO admin_server: outcome=\"unsubscribed\"",
+        "x@example.com\r\nfake",
+        "x@exa\u{0}mple.com",
+        "x@example.com\t",
+        "x@example.com\u{2028}fake",
+    ] {
+        let res = p.post_link_request(&admin, &json!({ "email": email, "ttl_secs": 60 })).await;
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{email:?}");
+        assert!(!res.headers().contains_key("www-authenticate"));
+        let body = json_of(res).await;
+        assert_eq!(body["code"], "invalid_request", "{email:?}");
+        assert_eq!(body["message"], "`email` must not contain control characters or line breaks");
+    }
+    assert!(!p.server.logs().contains("unsubscribe_link_minted"), "nothing was minted");
+    // An ordinary address still mints.
+    assert!(p.mint_link("x@example.com", 60).await.starts_with("v1.k1."));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_whose_subject_has_a_line_break_never_starts_a_log_line() {
+    let p = Production::start().await;
+    let marker = "FORGED-LINE";
+    let subject = format!(
+        "x@example.com\n{marker} INFO admin_server: layer=\"storage\" outcome=\"unsubscribed\" principal=\"user:root\"\r{marker}"
+    );
+    let res = p.follow_link(&hand_signed_link(&subject, now() + 600)).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(json_of(res).await["email"], subject.as_str(), "the subject itself is what was signed");
+
+    let logs = logs_with(&p.server, "outcome=\"unsubscribed\"");
+    // The pipeline's `verified` line and the store's `unsubscribed` line both name it, escaped.
+    assert!(logs.matches(&format!("\\n{marker}")).count() >= 2, "{logs}");
+    for line in logs.split(['\n', '\r']) {
+        assert!(
+            !line.trim_start().starts_with(marker),
+            "a log line starts with attacker text: {line:?}\n{logs}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_admin_in_any_ascii_case_writes_notes_as_one_author() {
+    let p = Production::start().await;
+    for (sent, text) in [("ALICE@ACME.COM", "upper"), (ADMIN, "lower"), ("Alice@Acme.com", "mixed")] {
+        let res = p.post_note(Some(&user_token(sent)), &json!({ "text": text })).await;
+        assert_eq!(res.status(), StatusCode::CREATED, "{sent}");
+        let res = p.get("/admin/whoami", Some(&user_token(sent))).await;
+        assert_eq!(json_of(res).await, json!({ "kind": "user", "email": ADMIN }), "{sent}");
+    }
+    let authors: Vec<Value> = p.notes().await.iter().map(|n| n["author"].clone()).collect();
+    assert_eq!(authors, vec![json!(format!("user:{ADMIN}")); 3]);
+}
+
+/// A proxy between the admin and the server must never store a response that carries a
+/// credential (the minted link token) or one admin's data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credential_bearing_and_admin_responses_are_never_stored_by_a_proxy() {
+    let p = Production::start().await;
+    let admin = user_token(ADMIN);
+    let cache_control = |r: &reqwest::Response| {
+        r.headers()
+            .get_all("cache-control")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let minted = p.post_link_request(&admin, &json!({ "email": "ivy@example.com", "ttl_secs": 60 })).await;
+    assert_eq!(minted.status(), StatusCode::OK);
+    assert_eq!(cache_control(&minted), ["private, no-store"], "the response holds a link token");
+    let token = json_of(minted).await["token"].as_str().unwrap().to_owned();
+    for res in [
+        p.get("/admin/whoami", Some(&admin)).await,
+        p.get("/admin/notes", Some(&admin)).await,
+        p.call("GET", "/ops/stats", &[("X-Api-Key", OPS_KEY)]).await,
+        p.follow_link(&token).await,
+    ] {
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(cache_control(&res), ["private, no-store"], "{}", res.url());
+    }
+    // Handler errors after identity (404 under /admin) and refusals alike.
+    assert_eq!(cache_control(&p.get("/admin/no-such-route", Some(&admin)).await), ["private, no-store"]);
+    assert_eq!(cache_control(&p.get("/admin/whoami", None).await), ["no-store"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_access_token_claiming_to_live_longer_than_31_days_is_401() {
+    let p = Production::start().await;
+    for exp in [now() + 32 * 86_400, u64::MAX] {
+        let mut claims = user_claims(TEAM, AUD, ADMIN, now(), 3600);
+        claims["exp"] = json!(exp);
+        let res = p.get("/admin/whoami", Some(&key().sign(&claims))).await;
+        assert_refused(res, StatusCode::UNAUTHORIZED, "invalid_token").await;
+    }
+    let month = key().sign(&user_claims(TEAM, AUD, ADMIN, now(), 31 * 86_400));
+    assert_eq!(p.get("/admin/whoami", Some(&month)).await.status(), StatusCode::OK);
 }

@@ -151,6 +151,7 @@ async function mintHmacToken(kid, secret, purpose, subject, expiresAt) {
   if (!/^[A-Za-z0-9_-]{1,32}$/.test(kid)) throw new Error("invalid kid");
   if (!/^[A-Za-z0-9_.:-]{1,64}$/.test(purpose)) throw new Error("invalid purpose");
   if (!subject.isWellFormed()) throw new Error("subject is not well-formed Unicode");
+  if (/[\p{Cc}\u2028\u2029]/u.test(subject)) throw new Error("subject has a control character or line break");
   const subjectBytes = encoder.encode(subject);
   if (subjectBytes.length < 1 || subjectBytes.length > 1024) throw new Error("subject length");
   if (!Number.isSafeInteger(expiresAt) || expiresAt < 0) throw new Error("expiresAt");
@@ -177,8 +178,15 @@ fn node_webcrypto_minter_matches_rust() {
         ("k", CURRENT, "session", "zoë 🦀 <z@example.de>", NOW + MAX_TTL.as_secs()),
         ("k_-9", ANOTHER_RING, "a", "?>?>~~", NOW + 1),
         (wide_kid.as_str(), CURRENT, "email.verify:v2", long_subject.as_str(), NOW + 60),
-        ("test-current", CURRENT, "nul", "a\u{0}b", NOW + 60),
+        ("test-current", CURRENT, "sep", "a.b:c,d\u{a0}e\u{200b}f", NOW + 60),
     ];
+    // Subjects both minters refuse (log forging).
+    let refused =
+        ["x@example.com\n<fake log line>", "a\u{0}b", "c\r", "d\u{85}", "e\u{9f}", "f\u{2028}", "g\u{2029}"];
+    for subject in refused {
+        let ring = KeyRing::new(vec![key("k", CURRENT)]).unwrap();
+        assert_eq!(ring.mint("unsubscribe", subject, NOW, HOUR), Err(MintError::ControlCharacterInSubject));
+    }
     let rust: Vec<String> = cases
         .iter()
         .map(|&(kid, secret, purpose, subject, exp)| {
@@ -192,13 +200,23 @@ fn node_webcrypto_minter_matches_rust() {
     let main = r#"
 (async () => {
   for (const c of cases) console.log(await mintHmacToken(...c));
+  for (const s of refused) {
+    try { await mintHmacToken("k", "x".repeat(32), "unsubscribe", s, 1); console.log("minted"); }
+    catch (e) { console.log("refused"); }
+  }
 })().catch((e) => { console.error(e); process.exit(1); });
 "#;
-    let script = format!("{JS_MINTER}\nconst cases = {};\n{main}", Value::from(js_cases));
+    let script = format!(
+        "{JS_MINTER}\nconst cases = {};\nconst refused = {};\n{main}",
+        Value::from(js_cases),
+        json!(refused)
+    );
     let out = Command::new("node").arg("-e").arg(script).output().unwrap();
     assert!(out.status.success(), "node failed: {}", String::from_utf8_lossy(&out.stderr));
     let js: Vec<String> = String::from_utf8(out.stdout).unwrap().lines().map(str::to_owned).collect();
-    assert_eq!(js, rust);
+    let (js_tokens, js_refusals) = js.split_at(rust.len().min(js.len()));
+    assert_eq!(js_tokens, rust);
+    assert_eq!(js_refusals, vec!["refused"; refused.len()]);
     for token in &rust {
         assert!(token.len() <= MAX_TOKEN_LEN);
     }
@@ -415,7 +433,7 @@ fn over_length_token_is_refused_before_decoding() {
 #[test]
 fn tokens_are_safe_in_urls_and_cookies() {
     let r = ring();
-    for subject in ["alice@example.com", "a b/c?d=e&f#g;h,i\"j", "zoë 🦀", "\u{0}\u{7f}", "=="] {
+    for subject in ["alice@example.com", "a b/c?d=e&f#g;h,i\"j", "zoë 🦀", "\u{a0}\u{ff}", "=="] {
         let token = r.mint("session", subject, NOW, HOUR).unwrap();
         assert!(
             token.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')),
@@ -445,6 +463,37 @@ fn subject_length_is_capped() {
     let wide = KeyRing::new(vec![key(&"k".repeat(32), CURRENT)]).unwrap();
     let token = wide.mint("unsubscribe", &longest, u64::MAX - MAX_TTL.as_secs(), MAX_TTL).unwrap();
     assert_eq!(token.len(), 1467);
+}
+
+/// Log forging: a subject such as `"x@example.com\n<fake log line>"` would be written into
+/// every log line that names the principal. Minting refuses it; what a subject may hold
+/// otherwise (spaces, non-ASCII, zero-width characters) is untouched.
+#[test]
+fn subject_with_a_line_break_or_control_character_is_refused_at_mint() {
+    let r = ring();
+    for bad in [
+        "x@example.com\n2026-01-01T00:00:00Z  INFO ztgate: outcome=\"verified\"",
+        "x@example.com\r\nfake",
+        "x\u{0}y",
+        "tab\there",
+        "esc\u{1b}[31mred",
+        "del\u{7f}",
+        "next-line\u{85}",
+        "c1\u{9b}",
+        "line\u{2028}separator",
+        "para\u{2029}graph",
+    ] {
+        let refused = r.mint("unsubscribe", bad, NOW, HOUR);
+        assert_eq!(refused, Err(MintError::ControlCharacterInSubject), "{bad:?}");
+    }
+    assert_eq!(
+        MintError::ControlCharacterInSubject.to_string(),
+        "subject must not contain control characters or line breaks"
+    );
+    for fine in ["Zoë Dupont <zoe@example.com>", "a b", "zero\u{200b}width", "nbsp\u{a0}"] {
+        let token = r.mint("unsubscribe", fine, NOW, HOUR).unwrap();
+        assert_eq!(r.verify(&token, "unsubscribe", NOW).unwrap().subject, fine);
+    }
 }
 
 #[test]
@@ -573,4 +622,247 @@ fn rejection_is_a_401_invalid_credential() {
         Rejection::from(HmacTokenError::Expired).to_string(),
         "invalid signed_token credential: token has expired"
     );
+}
+
+// ---- rotation without a restart: a key ring from a SecretSource ---------------------------------
+
+mod rotation {
+    use std::path::PathBuf;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use axum::Router;
+    use axum::routing::{get, post};
+    use ztgate::clock::{Clock, FixedClock};
+    use ztgate::identity::Requirement;
+    use ztgate::identity::hmac_token::{KeyRingSource, SignedTokenAuth, TokenSource};
+    use ztgate::secrets::{FileSecret, Secret, SecretError, SecretFuture, SecretSource};
+    use ztgate::{Principal, RoutePolicies, Verified};
+
+    use super::{ANOTHER_RING, CURRENT, HOUR, NOW, PREVIOUS};
+
+    const TTL: Duration = Duration::from_secs(60);
+
+    /// A key ring file in the temp dir, replaced atomically (write, then rename), removed on drop.
+    struct RingFile(PathBuf);
+
+    impl RingFile {
+        fn new(label: &str) -> Self {
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let name =
+                format!("ztgate-ring-{label}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
+            Self(std::env::temp_dir().join(name))
+        }
+
+        fn write(&self, text: &str) {
+            let tmp = self.0.with_extension("tmp");
+            std::fs::write(&tmp, text).unwrap();
+            std::fs::rename(&tmp, &self.0).unwrap();
+        }
+
+        fn remove(&self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    impl Drop for RingFile {
+        fn drop(&mut self) {
+            self.remove();
+        }
+    }
+
+    /// An app on 127.0.0.1 like the admin server's: `POST /mint` signs an unsubscribe token with
+    /// the ring's current first key, `GET /unsubscribe?token=` is gated by it.
+    async fn serve(ring: Arc<KeyRingSource>, clock: Arc<FixedClock>) -> String {
+        let auth = SignedTokenAuth::from_source(
+            ring.clone(),
+            "unsubscribe",
+            TokenSource::Query("token".into()),
+            clock.clone(),
+        );
+        let policies = RoutePolicies::new()
+            .route("GET", "/unsubscribe", Requirement::mechanism(auth))
+            .unwrap()
+            .route("POST", "/mint", Requirement::public())
+            .unwrap();
+        let mint = move || {
+            let (ring, clock) = (ring.clone(), clock.clone());
+            async move {
+                match ring.ring().await {
+                    Ok(ring) => ring.mint("unsubscribe", "alice@example.com", clock.now(), HOUR).unwrap(),
+                    Err(e) => format!("error: {e}"),
+                }
+            }
+        };
+        let app = Router::new()
+            .route("/unsubscribe", get(|who: Verified<Principal>| async move { who.id() }))
+            .route("/mint", post(mint))
+            .layer(policies);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        format!("http://{addr}")
+    }
+
+    async fn mint(base: &str) -> String {
+        reqwest::Client::new().post(format!("{base}/mint")).send().await.unwrap().text().await.unwrap()
+    }
+
+    async fn follow(base: &str, token: &str) -> u16 {
+        let url = format!("{base}/unsubscribe?token={token}");
+        reqwest::Client::new().get(url).send().await.unwrap().status().as_u16()
+    }
+
+    /// Rotation needed a restart: the ring was fixed at start-up. Now it comes from a file read
+    /// again after the TTL: the new first key signs, old links keep verifying until their key
+    /// is removed, and a broken file never takes the links down.
+    #[tokio::test]
+    async fn the_key_ring_rotates_from_a_file_without_a_restart() {
+        let file = RingFile::new("rotate");
+        file.write(&format!("old:{CURRENT}\n"));
+        let clock = Arc::new(FixedClock::at(NOW));
+        let ring = Arc::new(KeyRingSource::load(FileSecret::new(&file.0), TTL, clock.clone()).await.unwrap());
+        let base = serve(ring.clone(), clock.clone()).await;
+        let old_link = mint(&base).await;
+        assert!(old_link.starts_with("v1.old."), "{old_link}");
+        assert_eq!(follow(&base, &old_link).await, 200);
+
+        // A new key first, the old one second: within the TTL the old ring is still in use.
+        file.write(&format!("new:{PREVIOUS},old:{CURRENT}"));
+        clock.advance(TTL - Duration::from_secs(1));
+        assert!(mint(&base).await.starts_with("v1.old."));
+        clock.advance(Duration::from_secs(1));
+        let new_link = mint(&base).await;
+        assert!(new_link.starts_with("v1.new."), "the new key signs after the TTL: {new_link}");
+        assert_eq!(follow(&base, &new_link).await, 200);
+        assert_eq!(follow(&base, &old_link).await, 200, "the old key still verifies");
+
+        // A half-written or invalid file, then a missing one: the last good ring stays.
+        for broken in ["new:short", "not a key ring", ""] {
+            file.write(broken);
+            clock.advance(TTL);
+            assert_eq!(follow(&base, &old_link).await, 200, "{broken:?}");
+            assert!(mint(&base).await.starts_with("v1.new."), "{broken:?}");
+        }
+        file.remove();
+        clock.advance(TTL);
+        assert_eq!(follow(&base, &new_link).await, 200);
+
+        // The old key removed: its links die, the new ones live on.
+        file.write(&format!("new:{PREVIOUS}"));
+        clock.advance(TTL);
+        assert_eq!(follow(&base, &old_link).await, 401);
+        assert_eq!(follow(&base, &new_link).await, 200);
+        // Another ring's token under a kid the ring knows is refused.
+        let forged = ztgate::identity::hmac_token::KeyRing::parse(&format!("new:{ANOTHER_RING}")).unwrap();
+        let forged = forged.mint("unsubscribe", "alice@example.com", clock.now(), HOUR).unwrap();
+        assert_eq!(follow(&base, &forged).await, 401);
+    }
+
+    /// Fail closed: a source that never held a valid ring refuses every token (503) and
+    /// refuses to start through `load`; once a valid ring appears, it is used.
+    #[tokio::test]
+    async fn without_a_good_ring_ever_every_token_is_refused() {
+        let file = RingFile::new("never");
+        let clock = Arc::new(FixedClock::at(NOW));
+        let e = KeyRingSource::load(FileSecret::new(&file.0), TTL, clock.clone()).await.unwrap_err();
+        assert_eq!(e.setting(), "hmac_keys");
+        file.write(&format!("k1:{}", &CURRENT[..31]));
+        let e = KeyRingSource::load(FileSecret::new(&file.0), TTL, clock.clone()).await.unwrap_err();
+        assert!(!e.to_string().contains(&CURRENT[..31]), "the error repeats the secret: {e}");
+
+        let ring = Arc::new(KeyRingSource::new(FileSecret::new(&file.0), TTL, clock.clone()));
+        let base = serve(ring.clone(), clock.clone()).await;
+        let token = super::ring().mint("unsubscribe", "alice@example.com", NOW, HOUR).unwrap();
+        let res = reqwest::get(format!("{base}/unsubscribe?token={token}")).await.unwrap();
+        assert_eq!(res.status(), 503);
+        let body: serde_json::Value = res.json().await.unwrap();
+        assert_eq!(body["code"], "not_configured");
+        assert!(mint(&base).await.starts_with("error: invalid hmac_keys"));
+
+        // Not cached: the next request reads the file again.
+        file.write(&format!("test-current:{CURRENT}"));
+        assert_eq!(follow(&base, &token).await, 200);
+    }
+
+    /// A source that counts its reads and takes a while to answer.
+    #[derive(Debug)]
+    struct Slow {
+        reads: Arc<AtomicUsize>,
+        text: String,
+    }
+
+    impl SecretSource for Slow {
+        fn get(&self) -> SecretFuture<'_> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            let text = self.text.clone();
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                if text.is_empty() {
+                    Err(SecretError::Unavailable("store down".into()))
+                } else {
+                    Ok(Secret::from(text))
+                }
+            })
+        }
+    }
+
+    /// A stampede on a slow store: when the ring goes stale under load, one request re-reads it
+    /// and the others carry on with the last good ring.
+    #[tokio::test]
+    async fn a_stale_ring_is_read_again_once_however_many_requests_arrive() {
+        let reads = Arc::new(AtomicUsize::new(0));
+        let clock = Arc::new(FixedClock::at(NOW));
+        let source = Slow { reads: reads.clone(), text: format!("k1:{CURRENT}") };
+        let ring = Arc::new(KeyRingSource::load(source, TTL, clock.clone()).await.unwrap());
+        assert_eq!(reads.load(Ordering::SeqCst), 1);
+        for _ in 0..10 {
+            ring.ring().await.unwrap();
+        }
+        assert_eq!(reads.load(Ordering::SeqCst), 1, "fresh: no read");
+        clock.advance(TTL);
+        let waiters: Vec<_> = (0..32)
+            .map(|_| {
+                let ring = ring.clone();
+                tokio::spawn(async move { ring.ring().await.map(|r| r.kids().next().unwrap().to_owned()) })
+            })
+            .collect();
+        for waiter in waiters {
+            assert_eq!(waiter.await.unwrap().unwrap(), "k1");
+        }
+        assert_eq!(reads.load(Ordering::SeqCst), 2, "one re-read for the stale ring");
+
+        // A store that is down is asked once per TTL too, while the last good ring serves.
+        let down = Arc::new(AtomicUsize::new(0));
+        let failing =
+            KeyRingSource::new(Slow { reads: down.clone(), text: String::new() }, TTL, clock.clone());
+        assert!(failing.ring().await.is_err());
+        assert!(failing.ring().await.is_err(), "never good: asked again on every call");
+        assert_eq!(down.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_file_secret_is_bounded_and_errors_name_the_path_not_the_contents() {
+        let file = RingFile::new("bounds");
+        let read = |f: &RingFile| futures_lite(FileSecret::new(&f.0).get());
+        assert!(matches!(read(&file), Err(SecretError::Missing(p)) if p.contains("ztgate-ring-bounds")));
+        file.write("");
+        assert!(matches!(read(&file), Err(SecretError::Missing(_))));
+        file.write(&"k".repeat(FileSecret::MAX_BYTES as usize));
+        assert_eq!(read(&file).unwrap().len(), FileSecret::MAX_BYTES as usize);
+        let secret_text = format!("k1:{CURRENT}");
+        file.write(&format!("{secret_text}{}", " ".repeat(FileSecret::MAX_BYTES as usize)));
+        let e = read(&file).unwrap_err();
+        assert!(
+            matches!(&e, SecretError::Unavailable(why) if why.contains("larger than 65536 bytes")),
+            "{e:?}"
+        );
+        assert!(!e.to_string().contains(CURRENT));
+    }
+
+    /// Runs a future that never waits (a `FileSecret` read is synchronous).
+    fn futures_lite<T>(future: impl Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(future)
+    }
 }

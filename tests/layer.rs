@@ -193,3 +193,94 @@ async fn route_policies_deny_routes_nobody_declared() {
     // Method matters: POST on a GET-only declaration is undeclared.
     assert_eq!(client.post(format!("{base}/healthz")).send().await.unwrap().status(), 403);
 }
+
+/// A shared cache keeping an authenticated response: a CDN or corporate proxy that stores the
+/// answer to one caller (a freshly minted link token, someone's notes) and serves it to the
+/// next. Every response to a verified request is `private, no-store` unless its handler said
+/// otherwise; refusals are `no-store`.
+#[tokio::test]
+async fn verified_responses_are_private_no_store_so_no_shared_cache_keeps_them() {
+    use ztgate::{CachePolicy, Gate};
+    let key = key("k1");
+    let jwks = JwksServer::start(&[&key]).await;
+    let token = key.sign(&user_claims(TEAM, AUD, "alice@acme.com", NOW, 60));
+    let call = |gate: Gate, handler_sets: Option<&'static str>, token: Option<String>| async move {
+        let svc = ServiceBuilder::new().layer(gate).service(service_fn(
+            move |_req: http::Request<String>| async move {
+                let mut response = http::Response::new(String::from("for alice only"));
+                if let Some(value) = handler_sets {
+                    response.headers_mut().insert("cache-control", http::HeaderValue::from_static(value));
+                }
+                Ok::<_, Infallible>(response)
+            },
+        ));
+        let req = match token {
+            Some(t) => request_with_token(&t),
+            None => http::Request::builder().uri("/admin").body(String::new()).unwrap(),
+        };
+        let response = svc.oneshot(req).await.unwrap();
+        let values: Vec<String> = response
+            .headers()
+            .get_all("cache-control")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect();
+        (response.status().as_u16(), values)
+    };
+    let access = || gate(&jwks.url(), clock());
+    let t = || Some(token.clone());
+
+    // The default: added when the handler set nothing, the handler's own kept otherwise.
+    assert_eq!(access().cache_policy(), CachePolicy::PrivateNoStore);
+    assert_eq!(call(access(), None, t()).await, (200, vec!["private, no-store".to_owned()]));
+    assert_eq!(
+        call(access(), Some("private, max-age=60"), t()).await,
+        (200, vec!["private, max-age=60".to_owned()])
+    );
+    // Forced: replaces what the handler set.
+    let forced = || access().with_cache_policy(CachePolicy::ForcePrivateNoStore);
+    assert_eq!(
+        call(forced(), Some("public, max-age=3600"), t()).await,
+        (200, vec!["private, no-store".to_owned()])
+    );
+    assert_eq!(call(forced(), None, t()).await, (200, vec!["private, no-store".to_owned()]));
+    // Off, for routes that manage caching themselves.
+    let off = || access().with_cache_policy(CachePolicy::Unchanged);
+    assert_eq!(call(off(), None, t()).await, (200, vec![]));
+    assert_eq!(
+        call(off(), Some("public, max-age=3600"), t()).await,
+        (200, vec!["public, max-age=3600".to_owned()])
+    );
+    // Public routes are verified too (as anonymous).
+    assert_eq!(call(Gate::public(), None, None).await, (200, vec!["private, no-store".to_owned()]));
+    // Refusals never reach the handler and are `no-store` whatever the policy says.
+    for gate in [access(), off()] {
+        assert_eq!(call(gate, Some("public, max-age=3600"), None).await, (401, vec!["no-store".to_owned()]));
+    }
+}
+
+#[tokio::test]
+async fn route_policies_mark_verified_responses_private_no_store_over_real_http() {
+    use ztgate::RoutePolicies;
+    use ztgate::identity::{ApiKeyAuth, ApiKeys, Requirement};
+    let keys = Arc::new(ApiKeys::parse("ops:0123456789abcdef0123456789").unwrap());
+    let policies = RoutePolicies::new()
+        .route("GET", "/ops/{*rest}", Requirement::mechanism(ApiKeyAuth::new(keys)))
+        .unwrap();
+    let app = Router::new()
+        .route("/ops/stats", get(whoami))
+        .route("/ops/report", get(|| async { ([("cache-control", "private, max-age=30")], "report") }))
+        .layer(policies);
+    let base = serve(app).await;
+    let client = reqwest::Client::new();
+    let get =
+        |path: &str| client.get(format!("{base}{path}")).header("x-api-key", "0123456789abcdef0123456789");
+    let cache_control =
+        |r: &reqwest::Response| r.headers().get("cache-control").map(|v| v.to_str().unwrap().to_owned());
+    let stats = get("/ops/stats").send().await.unwrap();
+    assert_eq!((stats.status().as_u16(), cache_control(&stats).as_deref()), (200, Some("private, no-store")));
+    let report = get("/ops/report").send().await.unwrap();
+    assert_eq!(cache_control(&report).as_deref(), Some("private, max-age=30"), "the handler's own wins");
+    let refused = client.get(format!("{base}/ops/stats")).send().await.unwrap();
+    assert_eq!((refused.status().as_u16(), cache_control(&refused).as_deref()), (401, Some("no-store")));
+}

@@ -137,4 +137,38 @@ async fn tokens_never_reach_logs_or_debug_output() {
     // The MAC part alone must not appear either.
     let mac = signed.rsplit('.').next().unwrap();
     assert!(!logs.contains(mac) && !debug.contains(mac));
+
+    // A key ring read from a source: loaded, then an invalid new value (a secret too short to
+    // be a key), then an unreadable one. The log names the key ids and the failures, never a
+    // secret.
+    use ztgate::identity::hmac_token::KeyRingSource;
+    use ztgate::secrets::{Secret, SecretError, SecretFuture, SecretSource};
+    #[derive(Debug)]
+    struct Changing(Arc<Mutex<Option<String>>>);
+    impl SecretSource for Changing {
+        fn get(&self) -> SecretFuture<'_> {
+            let value = self.0.lock().unwrap().clone();
+            Box::pin(
+                async move { value.map(Secret::from).ok_or(SecretError::Unavailable("store down".into())) },
+            )
+        }
+    }
+    const SHORT: &str = "too-short-secret-but-still-secret";
+    let text = Arc::new(Mutex::new(Some(format!("rotated-kid:{HMAC_SECRET}"))));
+    let clock = clock();
+    let source =
+        KeyRingSource::load(Changing(text.clone()), Duration::from_secs(60), clock.clone()).await.unwrap();
+    *text.lock().unwrap() = Some(format!("k9:{}", &SHORT[..20]));
+    clock.advance(Duration::from_secs(60));
+    assert_eq!(source.ring().await.unwrap().kids().next(), Some("rotated-kid"));
+    *text.lock().unwrap() = None;
+    clock.advance(Duration::from_secs(60));
+    assert!(source.ring().await.is_ok());
+    debug.push_str(&format!("{source:?}"));
+    let logs = String::from_utf8(logs_handle.0.lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("hmac_keys_loaded") && logs.contains("rotated-kid"), "{logs}");
+    assert_eq!(logs.matches("hmac_keys_reload_failed").count(), 2, "{logs}");
+    for secret in [HMAC_SECRET, &SHORT[..20]] {
+        assert!(!logs.contains(secret) && !debug.contains(secret), "a key ring secret was logged");
+    }
 }

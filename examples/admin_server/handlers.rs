@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use ztgate::clock::unix_now;
+use ztgate::identity::hmac_token::MintError;
 use ztgate::identity::webhook::{append_capped, check_content_length};
 use ztgate::storage::Actor;
 use ztgate::{Principal, Rejection, Verified};
@@ -128,12 +129,18 @@ pub(crate) async fn mint_unsubscribe_link(
         Some(t) => t,
     };
     let now = unix_now();
-    let token = app.ring.mint(UNSUBSCRIBE, &email, now, Duration::from_secs(ttl)).map_err(|e| {
-        tracing::error!(target: LOG_TARGET, layer = "identity", outcome = "mint_failed", principal = %who.id(), error = %e);
-        ApiError::Internal
+    let token = app.ring.mint(UNSUBSCRIBE, &email, now, Duration::from_secs(ttl)).map_err(|e| match e {
+        // The subject is the client's: a line break in it is refused, never signed.
+        MintError::ControlCharacterInSubject => {
+            invalid("`email` must not contain control characters or line breaks")
+        }
+        other => {
+            tracing::error!(target: LOG_TARGET, layer = "identity", outcome = "mint_failed", principal = ?who.id(), error = ?other.to_string());
+            ApiError::Internal
+        }
     })?;
     // The token is a credential: logged never, only who asked for it and until when.
-    tracing::info!(target: LOG_TARGET, layer = "identity", outcome = "unsubscribe_link_minted", principal = %who.id(), expires_at = now + ttl);
+    tracing::info!(target: LOG_TARGET, layer = "identity", outcome = "unsubscribe_link_minted", principal = ?who.id(), expires_at = now + ttl);
     Ok(Json(json!({ "token": token, "expires_at": now + ttl })))
 }
 

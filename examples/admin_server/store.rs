@@ -88,7 +88,7 @@ impl Store {
                 Ok(db.last_insert_rowid())
             })
             .await?;
-        tracing::info!(target: LOG_TARGET, layer = "storage", outcome = "note_created", principal = %by.id(), id);
+        tracing::info!(target: LOG_TARGET, layer = "storage", outcome = "note_created", principal = ?by.id(), id);
         Ok(id)
     }
 
@@ -113,7 +113,7 @@ impl Store {
         let deleted =
             self.blocking(by.id(), move |db| db.execute("DELETE FROM notes WHERE id = ?1", [id])).await? == 1;
         if deleted {
-            tracing::info!(target: LOG_TARGET, layer = "storage", outcome = "note_deleted", principal = %by.id(), proofs = ?proofs, id);
+            tracing::info!(target: LOG_TARGET, layer = "storage", outcome = "note_deleted", principal = ?by.id(), proofs = ?proofs, id);
         }
         Ok(deleted)
     }
@@ -129,7 +129,7 @@ impl Store {
             })
             .await?
             == 1;
-        tracing::info!(target: LOG_TARGET, layer = "storage", outcome = "unsubscribed", principal = %by.id(), first);
+        tracing::info!(target: LOG_TARGET, layer = "storage", outcome = "unsubscribed", principal = ?by.id(), first);
         Ok(first)
     }
 
@@ -165,7 +165,7 @@ impl Store {
             )
         })
         .await?;
-        tracing::info!(target: LOG_TARGET, layer = "storage", outcome = "webhook_stored", principal, id, body_bytes);
+        tracing::info!(target: LOG_TARGET, layer = "storage", outcome = "webhook_stored", principal = ?principal, id = ?id, body_bytes);
         Ok(())
     }
 
@@ -186,7 +186,7 @@ impl Store {
             .map_err(|e| e.to_string())
             .and_then(|r| r.map_err(|e| e.to_string()));
         result.map_err(|error| {
-            tracing::error!(target: LOG_TARGET, layer = "storage", outcome = "error", principal, %error);
+            tracing::error!(target: LOG_TARGET, layer = "storage", outcome = "error", principal = ?principal, error = ?error);
             StorageError
         })
     }

@@ -10,7 +10,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
-use ztgate::Principal;
+use ztgate::{AccessConfig, Principal};
 use ztgate_fuzz::*;
 
 fuzz_target!(init: ztgate_fuzz::seeds::write_if_asked("access_jwt"), |data: &[u8]| {
@@ -135,6 +135,13 @@ fn assert_sound(token: &str, principal: &Principal) {
     assert!(exp.saturating_add(LEEWAY) > NOW, "accepted exp {exp}");
     assert!(time("nbf").is_none_or(|nbf| nbf <= NOW + LEEWAY), "accepted a future nbf");
     assert!(time("iat").is_none_or(|iat| iat <= NOW + LEEWAY), "accepted a future iat");
+    // The lifetime is bounded (31 days by default): `exp − iat`, and `exp − now` plus the leeway.
+    let max_lifetime = AccessConfig::MAX_LIFETIME.as_secs();
+    assert!(
+        time("iat").is_none_or(|iat| exp.saturating_sub(iat) <= max_lifetime),
+        "accepted a lifetime over the max"
+    );
+    assert!(exp.saturating_sub(NOW) <= max_lifetime + LEEWAY, "accepted exp {exp}, beyond the max lifetime");
     match principal {
         Principal::Service(service) => {
             assert_eq!(claims["common_name"], service.common_name.as_str());
@@ -142,7 +149,9 @@ fn assert_sound(token: &str, principal: &Principal) {
         }
         Principal::User(user) => {
             assert!(claims.get("common_name").is_none(), "a token with common_name became a user");
-            assert_eq!(claims["email"], user.email.as_str());
+            // One person, one id: the email is ASCII-lowercased, nothing else.
+            let sent = claims["email"].as_str().expect("accepted a non-string email");
+            assert_eq!(sent.to_ascii_lowercase(), user.email);
             assert!(!user.email.is_empty());
         }
         other => panic!("the Access verifier made {other:?}"),

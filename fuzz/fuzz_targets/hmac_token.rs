@@ -154,6 +154,8 @@ fn mint(rest: &[u8]) {
         Some(MintError::EmptySubject)
     } else if subject.len() > MAX_SUBJECT_LEN {
         Some(MintError::SubjectTooLong)
+    } else if subject.chars().any(|c| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}')) {
+        Some(MintError::ControlCharacterInSubject)
     } else if ttl == 0 || ttl > MAX_TTL.as_secs() || now.checked_add(ttl).is_none() {
         Some(MintError::TtlOutOfRange)
     } else {

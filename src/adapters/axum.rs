@@ -26,7 +26,7 @@ where
                 tracing::error!(
                     layer = "identity",
                     outcome = "layer_missing",
-                    path = parts.uri.path(),
+                    path = ?parts.uri.path(),
                     "a handler asked for Verified<Principal> but the Gate layer did not run"
                 );
                 Err(Rejection::LayerMissing)

@@ -5,6 +5,11 @@
 //! service; on failure it answers with the [`Rejection`](crate::Rejection)'s response and the
 //! inner service never sees the request.
 //!
+//! The inner service's response to a verified request gets `Cache-Control: private, no-store`
+//! unless the handler set its own, so no shared cache keeps a response meant for one caller (or
+//! carrying a credential); the selected gate's [`CachePolicy`](crate::CachePolicy) can force
+//! it or turn it off.
+//!
 //! ```
 //! use tower::{ServiceBuilder, service_fn};
 //! use ztgate::{AccessConfig, Gate, Policy, Principal, Verified};
@@ -30,7 +35,7 @@ use serde::de::DeserializeOwned;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::gate::pipeline::authenticate;
+use crate::gate::pipeline::authenticate_for_response;
 use crate::gate::{Gate, RoutePolicies, SelectGate};
 use crate::request::RequestFacts;
 
@@ -84,14 +89,16 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         // The pipeline reads the request now, so the future holds owned facts, not a borrow.
         let (method, uri) = (req.method(), req.uri());
-        let checked = authenticate(&self.gates, method, uri.path(), |limits, declared| {
+        let checked = authenticate_for_response(&self.gates, method, uri.path(), |limits, declared| {
             RequestFacts::read(method, uri.path(), uri.query(), req.headers(), limits, declared)
         });
         Box::pin(async move {
             match checked.await {
-                Ok(verified) => {
+                Ok((verified, cache)) => {
                     req.extensions_mut().insert(verified);
-                    inner.call(req).await
+                    let mut response = inner.call(req).await?;
+                    cache.apply(response.headers_mut());
+                    Ok(response)
                 }
                 Err(rejection) => Ok(rejection.to_response()),
             }

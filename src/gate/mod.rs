@@ -5,7 +5,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use http::{HeaderName, Request};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, header};
 use serde::de::DeserializeOwned;
 
 use crate::clock::{Clock, SystemClock};
@@ -29,9 +29,58 @@ pub use routes::RoutePolicies;
 /// requirement (any-of, all-of, API keys, mTLS, public...).
 ///
 /// Cheap to clone (one `Arc`); clones share the JWKS cache. A `Gate` is itself the Tower
-/// [`Layer`](tower_layer::Layer): `router.layer(gate)`.
+/// [`Layer`](tower_layer::Layer): `router.layer(gate)`. As a layer it marks the responses to
+/// the requests it verified `Cache-Control: private, no-store` (see [`CachePolicy`]).
 pub struct Gate<C = NoClaims> {
     inner: Arc<GateInner<C>>,
+    cache: CachePolicy,
+}
+
+/// What the Tower layer does to the `Cache-Control` header of a response to a request it
+/// verified. Refusals always carry `Cache-Control: no-store`, whatever this says.
+///
+/// A response to an authenticated request is for that caller alone, and may carry a
+/// credential (a freshly minted link token, a session): no shared cache (a CDN, a corporate
+/// proxy) may keep it, nor the browser's disk cache. So by default the layer adds
+/// `Cache-Control: private, no-store` to every such response whose handler did not set a
+/// `Cache-Control` of its own. A handler that did set one (say `private, max-age=60` for a
+/// slow report) made a decision about its own route, and it is kept; choose
+/// [`CachePolicy::ForcePrivateNoStore`] to override handlers too, or
+/// [`CachePolicy::Unchanged`] for routes that manage caching themselves.
+///
+/// This applies to public routes ([`Gate::public`]) as well: their responses are verified, as
+/// anonymous. A public route that wants to be cached sets its own `Cache-Control`.
+///
+/// Only the Tower layer (and so axum) applies it. [`Gate::check`] and the Workers adapter
+/// return the principal and leave the response to you: set `Cache-Control: private, no-store`
+/// there yourself.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CachePolicy {
+    /// `Cache-Control: private, no-store`, unless the handler set a `Cache-Control` of its own
+    /// (the default).
+    #[default]
+    PrivateNoStore,
+    /// `Cache-Control: private, no-store` on every verified response, replacing whatever the
+    /// handler set.
+    ForcePrivateNoStore,
+    /// The layer leaves `Cache-Control` to the handler.
+    Unchanged,
+}
+
+impl CachePolicy {
+    /// Applies the policy to the headers of a response to a verified request.
+    pub(crate) fn apply(self, headers: &mut HeaderMap) {
+        const PRIVATE_NO_STORE: HeaderValue = HeaderValue::from_static("private, no-store");
+        match self {
+            Self::PrivateNoStore if headers.contains_key(header::CACHE_CONTROL) => {}
+            Self::PrivateNoStore | Self::ForcePrivateNoStore => {
+                // `insert` replaces every value the handler may have set.
+                headers.insert(header::CACHE_CONTROL, PRIVATE_NO_STORE);
+            }
+            Self::Unchanged => {}
+        }
+    }
 }
 
 struct GateInner<C> {
@@ -43,13 +92,16 @@ struct GateInner<C> {
 
 impl<C> Clone for Gate<C> {
     fn clone(&self) -> Self {
-        Self { inner: self.inner.clone() }
+        Self { inner: self.inner.clone(), cache: self.cache }
     }
 }
 
 impl<C: 'static> fmt::Debug for Gate<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Gate").field("requirement", &self.inner.requirement).finish()
+        f.debug_struct("Gate")
+            .field("requirement", &self.inner.requirement)
+            .field("cache", &self.cache)
+            .finish()
     }
 }
 
@@ -127,6 +179,19 @@ impl<C> Gate<C> {
     pub(crate) fn declared_headers(&self) -> &[HeaderName] {
         &self.inner.declared_headers
     }
+
+    /// How the Tower layer marks responses to requests this gate verified (default:
+    /// [`CachePolicy::PrivateNoStore`]). E.g. `Gate::public().with_cache_policy(CachePolicy::Unchanged)`
+    /// for public routes that set their own caching.
+    pub fn with_cache_policy(mut self, policy: CachePolicy) -> Self {
+        self.cache = policy;
+        self
+    }
+
+    /// The [`CachePolicy`] the Tower layer applies for this gate.
+    pub fn cache_policy(&self) -> CachePolicy {
+        self.cache
+    }
 }
 
 impl<C: Send + Sync + 'static> Gate<C> {
@@ -134,7 +199,10 @@ impl<C: Send + Sync + 'static> Gate<C> {
     /// With the default claims type, use [`Gate::new`] or [`Gate::with_limits`].
     pub fn with_claims(requirement: Requirement<C>, limits: RequestLimits) -> Self {
         let declared_headers = requirement.declared_headers();
-        Self { inner: Arc::new(GateInner { requirement, limits, declared_headers }) }
+        Self {
+            inner: Arc::new(GateInner { requirement, limits, declared_headers }),
+            cache: CachePolicy::default(),
+        }
     }
 }
 

@@ -9,13 +9,22 @@
 //! - `refused` in layer `request` (info): the request layer refused the request's shape;
 //! - `verified` (info, with `principal` and `via`), `missing_credential` (info), `refused` in
 //!   layer `identity` (info, with `code` and `reason`).
+//!
+//! **Attacker text never starts a log line.** Principal ids, emails, subjects, common names,
+//! paths, methods, reasons and error messages are all influenced by whoever sent the request,
+//! and tracing-subscriber writes `Display` values (`%`) as they are, line breaks included. So
+//! every value that is not a number or a fixed name is recorded in `Debug` form
+//! (`field = ?value`): quoted, with `\n`, `\r`, `"`, `\` and every other control or
+//! non-printable character escaped, whatever subscriber formats it. One rule, for ztgate's
+//! events and the admin server's alike; `tests/log_injection.rs` drives line breaks through the
+//! pipeline and scans the source for `%`.
 
 use std::future::Future;
 
 use http::Method;
 use serde::de::DeserializeOwned;
 
-use super::Gate;
+use super::{CachePolicy, Gate};
 use crate::error::Rejection;
 use crate::identity::mechanism::Outcome;
 use crate::principal::{Principal, Verified};
@@ -64,10 +73,30 @@ where
     G: SelectGate,
     G::Claims: DeserializeOwned + Send + Sync + 'static,
 {
+    let checked = authenticate_for_response(selector, method, path, extract);
+    async move { checked.await.map(|(verified, _)| verified) }
+}
+
+/// What the Tower layer needs of a verified request: the proof, and how to mark the response.
+pub(crate) type ForResponse<C> = (Verified<Principal<C>>, CachePolicy);
+
+/// [`authenticate`], also giving the selected gate's [`CachePolicy`], for an adapter that
+/// answers with the inner service's response (the Tower layer).
+pub(crate) fn authenticate_for_response<G>(
+    selector: &G,
+    method: &Method,
+    path: &str,
+    extract: impl Extract,
+) -> impl Future<Output = Result<ForResponse<G::Claims>, Rejection>> + Send + 'static
+where
+    G: SelectGate,
+    G::Claims: DeserializeOwned + Send + Sync + 'static,
+{
     let begun = begin(selector, method, path, extract).map(|(gate, facts)| (gate.clone(), facts));
     async move {
         let (gate, facts) = begun?;
-        check(&gate, &facts).await
+        let cache = gate.cache_policy();
+        check(&gate, &facts).await.map(|verified| (verified, cache))
     }
 }
 
@@ -79,11 +108,11 @@ fn begin<'g, G: SelectGate>(
     extract: impl Extract,
 ) -> Result<(&'g Gate<G::Claims>, RequestFacts), Rejection> {
     let Some(gate) = selector.select(method, path) else {
-        tracing::warn!(layer = "identity", outcome = "no_policy", %method, path = truncate(path, MAX_LOGGED_PATH));
+        tracing::warn!(layer = "identity", outcome = "no_policy", method = ?method.as_str(), path = ?truncate(path, MAX_LOGGED_PATH));
         return Err(Rejection::NoPolicy);
     };
     let facts = extract(gate.limits(), gate.declared_headers()).map_err(|e| {
-        tracing::info!(layer = "request", outcome = "refused", reason = %e, %method, path = truncate(path, MAX_LOGGED_PATH));
+        tracing::info!(layer = "request", outcome = "refused", reason = ?e.to_string(), method = ?method.as_str(), path = ?truncate(path, MAX_LOGGED_PATH));
         Rejection::from(e)
     })?;
     Ok((gate, facts))
@@ -101,16 +130,81 @@ where
     match gate.requirement().evaluate(facts).await {
         Outcome::Verified(principal, proofs) => {
             let via: Vec<&str> = proofs.iter().map(|p| p.mechanism).collect();
-            tracing::info!(layer = "identity", outcome = "verified", principal = %principal.id(), via = ?via, %method, path);
+            tracing::info!(layer = "identity", outcome = "verified", principal = ?principal.id(), via = ?via, method = ?method.as_str(), path = ?path);
             Ok(Verified::new(principal, proofs))
         }
         Outcome::NotPresent => {
-            tracing::info!(layer = "identity", outcome = "missing_credential", %method, path);
+            tracing::info!(layer = "identity", outcome = "missing_credential", method = ?method.as_str(), path = ?path);
             Err(Rejection::MissingCredential)
         }
         Outcome::Refused(rejection) => {
-            tracing::info!(layer = "identity", outcome = "refused", code = rejection.code(), reason = %rejection, %method, path);
+            tracing::info!(layer = "identity", outcome = "refused", code = rejection.code(), reason = ?rejection.to_string(), method = ?method.as_str(), path = ?path);
             Err(rejection)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use http::HeaderMap;
+
+    use super::*;
+    use crate::identity::Requirement;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Selects no gate: every request is `no_policy`.
+    #[derive(Clone)]
+    struct Nothing;
+
+    impl SelectGate for Nothing {
+        type Claims = crate::principal::NoClaims;
+        fn select(&self, _: &Method, _: &str) -> Option<&Gate> {
+            None
+        }
+    }
+
+    /// The events `begin` writes (no policy, refused by the request layer) record the path
+    /// escaped: a path with a line break in it never starts a log line.
+    #[test]
+    fn a_path_with_line_breaks_never_starts_a_log_line_before_identity() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber =
+            tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).finish();
+        let path = "/x\nFORGED-BEGIN INFO ztgate: outcome=\"verified\"\rFORGED-BEGIN";
+        let tight = Gate::with_limits(
+            Requirement::public(),
+            RequestLimits { max_path_bytes: 8, ..RequestLimits::default() },
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            let read = |limits: &RequestLimits, declared: &[http::HeaderName]| {
+                RequestFacts::read(&Method::GET, path, None, &HeaderMap::new(), limits, declared)
+            };
+            assert!(matches!(begin(&Nothing, &Method::GET, path, read), Err(Rejection::NoPolicy)));
+            assert!(matches!(begin(&tight, &Method::GET, path, read), Err(Rejection::Request(_))));
+        });
+        let logs = String::from_utf8(captured.0.lock().unwrap_or_else(|p| p.into_inner()).clone()).unwrap();
+        assert_eq!(
+            logs.matches("\\nFORGED-BEGIN").count(),
+            2,
+            "both events logged the path, escaped:\n{logs}"
+        );
+        for line in logs.split(['\n', '\r']) {
+            assert!(!line.starts_with("FORGED-BEGIN"), "{line:?}\n{logs}");
         }
     }
 }

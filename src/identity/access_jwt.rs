@@ -10,8 +10,27 @@
 //!    configured tag; `exp` present and in the future; `nbf` and `iat`, if present, not in the
 //!    future; all within a bounded leeway. A time claim of the wrong JSON type (string, float,
 //!    null, negative) is refused, not treated as absent. Duplicate claim names are refused.
+//!    The lifetime is bounded ([`AccessConfig::with_max_lifetime`], default 31 days, the
+//!    longest Access session): `exp − iat` (when `iat` is present) and `exp − now` (always,
+//!    plus the leeway) may not exceed it, so a token that claims to live for years (`exp` of
+//!    `u64::MAX`) is refused however it was signed. Envoy's `jwt_authn` calls this
+//!    `max_lifetime`.
 //! 6. the principal: a `common_name` claim makes a [`ServiceToken`]
 //!    (never a user, whatever else it carries); otherwise a user with a non-empty `email`.
+//!
+//! ## One person, one id
+//!
+//! Access compares emails case-insensitively, so `ADMIN@acme.com` and `admin@acme.com` are the
+//! same person. The verifier normalises the email once, here, and everything downstream (the
+//! [`Policy`] allowlist, [`Principal::id`] `user:<email>`, what storage records as the author,
+//! the logs) sees the normalised form. Exactly what is normalised:
+//! - the whole `email` (local part and domain) is **ASCII-lowercased**: `A`–`Z` become `a`–`z`;
+//! - nothing else: no Unicode case folding (`Ä` stays `Ä`), no Unicode normalisation (NFC/NFKC),
+//!   no trimming, no removal of dots or `+tags`. Two addresses that differ in anything but ASCII
+//!   case are two principals;
+//! - service tokens: `common_name` is kept and compared **exactly** as sent. Cloudflare issues
+//!   Client IDs in lowercase (`<hex>.access`) and a token always carries its own, so one token
+//!   has one id; an allowlist entry in another case does not match (fail closed).
 //!
 //! [`AccessJwt`] is the mechanism: the verifier above, then a [`Policy`] that decides who of
 //! the proven principals may pass.
@@ -45,9 +64,14 @@ pub struct AccessConfig {
     team_domain: String,
     audiences: Vec<String>,
     leeway: Duration,
+    max_lifetime: Duration,
 }
 
 impl AccessConfig {
+    /// The longest token lifetime ztgate accepts, and the default (31 days): the longest
+    /// session duration Cloudflare Access offers. [`AccessConfig::with_max_lifetime`] can only
+    /// lower it.
+    pub const MAX_LIFETIME: Duration = Duration::from_secs(31 * 86_400);
     /// The largest leeway ztgate accepts for time claims (5 min).
     pub const MAX_LEEWAY: Duration = Duration::from_secs(300);
     /// The default leeway for `exp`, `nbf` and `iat` (60 s).
@@ -86,7 +110,7 @@ impl AccessConfig {
         if audiences.is_empty() || audiences.iter().any(|a| a.trim().is_empty()) {
             return Err(ConfigError::new("audiences", "at least one non-empty Access AUD tag is required"));
         }
-        Ok(Self { team_domain, audiences, leeway: Self::DEFAULT_LEEWAY })
+        Ok(Self { team_domain, audiences, leeway: Self::DEFAULT_LEEWAY, max_lifetime: Self::MAX_LIFETIME })
     }
 
     /// Leeway for `exp`, `nbf` and `iat` (default 60 s, at most [`AccessConfig::MAX_LEEWAY`]).
@@ -99,6 +123,35 @@ impl AccessConfig {
         }
         self.leeway = leeway;
         Ok(self)
+    }
+
+    /// The longest lifetime a token may have (default and maximum
+    /// [`AccessConfig::MAX_LIFETIME`], 31 days): a token is refused (401 `invalid_token`,
+    /// [`TokenError::LifetimeTooLong`]) when `exp − iat` exceeds it, or `exp − now` exceeds it
+    /// plus the leeway. Set it to your Access application's session duration (e.g. 24 h) so a
+    /// token can never outlive a session Access would have ended.
+    ///
+    /// Whole seconds, at least one second and at most [`AccessConfig::MAX_LIFETIME`]: a gate
+    /// that accepted longer lifetimes than Access ever issues would only accept forgeries and
+    /// minting bugs. Anything else is a [`ConfigError`] naming `max_lifetime`.
+    pub fn with_max_lifetime(mut self, max_lifetime: Duration) -> Result<Self, ConfigError> {
+        if max_lifetime.as_secs() == 0 || max_lifetime > Self::MAX_LIFETIME {
+            return Err(ConfigError::new(
+                "max_lifetime",
+                format!(
+                    "{}s is not between 1s and the maximum of {}s (31 days)",
+                    max_lifetime.as_secs(),
+                    Self::MAX_LIFETIME.as_secs()
+                ),
+            ));
+        }
+        self.max_lifetime = Duration::from_secs(max_lifetime.as_secs());
+        Ok(self)
+    }
+
+    /// The longest lifetime accepted (see [`AccessConfig::with_max_lifetime`]).
+    pub fn max_lifetime(&self) -> Duration {
+        self.max_lifetime
     }
 
     /// The issuer tokens must carry.
@@ -268,6 +321,12 @@ impl<C: DeserializeOwned> AccessVerifier<C> {
         if claims.iat.is_some_and(|iat| iat > now.saturating_add(leeway)) {
             return Err(TokenError::IssuedInFuture);
         }
+        let max_lifetime = self.config.max_lifetime.as_secs();
+        if claims.iat.is_some_and(|iat| exp.saturating_sub(iat) > max_lifetime)
+            || exp.saturating_sub(now) > max_lifetime.saturating_add(leeway)
+        {
+            return Err(TokenError::LifetimeTooLong);
+        }
         if let Some(common_name) = claims.common_name {
             if common_name.is_empty() {
                 return Err(TokenError::Claims("empty common_name".into()));
@@ -280,7 +339,8 @@ impl<C: DeserializeOwned> AccessVerifier<C> {
             .ok_or_else(|| TokenError::Claims("neither email nor common_name".into()))?;
         let custom: C = serde_json::from_str(payload).map_err(|e| TokenError::Claims(claim_error(&e)))?;
         Ok(Principal::User(AccessUser {
-            email,
+            // One person, one id (module docs): compared and recorded in this form.
+            email: email.to_ascii_lowercase(),
             sub: claims.sub.unwrap_or_default(),
             country: claims.country,
             identity_nonce: claims.identity_nonce,
@@ -373,7 +433,7 @@ impl<C: DeserializeOwned + Send + Sync + 'static> Mechanism<C> for AccessJwt<C> 
                 Err(e) => Attempt::Refused(Rejection::from(e)),
                 Ok(p) if self.policy.allows(&p) => Attempt::Verified(p),
                 Ok(p) => {
-                    tracing::warn!(layer = "identity", outcome = "forbidden", mechanism = Self::NAME, principal = %p.id());
+                    tracing::warn!(layer = "identity", outcome = "forbidden", mechanism = Self::NAME, principal = ?p.id());
                     Attempt::Refused(Rejection::Forbidden)
                 }
             }
@@ -402,7 +462,17 @@ mod tests {
         assert!(AccessConfig::new("https://acme.cloudflareaccess.com", [" "]).is_err());
         let cfg = AccessConfig::new("https://a.cloudflareaccess.com", ["x"]).unwrap();
         assert!(cfg.clone().with_leeway(AccessConfig::MAX_LEEWAY + Duration::from_secs(1)).is_err());
-        assert!(cfg.with_leeway(Duration::from_secs(0)).is_ok());
+        assert!(cfg.clone().with_leeway(Duration::from_secs(0)).is_ok());
+        assert_eq!(cfg.max_lifetime(), AccessConfig::MAX_LIFETIME);
+        assert_eq!(AccessConfig::MAX_LIFETIME, Duration::from_secs(2_678_400));
+        let day = Duration::from_secs(86_400);
+        assert_eq!(cfg.clone().with_max_lifetime(day).unwrap().max_lifetime(), day);
+        assert!(cfg.clone().with_max_lifetime(AccessConfig::MAX_LIFETIME).is_ok());
+        for bad in
+            [Duration::ZERO, Duration::from_millis(999), AccessConfig::MAX_LIFETIME + Duration::from_secs(1)]
+        {
+            assert_eq!(cfg.clone().with_max_lifetime(bad).unwrap_err().setting(), "max_lifetime", "{bad:?}");
+        }
     }
 
     #[test]

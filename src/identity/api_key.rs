@@ -188,7 +188,7 @@ impl<C: Send + Sync + 'static> Mechanism<C> for ApiKeyAuth {
                     reason: "unknown or revoked key",
                 }),
                 Some(name) if self.only.as_ref().is_some_and(|only| !only.contains(&name)) => {
-                    tracing::warn!(layer = "identity", outcome = "forbidden", mechanism = Self::NAME, principal = %format!("api_key:{name}"));
+                    tracing::warn!(layer = "identity", outcome = "forbidden", mechanism = Self::NAME, principal = ?format!("api_key:{name}"));
                     Attempt::Refused(Rejection::Forbidden)
                 }
                 Some(name) => Attempt::Verified(Principal::ApiKey(ApiKeyPrincipal { name })),

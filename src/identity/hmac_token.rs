@@ -37,6 +37,36 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! ## Rotating without a restart
+//!
+//! A [`KeyRing`] is fixed once built. A [`KeyRingSource`] reads the same `kid:secret,...` text
+//! from a [`SecretSource`] (a [`FileSecret`](crate::secrets::FileSecret) a deploy rewrites, a
+//! secrets store) and reads it again at most once per TTL: put a new key first, and within the
+//! TTL it signs while the old one keeps verifying. An unreadable or invalid new value keeps the
+//! last good ring (and logs); only a source that never held a valid ring refuses tokens.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use ztgate::clock::{SystemClock, unix_now};
+//! use ztgate::identity::hmac_token::{KeyRingSource, SignedTokenAuth, TokenSource};
+//! use ztgate::secrets::FileSecret;
+//!
+//! async fn setup() -> Result<(), Box<dyn std::error::Error>> {
+//!     // The file holds `kid:secret,kid:secret`, the signing key first; rewrite it to rotate.
+//!     let keys = FileSecret::new("/run/secrets/ztgate-hmac-keys");
+//!     let ring = Arc::new(KeyRingSource::load(keys, Duration::from_secs(60), Arc::new(SystemClock)).await?);
+//!     let query = TokenSource::Query("token".into());
+//!     let auth = SignedTokenAuth::from_source(ring.clone(), "unsubscribe", query, Arc::new(SystemClock));
+//!     // Mint with the same source: its current first key signs.
+//!     let day = Duration::from_secs(86_400);
+//!     let token = ring.ring().await?.mint("unsubscribe", "alice@example.com", unix_now(), day)?;
+//!     # let _ = (auth, token);
+//!     Ok(())
+//! }
+//! # let _ = setup;
+//! ```
+//!
 //! ## The checks, in order
 //!
 //! 0. the expected purpose is valid (otherwise a caller bug: [`HmacTokenError::InvalidPurpose`]);
@@ -55,6 +85,8 @@
 //! or purpose would have been accepted.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use base64::Engine;
@@ -70,7 +102,7 @@ use crate::clock::Clock;
 use crate::error::{ConfigError, Rejection};
 use crate::principal::{Principal, SignedTokenPrincipal};
 use crate::request::RequestFacts;
-use crate::secrets::Secret;
+use crate::secrets::{Secret, SecretError, SecretSource};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -206,7 +238,8 @@ impl KeyRing {
         self.keys.iter().map(|k| k.kid.as_str())
     }
 
-    /// Mints a token for `subject` (non-empty, at most [`MAX_SUBJECT_LEN`] bytes), valid for
+    /// Mints a token for `subject` (non-empty, at most [`MAX_SUBJECT_LEN`] bytes, no control
+    /// character or line break: see [`MintError::ControlCharacterInSubject`]), valid for
     /// `purpose` (`[A-Za-z0-9_.:-]{1,64}`) from `now` until `now + ttl`, signed with the
     /// first key.
     ///
@@ -221,6 +254,9 @@ impl KeyRing {
         }
         if subject.len() > MAX_SUBJECT_LEN {
             return Err(MintError::SubjectTooLong);
+        }
+        if subject.chars().any(breaks_lines) {
+            return Err(MintError::ControlCharacterInSubject);
         }
         if ttl.as_secs() == 0 || ttl > MAX_TTL {
             return Err(MintError::TtlOutOfRange);
@@ -346,7 +382,10 @@ impl From<HmacTokenError> for Rejection {
     }
 }
 
-/// Why [`KeyRing::mint`] refused to mint: each is a bug in the caller.
+/// Why [`KeyRing::mint`] refused to mint: a bug in the caller, or (for the subject) input the
+/// caller should have refused; a server that mints for a client-chosen subject answers 400 for
+/// [`EmptySubject`](Self::EmptySubject), [`SubjectTooLong`](Self::SubjectTooLong) and
+/// [`ControlCharacterInSubject`](Self::ControlCharacterInSubject).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum MintError {
@@ -356,6 +395,11 @@ pub enum MintError {
     EmptySubject,
     /// The subject is longer than [`MAX_SUBJECT_LEN`] bytes.
     SubjectTooLong,
+    /// The subject contains a control character (Unicode category Cc: U+0000 to U+001F, U+007F
+    /// to U+009F, so `\n`, `\r`, tab, NUL and ESC) or a line or paragraph separator (U+2028,
+    /// U+2029). A subject is an email address or an id; one with a line break in it is an
+    /// attempt to forge log lines or headers wherever it is written later.
+    ControlCharacterInSubject,
     /// The lifetime is under one second or over [`MAX_TTL`].
     TtlOutOfRange,
 }
@@ -366,6 +410,7 @@ impl fmt::Display for MintError {
             Self::InvalidPurpose => "purpose must be 1 to 64 characters of A-Z a-z 0-9 _ . : -",
             Self::EmptySubject => "subject must not be empty",
             Self::SubjectTooLong => "subject is longer than 1024 bytes",
+            Self::ControlCharacterInSubject => "subject must not contain control characters or line breaks",
             Self::TtlOutOfRange => "lifetime must be between 1 second and 400 days",
         })
     }
@@ -441,6 +486,11 @@ fn split_at_dot(s: &str, max: usize) -> Option<(&str, &str)> {
     Some((&s[..dot], &s[dot + 1..]))
 }
 
+/// A control character (Cc) or a Unicode line or paragraph separator: refused in subjects.
+fn breaks_lines(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{2028}' | '\u{2029}')
+}
+
 /// `[A-Za-z0-9_-]{1,32}`.
 fn is_kid(s: &str) -> bool {
     (1..=MAX_KID_LEN).contains(&s.len())
@@ -465,6 +515,178 @@ fn parse_expiry(s: &str) -> Option<u64> {
     })
 }
 
+/// The longest key ring text a [`KeyRingSource`] parses (64 KiB, thousands of keys).
+const MAX_RING_SPEC_BYTES: usize = 64 * 1024;
+
+/// A [`KeyRing`] that rotates without a restart: read from a [`SecretSource`] holding the
+/// [`KeyRing::parse`] text (`kid:secret,kid:secret`, the signing key first), and read again at
+/// most once per `ttl`.
+///
+/// To rotate, change what the source holds (rewrite the file of a
+/// [`FileSecret`](crate::secrets::FileSecret), update the secret in the store): within `ttl`
+/// the new first key signs, and every key still listed keeps verifying the links it signed.
+///
+/// Failing closed, but not falling over:
+/// - a read that fails, or text that does not parse as a ring, **keeps the last good ring**
+///   and logs a warning (`hmac_keys_reload_failed`, with the reason, never the text); it is
+///   tried again after `ttl`. A half-written file or a store outage does not take every link
+///   down;
+/// - with **no good ring yet** (the source has never held a valid one), [`KeyRingSource::ring`]
+///   fails, and [`SignedTokenAuth`] refuses every token (503 `not_configured`); the source is
+///   asked again on the next request.
+///
+/// When the ring is stale, one request re-reads the source while the others go on with the
+/// last good ring, so a slow store is asked once per `ttl`, not once per request. A new ring is
+/// logged (`hmac_keys_loaded`, with the key ids only).
+pub struct KeyRingSource {
+    source: Box<dyn SecretSource>,
+    ttl: Duration,
+    clock: Arc<dyn Clock>,
+    state: Mutex<RingState>,
+    /// A re-read of a stale ring is in flight.
+    refreshing: AtomicBool,
+}
+
+#[derive(Default)]
+struct RingState {
+    /// The last good ring and the text it was parsed from.
+    good: Option<(Arc<KeyRing>, Secret)>,
+    /// When the source was last read (successfully or not, while a good ring exists).
+    read_at: u64,
+}
+
+impl fmt::Debug for KeyRingSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        f.debug_struct("KeyRingSource")
+            .field("source", &self.source)
+            .field("ttl", &self.ttl)
+            .field("ring", &state.good.as_ref().map(|(ring, _)| ring))
+            .finish()
+    }
+}
+
+/// Resets the refresh flag however the refreshing future ends (completed or dropped).
+struct Refreshing<'a>(&'a AtomicBool);
+
+impl Drop for Refreshing<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+impl KeyRingSource {
+    /// The ring `source` holds, read on first use and then at most once per `ttl` (e.g. 60 s;
+    /// whole seconds, timed by `clock`).
+    pub fn new(source: impl SecretSource, ttl: Duration, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            source: Box::new(source),
+            ttl,
+            clock,
+            state: Mutex::new(RingState::default()),
+            refreshing: AtomicBool::new(false),
+        }
+    }
+
+    /// Like [`KeyRingSource::new`], reading the source now: a program refuses to start when its
+    /// key ring is missing or invalid, rather than answering 503 later. The error names the
+    /// setting `hmac_keys` and never repeats the text.
+    pub async fn load(
+        source: impl SecretSource,
+        ttl: Duration,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, ConfigError> {
+        let ring = Self::new(source, ttl, clock);
+        ring.ring().await?;
+        Ok(ring)
+    }
+
+    /// The current ring: the last one read while fresh, else the source's value now (or, if
+    /// that fails, the last good ring). Fails only when the source has never held a valid ring.
+    pub async fn ring(&self) -> Result<Arc<KeyRing>, ConfigError> {
+        let now = self.clock.now();
+        let last_good = {
+            let state = self.lock();
+            let fresh = now >= state.read_at && now - state.read_at < self.ttl.as_secs();
+            match &state.good {
+                Some((ring, _)) if fresh => return Ok(ring.clone()),
+                good => good.as_ref().map(|(ring, _)| ring.clone()),
+            }
+        };
+        // Stale. While a good ring exists, one caller re-reads and the others use it meanwhile.
+        let _refreshing = match &last_good {
+            Some(ring) if self.refreshing.swap(true, Ordering::AcqRel) => return Ok(ring.clone()),
+            Some(_) => Some(Refreshing(&self.refreshing)),
+            None => None,
+        };
+        let read = self.source.get().await;
+        let mut state = self.lock();
+        match read.map_err(|e| unreadable(&e)).and_then(|text| Self::parse(&state, text)) {
+            Ok(Parsed::New(ring, text)) => {
+                tracing::info!(
+                    layer = "identity",
+                    outcome = "hmac_keys_loaded",
+                    kids = ?ring.kids().collect::<Vec<_>>(),
+                );
+                state.good = Some((ring.clone(), text));
+                state.read_at = now;
+                Ok(ring)
+            }
+            Ok(Parsed::Unchanged(ring)) => {
+                state.read_at = now;
+                Ok(ring)
+            }
+            Err(e) => {
+                tracing::warn!(
+                    layer = "identity",
+                    outcome = "hmac_keys_reload_failed",
+                    kept_last_good = state.good.is_some(),
+                    error = ?e.to_string(),
+                );
+                let kept = state.good.as_ref().map(|(ring, _)| ring.clone()).ok_or(e)?;
+                // Tried again after the TTL, not on every request.
+                state.read_at = now;
+                Ok(kept)
+            }
+        }
+    }
+
+    /// The ring `text` holds: the one in use if the text is unchanged, else parsed anew.
+    fn parse(state: &RingState, text: Secret) -> Result<Parsed, ConfigError> {
+        if let Some((ring, current)) = &state.good
+            && *current == text
+        {
+            return Ok(Parsed::Unchanged(ring.clone()));
+        }
+        if text.len() > MAX_RING_SPEC_BYTES {
+            return Err(ConfigError::new(
+                SETTING,
+                format!("the key ring is longer than {MAX_RING_SPEC_BYTES} bytes"),
+            ));
+        }
+        let spec = std::str::from_utf8(text.expose())
+            .map_err(|_| ConfigError::new(SETTING, "the key ring is not UTF-8"))?;
+        let ring = KeyRing::parse(spec)?;
+        Ok(Parsed::New(Arc::new(ring), text))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, RingState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// What a read of the source held.
+enum Parsed {
+    /// The text of the ring in use.
+    Unchanged(Arc<KeyRing>),
+    /// A new valid ring, and the text it came from.
+    New(Arc<KeyRing>, Secret),
+}
+
+fn unreadable(e: &SecretError) -> ConfigError {
+    ConfigError::new(SETTING, format!("the key ring could not be read: {e}"))
+}
+
 /// Where a [`SignedTokenAuth`] finds its token.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TokenSource {
@@ -479,10 +701,17 @@ pub enum TokenSource {
 /// rotated-out key is refused (401).
 #[derive(Clone, Debug)]
 pub struct SignedTokenAuth {
-    ring: Arc<KeyRing>,
+    ring: Ring,
     purpose: String,
     source: TokenSource,
     clock: Arc<dyn Clock>,
+}
+
+/// The keys a [`SignedTokenAuth`] verifies with.
+#[derive(Clone, Debug)]
+enum Ring {
+    Fixed(Arc<KeyRing>),
+    Rotating(Arc<KeyRingSource>),
 }
 
 impl SignedTokenAuth {
@@ -497,7 +726,31 @@ impl SignedTokenAuth {
         source: TokenSource,
         clock: Arc<dyn Clock>,
     ) -> Self {
-        Self { ring, purpose: purpose.into(), source, clock }
+        Self { ring: Ring::Fixed(ring), purpose: purpose.into(), source, clock }
+    }
+
+    /// Like [`SignedTokenAuth::new`], with the keys of `ring`, which rotate without a restart
+    /// (mint with the same [`KeyRingSource`], so new tokens are signed by its current first
+    /// key). While `ring` has never held a valid key ring, every token is refused with 503
+    /// `not_configured`.
+    pub fn from_source(
+        ring: Arc<KeyRingSource>,
+        purpose: impl Into<String>,
+        source: TokenSource,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self { ring: Ring::Rotating(ring), purpose: purpose.into(), source, clock }
+    }
+
+    fn verify<C>(&self, ring: &KeyRing, token: &str) -> Attempt<C> {
+        match ring.verify(token, &self.purpose, self.clock.now()) {
+            Ok(t) => Attempt::Verified(Principal::SignedToken(SignedTokenPrincipal {
+                subject: t.subject,
+                purpose: t.purpose,
+                expires_at: t.expires_at,
+            })),
+            Err(e) => Attempt::Refused(e.into()),
+        }
     }
 }
 
@@ -511,19 +764,21 @@ impl<C: Send + Sync + 'static> Mechanism<C> for SignedTokenAuth {
             TokenSource::Query(name) => Ok(facts.query_param(name)),
             TokenSource::Cookie(name) => facts.cookie(name),
         };
-        let outcome = match found {
-            Err(e) => Attempt::Refused(Rejection::Request(e)),
-            Ok(None) => Attempt::NotPresent,
-            Ok(Some(token)) => match self.ring.verify(token.expose(), &self.purpose, self.clock.now()) {
-                Ok(t) => Attempt::Verified(Principal::SignedToken(SignedTokenPrincipal {
-                    subject: t.subject,
-                    purpose: t.purpose,
-                    expires_at: t.expires_at,
-                })),
-                Err(e) => Attempt::Refused(e.into()),
-            },
+        let token = match found {
+            Err(e) => return Box::pin(std::future::ready(Attempt::Refused(Rejection::Request(e)))),
+            Ok(None) => return Box::pin(std::future::ready(Attempt::NotPresent)),
+            Ok(Some(token)) => token,
         };
-        Box::pin(std::future::ready(outcome))
+        match &self.ring {
+            Ring::Fixed(ring) => Box::pin(std::future::ready(self.verify(ring, token.expose()))),
+            Ring::Rotating(source) => Box::pin(async move {
+                match source.ring().await {
+                    Ok(ring) => self.verify(&ring, token.expose()),
+                    // Logged by the source; no ring has ever been good.
+                    Err(_) => Attempt::Refused(Rejection::NotConfigured { what: "HMAC key ring" }),
+                }
+            }),
+        }
     }
 }
 
@@ -565,5 +820,11 @@ mod tests {
     fn charsets() {
         assert!(is_kid("2025-06_a") && !is_kid("") && !is_kid("a.b") && !is_kid(&"k".repeat(33)));
         assert!(is_purpose("email.verify:v2") && !is_purpose("a/b") && !is_purpose("a\0b"));
+        for c in ['\n', '\r', '\t', '\0', '\u{1b}', '\u{7f}', '\u{85}', '\u{9f}', '\u{2028}', '\u{2029}'] {
+            assert!(breaks_lines(c), "{c:?}");
+        }
+        for c in [' ', 'a', '@', 'é', '\u{a0}', '\u{200b}'] {
+            assert!(!breaks_lines(c), "{c:?}");
+        }
     }
 }

@@ -660,7 +660,7 @@ impl JwksCache {
             }
             Err(e) => {
                 state.last_failure = Some(now);
-                tracing::warn!(layer = "identity", outcome = "jwks_fetch_failed", error = %e);
+                tracing::warn!(layer = "identity", outcome = "jwks_fetch_failed", error = ?e.to_string());
                 Err(e)
             }
         }

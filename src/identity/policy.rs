@@ -73,7 +73,9 @@ impl<C> Policy<C> {
         }
     }
 
-    /// Admits users with one of these emails (ASCII case-insensitive).
+    /// Admits users with one of these emails, ASCII case-insensitively (both sides are
+    /// ASCII-lowercased; no Unicode case folding: `Ä` and `ä` differ). Surrounding whitespace of
+    /// an entry is removed.
     pub fn allow_emails<I: IntoIterator<Item = S>, S: AsRef<str>>(mut self, emails: I) -> Self {
         self.emails.extend(
             emails.into_iter().map(|e| e.as_ref().trim().to_ascii_lowercase()).filter(|e| !e.is_empty()),
@@ -81,8 +83,8 @@ impl<C> Policy<C> {
         self
     }
 
-    /// Admits users whose email is at exactly one of these domains (`acme.com` admits
-    /// `a@acme.com`, not `a@evil-acme.com` nor `a@sub.acme.com`).
+    /// Admits users whose email is at exactly one of these domains, ASCII case-insensitively
+    /// (`acme.com` admits `a@acme.com`, not `a@evil-acme.com` nor `a@sub.acme.com`).
     pub fn allow_email_domains<I: IntoIterator<Item = S>, S: AsRef<str>>(mut self, domains: I) -> Self {
         self.domains.extend(
             domains
@@ -93,7 +95,8 @@ impl<C> Policy<C> {
         self
     }
 
-    /// Admits Access service tokens with one of these `common_name`s (exact match).
+    /// Admits Access service tokens with one of these `common_name`s (exact match, case
+    /// included: Cloudflare issues Client IDs in lowercase).
     pub fn allow_service_tokens<I: IntoIterator<Item = S>, S: AsRef<str>>(mut self, names: I) -> Self {
         self.service_tokens
             .extend(names.into_iter().map(|n| n.as_ref().trim().to_owned()).filter(|n| !n.is_empty()));

@@ -422,13 +422,13 @@ impl WebhookVerifier {
                 mechanism = "webhook",
                 scheme,
                 outcome = "replay_store_failed",
-                error = %e
+                error = ?e.to_string()
             ),
             Err(WebhookError::Replayed) => {
                 tracing::warn!(layer = "identity", mechanism = "webhook", scheme, outcome = "replayed")
             }
             Err(e) => {
-                tracing::info!(layer = "identity", mechanism = "webhook", scheme, outcome = "refused", reason = %e)
+                tracing::info!(layer = "identity", mechanism = "webhook", scheme, outcome = "refused", reason = ?e.to_string())
             }
         }
     }
