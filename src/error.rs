@@ -180,7 +180,7 @@ impl RequestError {
             Self::HeaderTooLarge { .. } => Spec::new(431, "header_too_large"),
             Self::NotText { .. } => Spec::new(400, "malformed_header"),
             Self::AmbiguousCredential { .. } => Spec::new(400, "ambiguous_credential"),
-            Self::UriTooLong { .. } => Spec::new(414, "uri_too_long"),
+            Self::UriTooLong { .. } | Self::TooManyQueryParams { .. } => Spec::new(414, "uri_too_long"),
         }
     }
 }

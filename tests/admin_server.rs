@@ -52,6 +52,8 @@ const HMAC_K2: &str = "k2-secret-fedcba9876543210fedcba9876543210";
 /// The Svix endpoint key; `ZTGATE_WEBHOOK_SECRET` is `whsec_` + its base64.
 const WEBHOOK_KEY: &[u8; 32] = b"svix-endpoint-key-for-the-tests!";
 const MIB: usize = 1024 * 1024;
+/// The RFC 8058 one-click body (`List-Unsubscribe-Post: List-Unsubscribe=One-Click`).
+const ONE_CLICK: &str = "List-Unsubscribe=One-Click";
 
 // ---------------------------------------------------------------------------------------------
 // Harness
@@ -356,8 +358,20 @@ impl Production {
         json_of(res).await["token"].as_str().expect("a token").to_owned()
     }
 
+    /// Unsubscribes through a link as a mail client does (RFC 8058 one-click POST).
     async fn follow_link(&self, token: &str) -> reqwest::Response {
-        self.call("GET", &format!("/api/unsubscribe?token={token}"), &[]).await
+        self.one_click(&format!("token={token}"), "application/x-www-form-urlencoded", ONE_CLICK).await
+    }
+
+    /// POSTs `body` as `content_type` to `/api/unsubscribe?{query}`.
+    async fn one_click(&self, query: &str, content_type: &str, body: &str) -> reqwest::Response {
+        http()
+            .post(self.server.url(&format!("/api/unsubscribe?{query}")))
+            .header("content-type", content_type)
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap()
     }
 
     /// Posts `body` as Svix delivery `id` signed at `timestamp`, with `signature` (default:
@@ -889,7 +903,7 @@ async fn unsubscribe_link_round_trip_is_recorded_once() {
     for _ in 0..2 {
         let res = p.follow_link(&token).await;
         assert_eq!(res.status(), StatusCode::OK);
-        assert_eq!(json_of(res).await, json!({ "email": "carol@example.com" }));
+        assert_eq!(json_of(res).await, json!({ "email": "carol@example.com", "unsubscribed": true }));
     }
     assert_eq!(p.stats().await["unsubscribes"], 1);
     // Percent-encoded, the token still works (query parameters are decoded).
@@ -1559,4 +1573,198 @@ async fn an_access_token_claiming_to_live_longer_than_31_days_is_401() {
     }
     let month = key().sign(&user_claims(TEAM, AUD, ADMIN, now(), 31 * 86_400));
     assert_eq!(p.get("/admin/whoami", Some(&month)).await.status(), StatusCode::OK);
+}
+
+// Issue 10, inputs read as promised: RFC 8058 one-click unsubscribe (GET shows, POST does), a
+// query token sent twice, client-certificate fingerprints over HTTP
+
+const FORM: &str = "application/x-www-form-urlencoded";
+
+/// The RFC 7578 body of a one-click form with one field `name` = `value`.
+fn multipart(boundary: &str, name: &str, value: &str) -> String {
+    format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n--{boundary}--\r\n"
+    )
+}
+
+impl Production {
+    async fn preview_link(&self, token: &str, accept: Option<&str>) -> reqwest::Response {
+        let path = format!("/api/unsubscribe?token={token}");
+        self.call("GET", &path, &accept.map(|a| ("Accept", a)).into_iter().collect::<Vec<_>>()).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mail_scanner_prefetching_the_link_does_not_unsubscribe() {
+    let p = Production::start().await;
+    let token = p.mint_link("ivy@example.com", 3600).await;
+    // Scanners and link previews GET the link, with any Accept, as often as they like.
+    for accept in [None, Some("*/*"), Some("text/html,application/xhtml+xml,*/*;q=0.8"), None] {
+        let res = p.preview_link(&token, accept).await;
+        assert_eq!(res.status(), StatusCode::OK, "{accept:?}");
+        assert_eq!(res.headers()["cache-control"], "private, no-store", "{accept:?}");
+    }
+    let shown = json_of(p.preview_link(&token, None).await).await;
+    assert_eq!(shown["email"], "ivy@example.com");
+    assert_eq!(shown["unsubscribed"], false);
+    assert_eq!(shown["confirm"]["method"], "POST");
+    assert_eq!(shown["confirm"]["body"], ONE_CLICK);
+    assert_eq!(p.stats().await["unsubscribes"], 0, "a GET unsubscribed someone");
+    // The mail client's one-click POST does it.
+    let res = p.follow_link(&token).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(json_of(res).await, json!({ "email": "ivy@example.com", "unsubscribed": true }));
+    assert_eq!(p.stats().await["unsubscribes"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_confirm_page_posts_the_one_click_form_back_to_the_link() {
+    let p = Production::start().await;
+    let token = p.mint_link("jo@example.com", 3600).await;
+    let res = p.preview_link(&token, Some("text/html")).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let headers = res.headers().clone();
+    assert!(headers["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert_eq!(headers["referrer-policy"], "no-referrer", "the URL holds the token");
+    assert!(headers["content-security-policy"].to_str().unwrap().contains("default-src 'none'"));
+    let page = res.text().await.unwrap();
+    assert!(page.contains("jo@example.com"), "{page}");
+    // The form has no action (so it posts to this URL, token included) and sends the field.
+    assert!(page.contains("<form method=\"post\">"), "{page}");
+    assert!(page.contains("name=\"List-Unsubscribe\" value=\"One-Click\""), "{page}");
+    assert!(!page.contains(&token), "the page repeats the token");
+    assert_eq!(p.stats().await["unsubscribes"], 0);
+    // What a browser submits for that form.
+    let res = http()
+        .post(p.server.url(&format!("/api/unsubscribe?token={token}")))
+        .header("accept", "text/html")
+        .header("content-type", FORM)
+        .body("List-Unsubscribe=One-Click")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(res.text().await.unwrap().contains("is unsubscribed"));
+    assert_eq!(p.stats().await["unsubscribes"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_click_as_multipart_form_data_unsubscribes() {
+    // RFC 8058 §3.2: mail receivers SHOULD send multipart/form-data.
+    let p = Production::start().await;
+    let token = p.mint_link("kim@example.com", 3600).await;
+    let boundary = "----FormBoundaryjWmhtjORrn";
+    let content_type = format!("multipart/form-data; boundary={boundary}");
+    let body = multipart(boundary, "List-Unsubscribe", "One-Click");
+    let res = p.one_click(&format!("token={token}"), &content_type, &body).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(p.stats().await["unsubscribes"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsubscribe_post_without_the_one_click_body_is_400_and_changes_nothing() {
+    let p = Production::start().await;
+    let token = p.mint_link("lee@example.com", 3600).await;
+    let query = format!("token={token}");
+    let b = "xYzZY";
+    let multipart_type = format!("multipart/form-data; boundary={b}");
+    let two_parts = format!(
+        "--{b}\r\nContent-Disposition: form-data; name=\"List-Unsubscribe\"\r\n\r\nOne-Click\r\n{}",
+        multipart(b, "x", "1")
+    );
+    for (content_type, body) in [
+        (FORM, String::new()),
+        (FORM, "List-Unsubscribe=Yes".to_owned()),
+        (FORM, "List-Unsubscribe=".to_owned()),
+        (FORM, "list-unsubscribe=one-click".to_owned()),
+        (FORM, format!("{ONE_CLICK}&List-Unsubscribe=No")),
+        (FORM, format!("{ONE_CLICK}&everything=1")),
+        (FORM, "List-Unsubscribe=One-Click%ZZ".to_owned()),
+        ("application/json", json!({ "List-Unsubscribe": "One-Click" }).to_string()),
+        ("text/plain", ONE_CLICK.to_owned()),
+        ("", ONE_CLICK.to_owned()),
+        (multipart_type.as_str(), multipart(b, "List-Unsubscribe", "Yes")),
+        (multipart_type.as_str(), multipart(b, "Unsubscribe", "One-Click")),
+        (multipart_type.as_str(), multipart("other", "List-Unsubscribe", "One-Click")),
+        (multipart_type.as_str(), two_parts),
+        ("multipart/form-data", multipart(b, "List-Unsubscribe", "One-Click")),
+    ] {
+        let res = p.one_click(&query, content_type, &body).await;
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{content_type} {body:?}");
+        assert_eq!(json_of(res).await["code"], "one_click_required", "{content_type} {body:?}");
+    }
+    let big = format!("{ONE_CLICK}&{}", "a".repeat(2048));
+    assert_eq!(p.one_click(&query, FORM, &big).await.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(p.stats().await["unsubscribes"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_link_token_is_verified_on_the_one_click_post_too() {
+    let p = Production::start().await;
+    let ring = KeyRing::parse(&format!("k1:{HMAC_K1}")).unwrap();
+    let hour = Duration::from_secs(3600);
+    let res = p.one_click("", FORM, ONE_CLICK).await;
+    assert_refused(res, StatusCode::UNAUTHORIZED, "missing_credential").await;
+    let forged =
+        KeyRing::parse(&format!("k1:{HMAC_K2}")).unwrap().mint("unsubscribe", "m@example.com", now(), hour);
+    let magic = ring.mint("magic-link", "m@example.com", now(), hour).unwrap();
+    for token in [forged.unwrap(), magic, "garbage".to_owned()] {
+        let res = p.one_click(&format!("token={token}"), FORM, ONE_CLICK).await;
+        assert_refused(res, StatusCode::UNAUTHORIZED, "invalid_credential").await;
+    }
+    assert_eq!(p.stats().await["unsubscribes"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_token_in_an_unsubscribe_link_is_400_not_the_first_one() {
+    let p = Production::start().await;
+    let mine = p.mint_link("max@example.com", 3600).await;
+    let theirs = p.mint_link("nia@example.com", 3600).await;
+    for query in [
+        format!("token={mine}&token={theirs}"),
+        format!("token={mine}&%74oken={theirs}"),
+        format!("token={mine}&token="),
+    ] {
+        let res = p.one_click(&query, FORM, ONE_CLICK).await;
+        assert_refused(res, StatusCode::BAD_REQUEST, "ambiguous_credential").await;
+        let res = p.call("GET", &format!("/api/unsubscribe?{query}"), &[]).await;
+        assert_refused(res, StatusCode::BAD_REQUEST, "ambiguous_credential").await;
+    }
+    assert_eq!(p.stats().await["unsubscribes"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_confirm_page_escapes_the_address_it_shows() {
+    let p = Production::start().await;
+    let token = p.mint_link("<img src=x onerror=alert(1)>\"'@example.com", 3600).await;
+    let page = p.preview_link(&token, Some("text/html")).await.text().await.unwrap();
+    assert!(!page.contains("<img"), "{page}");
+    assert!(page.contains("&lt;img src=x onerror=alert(1)&gt;&quot;&#39;@example.com"), "{page}");
+}
+
+async fn whoami_with(p: &Production, headers: Vec<(&str, String)>) -> reqwest::Response {
+    let refs: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    p.call("GET", "/mtls/whoami", &refs).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_cert_fingerprint_over_http_is_401_and_a_colon_form_one_is_normalised() {
+    let p = Production::start_with(&[("ZTGATE_TRUST_CERT_HEADERS", Some("1"))]).await;
+    let with_fp = |fp: &str| {
+        let mut headers: Vec<(&str, String)> =
+            cert_headers(false).into_iter().map(|(name, value)| (name, value.to_owned())).collect();
+        headers.retain(|(name, _)| *name != "cf-cert-fingerprint-sha256");
+        headers.push(("cf-cert-fingerprint-sha256", fp.to_owned()));
+        headers
+    };
+    for fp in ["not-a-fingerprint", "user:admin@acme.com", "<b>ab12</b>", &"ab".repeat(33)] {
+        let res = whoami_with(&p, with_fp(fp)).await;
+        assert_refused(res, StatusCode::UNAUTHORIZED, "invalid_credential").await;
+    }
+    let fp = "ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12"; // pragma: allowlist secret
+    let colons: Vec<String> =
+        fp.to_uppercase().as_bytes().chunks(2).map(|c| String::from_utf8(c.to_vec()).unwrap()).collect();
+    let res = whoami_with(&p, with_fp(&colons.join(":"))).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(json_of(res).await["fingerprint"], fp);
 }

@@ -473,3 +473,90 @@ async fn time_claims_beyond_u64_or_in_float_syntax_are_refused() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Issue 10: a query credential is read like a cookie. Two `token` parameters with different
+// values (names compared after percent-decoding) are refused: whichever copy the gate verified,
+// code after it (a proxy, a handler's own query parser) may read the other.
+
+mod query_credentials {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::common::{NOW, clock};
+    use ztgate::identity::Requirement;
+    use ztgate::identity::hmac_token::{KeyRing, SignedTokenAuth, TokenSource};
+    use ztgate::{Gate, Principal, Rejection};
+
+    /// A gate for unsubscribe tokens in `?token=`, and two genuine tokens it accepts.
+    fn gate_and_tokens() -> (Gate, String, String) {
+        let ring = KeyRing::random().unwrap();
+        let hour = Duration::from_secs(3600);
+        let alice = ring.mint("unsubscribe", "alice@example.com", NOW, hour).unwrap();
+        let mallory = ring.mint("unsubscribe", "mallory@example.com", NOW, hour).unwrap();
+        let mechanism =
+            SignedTokenAuth::new(Arc::new(ring), "unsubscribe", TokenSource::Query("token".into()), clock());
+        (Gate::new(Requirement::mechanism(mechanism)), alice, mallory)
+    }
+
+    async fn check(gate: &Gate, query: &str) -> Result<Principal, Rejection> {
+        let req =
+            http::Request::builder().uri(format!("/api/unsubscribe?{query}")).body(String::new()).unwrap();
+        gate.check(&req).await.map(|v| v.into_inner())
+    }
+
+    async fn assert_ambiguous(gate: &Gate, query: &str) {
+        let err = check(gate, query).await.unwrap_err();
+        assert_eq!(err.code(), "ambiguous_credential", "{query}");
+        assert_eq!(err.to_response::<String>().status(), 400, "{query}");
+    }
+
+    #[tokio::test]
+    async fn query_token_sent_twice_with_different_values_is_refused() {
+        let (gate, alice, mallory) = gate_and_tokens();
+        assert_eq!(
+            check(&gate, &format!("token={alice}")).await.unwrap().id(),
+            "signed:unsubscribe:alice@example.com"
+        );
+        for query in [
+            format!("token={alice}&token={mallory}"),
+            format!("token={mallory}&token={alice}"),
+            format!("token={alice}&token="),
+            format!("token={alice}&token"),
+            format!("token=&token={alice}"),
+            format!("token={alice}&utm_source=mail&token=garbage"),
+        ] {
+            assert_ambiguous(&gate, &query).await;
+        }
+        // The same token twice (a client that repeats the link's query) is one credential.
+        let twice = check(&gate, &format!("token={alice}&token={}", alice.replace('.', "%2E"))).await;
+        assert_eq!(twice.unwrap().id(), "signed:unsubscribe:alice@example.com");
+    }
+
+    #[tokio::test]
+    async fn percent_encoded_parameter_name_cannot_smuggle_a_second_token() {
+        let (gate, alice, mallory) = gate_and_tokens();
+        for query in [
+            format!("token={alice}&%74oken={mallory}"),
+            format!("%74oken={alice}&token={mallory}"),
+            format!("token={alice}&%74%6F%6B%65%6E="),
+            format!("tok%65n={mallory}&token={alice}"),
+        ] {
+            assert_ambiguous(&gate, &query).await;
+        }
+        // An encoded name alone is the parameter it decodes to.
+        let encoded = check(&gate, &format!("%74%6f%6b%65%6e={alice}")).await.unwrap();
+        assert_eq!(encoded.id(), "signed:unsubscribe:alice@example.com");
+    }
+
+    #[tokio::test]
+    async fn a_query_flooded_with_parameters_is_414_before_any_token_is_read() {
+        let (gate, alice, _) = gate_and_tokens();
+        let flood: String = (0..64).map(|i| format!("p{i}=1&")).collect();
+        let err = check(&gate, &format!("{flood}token={alice}")).await.unwrap_err();
+        assert_eq!((err.code(), err.to_response::<String>().status().as_u16()), ("uri_too_long", 414));
+        // Empty pairs are no parameters: `&&&` does not count.
+        let ok = check(&gate, &format!("{}token={alice}", "&".repeat(500))).await;
+        assert_eq!(ok.unwrap().id(), "signed:unsubscribe:alice@example.com");
+    }
+}

@@ -324,3 +324,116 @@ async fn overlong_subject_dn_is_dropped_so_its_prefix_never_matches_a_pin() {
         other => panic!("{other:?}"),
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Issue 10: a client-certificate fingerprint is a SHA-256 fingerprint or nothing.
+
+fn with_fingerprint(fp: &str) -> Vec<(&str, &str)> {
+    let mut headers = cert_headers("SUCCESS", "0");
+    headers.retain(|(name, _)| *name != "cf-cert-fingerprint-sha256");
+    headers.push(("cf-cert-fingerprint-sha256", fp));
+    headers
+}
+
+/// `AB:CD:…`, as `openssl x509 -fingerprint -sha256` prints a fingerprint.
+fn colon_form(hex: &str) -> String {
+    hex.as_bytes().chunks(2).map(|pair| std::str::from_utf8(pair).unwrap()).collect::<Vec<_>>().join(":")
+}
+
+#[tokio::test]
+async fn a_fingerprint_that_is_not_64_hex_digits_is_never_a_principal() {
+    let open = Gate::with_limits(Requirement::mechanism(ClientCertAuth::new()), trusted_limits());
+    let by_dn = ClientCertAuth::new().pin_subject_dns(["CN=backup-agent,O=Acme"]);
+    let by_dn = Gate::with_limits(Requirement::mechanism(by_dn), trusted_limits());
+    for fp in [
+        "not-a-fingerprint".to_owned(),
+        FP[..63].to_owned(),
+        format!("{FP}0"),
+        format!("<script>{}</script>", &FP[..47]),
+        "../../../../etc/passwd".to_owned(),
+        format!("user:admin@{}", &FP[..53]),
+        format!("{FP}:admin"),
+        "*".to_owned(),
+    ] {
+        for gate in [&open, &by_dn] {
+            let err = check(gate, &with_fingerprint(&fp)).await.unwrap_err();
+            assert_eq!(
+                err,
+                Rejection::InvalidCredential {
+                    mechanism: "client_cert",
+                    reason: "malformed certificate fingerprint"
+                },
+                "{fp:?}"
+            );
+            assert_eq!(err.to_response::<String>().status(), 401);
+        }
+    }
+    // The same certificate with a real fingerprint is admitted, by either gate.
+    assert!(check(&open, &with_fingerprint(FP)).await.is_ok());
+    assert!(check(&by_dn, &with_fingerprint(FP)).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_colon_form_fingerprint_matches_its_pin() {
+    let upper_colons = colon_form(&FP.to_uppercase());
+    for (pin, sent) in [
+        (FP.to_owned(), upper_colons.clone()),
+        (upper_colons.clone(), FP.to_owned()),
+        (upper_colons.clone(), colon_form(FP)),
+        (FP.to_uppercase(), FP.to_owned()),
+    ] {
+        let pinned = ClientCertAuth::new().pin_fingerprints([pin.as_str()]);
+        let gate = Gate::with_limits(Requirement::mechanism(pinned), trusted_limits());
+        let principal = check(&gate, &with_fingerprint(&sent)).await.unwrap();
+        // The reported id is the one normal form, whichever form was sent.
+        assert_eq!(principal.id(), format!("cert:{FP}"), "pin {pin} / sent {sent}");
+    }
+    // A colon-form header that is another certificate still does not match.
+    let pinned = ClientCertAuth::new().pin_fingerprints([FP]);
+    let gate = Gate::with_limits(Requirement::mechanism(pinned), trusted_limits());
+    let other = colon_form(&"ab".repeat(32));
+    assert_eq!(check(&gate, &with_fingerprint(&other)).await.unwrap_err(), Rejection::Forbidden);
+}
+
+#[tokio::test]
+async fn a_pin_that_is_no_fingerprint_matches_nothing_and_never_opens_the_mechanism() {
+    // A typo in the only pin must not turn "pinned" into "any verified certificate".
+    for typo in ["not-a-fingerprint", "", &FP[..63]] {
+        let pinned = ClientCertAuth::new().pin_fingerprints([typo]);
+        let gate = Gate::with_limits(Requirement::mechanism(pinned), trusted_limits());
+        assert_eq!(check(&gate, &with_fingerprint(FP)).await.unwrap_err(), Rejection::Forbidden, "{typo:?}");
+        // Nor does sending the typo itself match it.
+        assert!(check(&gate, &with_fingerprint(typo)).await.is_err(), "{typo:?}");
+    }
+}
+
+#[tokio::test]
+async fn facts_set_outside_the_request_layer_with_a_bad_fingerprint_are_refused() {
+    // An adapter (or custom code) may build the facts itself: the mechanism checks the form too.
+    use ztgate::identity::{Attempt, Mechanism};
+    use ztgate::request::{CertVerification, ClientCertFacts, RequestFacts};
+    let mut cert = ClientCertFacts::from_tls_client_auth(|field| match field {
+        "certPresented" => Some("1"),
+        "certVerified" => Some("SUCCESS"),
+        "certRevoked" => Some("0"),
+        "certFingerprintSHA256" => Some(FP),
+        _ => None,
+    });
+    assert_eq!(cert.verified, Some(CertVerification::Success));
+    let facts = |cert: &ClientCertFacts| {
+        RequestFacts::from_parts(&http::Method::GET, "/", &http::HeaderMap::new(), &RequestLimits::default())
+            .unwrap()
+            .with_client_cert(Some(cert.clone()))
+    };
+    let attempt = |facts: RequestFacts| async move {
+        Mechanism::<ztgate::NoClaims>::attempt(&ClientCertAuth::new(), &facts).await
+    };
+    assert!(matches!(attempt(facts(&cert)).await, Attempt::Verified(_)));
+    cert.fingerprint_sha256 = Some("user:admin".to_owned());
+    assert!(matches!(attempt(facts(&cert)).await, Attempt::Refused(Rejection::InvalidCredential { .. })));
+    cert.fingerprint_sha256 = Some(FP.to_uppercase());
+    match attempt(facts(&cert)).await {
+        Attempt::Verified(p) => assert_eq!(p.id(), format!("cert:{FP}")),
+        other => panic!("{other:?}"),
+    }
+}

@@ -9,7 +9,7 @@ use axum::Json;
 use axum::body::{Body, HttpBody as _};
 use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -144,17 +144,218 @@ pub(crate) async fn mint_unsubscribe_link(
     Ok(Json(json!({ "token": token, "expires_at": now + ttl })))
 }
 
-/// Follows an unsubscribe link: the gate verified the token; record the unsubscribe (once).
+/// The form field and value of an RFC 8058 one-click unsubscribe (the `List-Unsubscribe-Post`
+/// header of the mail says to send exactly this).
+const ONE_CLICK_FIELD: &str = "List-Unsubscribe";
+const ONE_CLICK_VALUE: &str = "One-Click";
+/// Largest one-click body read: the real one is 26 bytes urlencoded, ~150 as multipart.
+const MAX_ONE_CLICK_BODY: usize = 1024;
+/// Longest multipart boundary (RFC 2046 §5.1.1).
+const MAX_BOUNDARY: usize = 70;
+
+/// The subscriber an unsubscribe link names: the gate verified its token, for this purpose.
+fn link_subscriber(who: &Verified<Principal>) -> Result<String, ApiError> {
+    match who.principal() {
+        Principal::SignedToken(t) if t.purpose == UNSUBSCRIBE => Ok(t.subject.clone()),
+        _ => Err(Rejection::Forbidden.into()),
+    }
+}
+
+/// `GET` of an unsubscribe link: says what a POST would do and changes nothing, so a mail
+/// scanner or link preview that fetches the link unsubscribes nobody (RFC 8058 §1). A browser
+/// (`Accept: text/html`) gets a page whose form sends the one-click POST; anything else JSON.
+pub(crate) async fn unsubscribe_preview(
+    who: Verified<Principal>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let email = link_subscriber(&who)?;
+    if wants_html(&headers) {
+        // `<form method="post">` without an action posts to this very URL, token included, so
+        // the page never repeats the token.
+        let page = format!(
+            "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Unsubscribe</title></head>\n\
+             <body><p>Unsubscribe <strong>{}</strong> from these emails?</p>\n\
+             <form method=\"post\"><input type=\"hidden\" name=\"{ONE_CLICK_FIELD}\" value=\"{ONE_CLICK_VALUE}\">\
+             <button type=\"submit\">Unsubscribe</button></form></body></html>\n",
+            escape_html(&email)
+        );
+        return Ok(html(page));
+    }
+    Ok(no_store(Json(json!({
+        "email": email,
+        "unsubscribed": false,
+        "confirm": {
+            "method": "POST",
+            "content_type": "application/x-www-form-urlencoded",
+            "body": format!("{ONE_CLICK_FIELD}={ONE_CLICK_VALUE}"),
+        },
+    }))))
+}
+
+/// `POST` of an unsubscribe link with the RFC 8058 one-click body (`List-Unsubscribe=One-Click`,
+/// as `application/x-www-form-urlencoded` or `multipart/form-data`; the confirm page's form
+/// sends the same): records the unsubscribe (once). Any other body is 400 and changes nothing.
 pub(crate) async fn unsubscribe(
     State(app): State<AppState>,
     who: Verified<Principal>,
-) -> Result<Json<Value>, ApiError> {
-    let email = match who.principal() {
-        Principal::SignedToken(t) if t.purpose == UNSUBSCRIBE => t.subject.clone(),
-        _ => return Err(Rejection::Forbidden.into()),
-    };
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let email = link_subscriber(&who)?;
+    check_content_length(&headers, MAX_ONE_CLICK_BODY)?;
+    let body = read_capped(body, MAX_ONE_CLICK_BODY).await?;
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    if !is_one_click(content_type, &body) {
+        return Err(ApiError::invalid(
+            "one_click_required",
+            "POST the form body List-Unsubscribe=One-Click (RFC 8058) to unsubscribe",
+        ));
+    }
     app.store.unsubscribe(&Actor::from(&who), email.clone()).await?;
-    Ok(Json(json!({ "email": email })))
+    if wants_html(&headers) {
+        return Ok(html(format!(
+            "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Unsubscribed</title></head>\n\
+             <body><p><strong>{}</strong> is unsubscribed.</p></body></html>\n",
+            escape_html(&email)
+        )));
+    }
+    Ok(no_store(Json(json!({ "email": email, "unsubscribed": true }))))
+}
+
+/// Whether the client asked for a page (a browser following the link by hand).
+fn wants_html(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|range| range.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("text/html")))
+}
+
+/// A page that names a subscriber: never cached, never sent on as a referrer (the URL holds the
+/// token), runs no script, posts only back here.
+fn html(page: String) -> Response {
+    let mut response = no_store(page);
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; form-action 'self'; frame-ancestors 'none'"),
+    );
+    response
+}
+
+fn no_store(body: impl IntoResponse) -> Response {
+    let mut response = body.into_response();
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-store"));
+    response
+}
+
+fn escape_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Whether `body` is exactly the one-click form: the single field `List-Unsubscribe` with value
+/// `One-Click`, urlencoded or as one multipart part. Nothing else is read as consent.
+fn is_one_click(content_type: Option<&str>, body: &[u8]) -> bool {
+    let Some(content_type) = content_type else { return false };
+    let mut params = content_type.split(';').map(str::trim);
+    let essence = params.next().unwrap_or_default();
+    if essence.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+        return std::str::from_utf8(body).is_ok_and(|text| urlencoded_one_click(text.trim_ascii_end()));
+    }
+    if essence.eq_ignore_ascii_case("multipart/form-data") {
+        let boundary = params.find_map(|p| {
+            let (name, value) = p.split_once('=')?;
+            name.trim().eq_ignore_ascii_case("boundary").then(|| unquote(value.trim()))
+        });
+        return boundary.is_some_and(|b| multipart_one_click(body, b));
+    }
+    false
+}
+
+/// `List-Unsubscribe=One-Click`, possibly percent-encoded, and no other pair.
+fn urlencoded_one_click(text: &str) -> bool {
+    let mut pairs = text.split('&').filter(|p| !p.is_empty()).peekable();
+    pairs.peek().is_some()
+        && pairs.all(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            form_decode(name).as_deref() == Some(ONE_CLICK_FIELD)
+                && form_decode(value).as_deref() == Some(ONE_CLICK_VALUE)
+        })
+}
+
+/// One part, `Content-Disposition: form-data; name="List-Unsubscribe"`, body `One-Click`
+/// (RFC 7578), between the opening and the closing delimiter.
+fn multipart_one_click(body: &[u8], boundary: &str) -> bool {
+    if boundary.is_empty() || boundary.len() > MAX_BOUNDARY {
+        return false;
+    }
+    let Ok(text) = std::str::from_utf8(body) else { return false };
+    let delimiter = format!("--{boundary}");
+    let Some(rest) = text.strip_prefix(delimiter.as_str()).and_then(|r| r.strip_prefix("\r\n")) else {
+        return false;
+    };
+    let Some((part, epilogue)) = rest.split_once(&format!("\r\n{delimiter}--")) else { return false };
+    if !epilogue.trim_ascii().is_empty() || part.contains(delimiter.as_str()) {
+        return false;
+    }
+    let Some((head, value)) = part.split_once("\r\n\r\n") else { return false };
+    let mut dispositions = 0;
+    for line in head.split("\r\n") {
+        let Some((name, value)) = line.split_once(':') else { return false };
+        if name.trim().eq_ignore_ascii_case("content-disposition") {
+            let mut params = value.split(';').map(str::trim);
+            let form_data = params.next().is_some_and(|d| d.eq_ignore_ascii_case("form-data"));
+            let names: Vec<&str> = params
+                .filter_map(|p| p.split_once('=').filter(|(k, _)| k.trim().eq_ignore_ascii_case("name")))
+                .map(|(_, v)| unquote(v.trim()))
+                .collect();
+            if !form_data || names != [ONE_CLICK_FIELD] {
+                return false;
+            }
+            dispositions += 1;
+        }
+    }
+    dispositions == 1 && value == ONE_CLICK_VALUE
+}
+
+fn unquote(value: &str) -> &str {
+    value.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(value)
+}
+
+/// `application/x-www-form-urlencoded` decoding of one name or value; `None` when an escape is
+/// broken or the bytes are not UTF-8 (then it is not the one-click form).
+fn form_decode(text: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut bytes = text.bytes();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'%' => {
+                let hex = [bytes.next()?, bytes.next()?];
+                if !hex.iter().all(u8::is_ascii_hexdigit) {
+                    return None;
+                }
+                out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 pub(crate) async fn ops_stats(

@@ -25,7 +25,7 @@
 //! | any other `/admin` path | an Access admin (so unknown admin paths are 401 before 404) |
 //! | `GET /ops/stats` | an API key |
 //! | `GET /mtls/whoami` | a client certificate Cloudflare verified and found unrevoked |
-//! | `GET /api/unsubscribe?token=..` | an HMAC-signed token for purpose `unsubscribe` |
+//! | `GET`/`POST /api/unsubscribe?token=..` | an HMAC-signed token for purpose `unsubscribe`; GET only shows what would happen, the RFC 8058 one-click POST (`List-Unsubscribe=One-Click`) unsubscribes |
 //! | `POST /webhooks/inbound` | public at the gate; the handler verifies the Svix signature (it needs the body) and refuses replays |
 //! | anything else | nobody: 403 `no_policy` |
 //!

@@ -22,7 +22,7 @@ use crate::config::{Credentials, Fatal};
 use crate::dev::{CERTS_PATH, DevIssuer};
 use crate::handlers::{
     create_note, delete_note, healthz, inbound_webhook, list_notes, method_not_allowed,
-    mint_unsubscribe_link, mtls_whoami, not_found, ops_stats, unsubscribe, whoami,
+    mint_unsubscribe_link, mtls_whoami, not_found, ops_stats, unsubscribe, unsubscribe_preview, whoami,
 };
 use crate::store::Store;
 
@@ -69,7 +69,7 @@ pub(crate) fn app(
         .route("/admin/unsubscribe-links", post(mint_unsubscribe_link))
         .route("/ops/stats", get(ops_stats))
         .route("/mtls/whoami", get(mtls_whoami))
-        .route("/api/unsubscribe", get(unsubscribe))
+        .route("/api/unsubscribe", get(unsubscribe_preview).post(unsubscribe))
         .route(
             "/webhooks/inbound",
             post(inbound_webhook).route_layer(middleware::from_fn_with_state(
@@ -149,7 +149,10 @@ fn route_policies(
         .route("*", "/admin/{*rest}", access)?
         .route("GET", "/ops/stats", api_key)?
         .route("GET", "/mtls/whoami", Requirement::mechanism(ClientCertAuth::new()))?
-        .route("GET", "/api/unsubscribe", unsubscribe_token)?
+        // RFC 8058: GET only shows what would happen; the one-click POST unsubscribes. The
+        // link's token is verified on both.
+        .route("GET", "/api/unsubscribe", unsubscribe_token.clone())?
+        .route("POST", "/api/unsubscribe", unsubscribe_token)?
         // The signature covers the body, which a gate does not read: verified in the handler.
         .route("POST", "/webhooks/inbound", Requirement::public())
 }

@@ -11,11 +11,15 @@
 //! only when the verified field, sent once, is exactly a documented success spelling (`1`,
 //! `true`, `SUCCESS`, ASCII case-insensitive; headers trimmed), a repeated field makes the
 //! certificate presented and not verified, `revoked` is `Some(false)` only
-//! when its field is exactly `0` or `false`; identity fields are never longer than 256 bytes and
-//! never differ from what was sent (lowercased for the fingerprint), so a cut value cannot match
-//! a pin; with `trust_client_cert_headers` off, `cf-cert-*` headers never reach the mechanism;
-//! `ClientCertAuth` verifies exactly the presented, verified, explicitly unrevoked certificates
-//! with a fingerprint that satisfy the pins, and refuses every other presented one.
+//! when its field is exactly `0` or `false`; names and serial are never longer than 256 bytes and
+//! never differ from what was sent, so a cut value cannot match a pin; the fingerprint is kept
+//! exactly when an independent model reads what was sent as a SHA-256 fingerprint (64 hex
+//! digits or 32 `:`-separated pairs), as that model normalises it (64 lowercase hex), and is
+//! flagged malformed exactly when something else was sent; with `trust_client_cert_headers` off,
+//! `cf-cert-*` headers never reach the mechanism; `ClientCertAuth` verifies exactly the
+//! presented, verified, explicitly unrevoked certificates with a well-formed fingerprint that
+//! satisfy the pins (the fingerprint pin is written in colon form, upper case), every principal
+//! it proves has a 64-lowercase-hex fingerprint, and it refuses every other presented one.
 #![no_main]
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
@@ -57,7 +61,7 @@ fn long_dn() -> String {
 fn mechanism(pins: u8) -> ClientCertAuth {
     match pins & 3 {
         0 => ClientCertAuth::new(),
-        1 => ClientCertAuth::new().pin_fingerprints([FP.to_ascii_uppercase()]),
+        1 => ClientCertAuth::new().pin_fingerprints([colon_form(&FP.to_ascii_uppercase())]),
         2 => ClientCertAuth::new().pin_subject_dns(["CN=deployer,O=Acme"]),
         _ => ClientCertAuth::new().pin_subject_dns([long_dn()]),
     }
@@ -71,6 +75,25 @@ fn pinned(pins: u8, fingerprint: &str, subject: Option<&str>) -> bool {
         2 => subject == Some("CN=deployer,O=Acme"),
         _ => subject == Some(long_dn().as_str()),
     }
+}
+
+/// `AB:12:…`, the form `openssl x509 -fingerprint` prints.
+fn colon_form(hex: &str) -> String {
+    hex.as_bytes()
+        .chunks(2)
+        .map(|pair| String::from_utf8_lossy(pair).into_owned())
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The model of a SHA-256 fingerprint: after trimming ASCII whitespace, 64 hex digits, or 95
+/// characters where every third is `:` and the others hex digits; lowercased, colons removed.
+fn fingerprint_model(sent: &str) -> Option<String> {
+    let v = sent.trim_matches(|c: char| c.is_ascii_whitespace());
+    let colons = v.len() == 95
+        && v.bytes().enumerate().all(|(i, b)| if i % 3 == 2 { b == b':' } else { b.is_ascii_hexdigit() });
+    let plain = v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit());
+    (colons || plain).then(|| v.chars().filter(|c| *c != ':').collect::<String>().to_ascii_lowercase())
 }
 
 fn is_true(v: &str) -> bool {
@@ -120,15 +143,18 @@ fn check_facts(facts: &ClientCertFacts, sent: &Sent, repeated: bool) {
     if repeated {
         assert!(matches!(facts.verified, Some(CertVerification::Failed(_))), "a repeated field: {facts:?}");
     }
-    let identity =
-        [(3, &facts.fingerprint_sha256), (4, &facts.subject_dn), (5, &facts.issuer_dn), (6, &facts.serial)];
-    for (i, value) in identity {
+    let names = [(4, &facts.subject_dn), (5, &facts.issuer_dn), (6, &facts.serial)];
+    for (i, value) in names {
         if let Some(value) = value {
             assert!(value.len() <= MAX_FIELD, "{} bytes kept", value.len());
             let sent = one(sent, i).expect("a value without one field");
-            let sent = if i == 3 { sent.to_ascii_lowercase() } else { sent.to_owned() };
-            assert_eq!(*value, sent, "field {} differs from what was sent", FIELD_NAMES[i]);
+            assert_eq!(value, sent, "field {} differs from what was sent", FIELD_NAMES[i]);
         }
+    }
+    if !repeated {
+        let want = one(sent, 3).map(fingerprint_model);
+        assert_eq!(facts.fingerprint_sha256, want.clone().flatten(), "fingerprint {:?}", sent[3]);
+        assert_eq!(facts.fingerprint_malformed, matches!(want, Some(None)), "fingerprint {:?}", sent[3]);
     }
     if let Some(CertVerification::Failed(reason)) = &facts.verified {
         assert!(reason.len() <= MAX_FIELD);
@@ -145,14 +171,20 @@ fn check_attempt(attempt: &Attempt, facts: Option<&ClientCertFacts>, sent: &Sent
     }
     let usable = facts.verified == Some(CertVerification::Success)
         && facts.revoked == Some(false)
-        && facts.fingerprint_sha256.is_some();
+        && facts.fingerprint_sha256.is_some()
+        && !facts.fingerprint_malformed;
     match attempt {
         Attempt::Verified(Principal::ClientCert(p)) => {
             assert!(usable, "verified from unusable facts {facts:?}");
             // Judged on what was sent, not on what the facts kept.
             assert!(one(sent, 0).is_some_and(is_true) && one(sent, 1).is_some_and(is_true));
             assert!(one(sent, 2).is_some_and(is_false));
-            let fp = one(sent, 3).expect("fingerprint").to_ascii_lowercase();
+            let fp = fingerprint_model(one(sent, 3).expect("fingerprint"))
+                .expect("a malformed fingerprint proved someone");
+            assert!(
+                p.fingerprint_sha256.len() == 64
+                    && p.fingerprint_sha256.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+            );
             assert!(pinned(pins, &fp, one(sent, 4)), "pins {pins} hold for neither {fp:?} nor {:?}", sent[4]);
             assert_eq!(p.fingerprint_sha256, fp);
             // A name too long to keep whole is not shown cut.

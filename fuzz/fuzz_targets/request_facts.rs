@@ -1,18 +1,23 @@
-//! `RequestFacts::from_parts` on arbitrary header names, values, cookies and limits.
+//! `RequestFacts::from_parts_with_query` on arbitrary header names, values, cookies, query
+//! strings and limits.
 //!
-//! Input: byte 0 picks the limits, then a length-prefixed path, then entries of
-//! `name byte, length byte, value bytes`. Invariants: no panic; one assertion header is the
-//! credential whatever the cookies hold (no fall-through, even when it is empty or garbage); a
-//! repeated one is ambiguous; without it the credential is the `CF_Authorization` cookie as a
-//! small independent model reads it (conflicting cookies are refused); size limits hold; and
-//! `Debug` never shows a credential.
+//! Input: byte 0 picks the limits (bits 6-7 = 3: small query limits), then a length-prefixed
+//! path, then entries of `name byte, length byte, value bytes`; a name that picks `query`
+//! appends its value to the query string instead of sending a header. Invariants: no panic; one
+//! assertion header is the credential whatever the cookies hold (no fall-through, even when it
+//! is empty or garbage); a repeated one is ambiguous; without it the credential is the
+//! `CF_Authorization` cookie as a small independent model reads it (conflicting cookies are
+//! refused); a query over its byte or parameter limit is 414; `query_param("token")` is the
+//! `token` parameter as an independent model reads it (names and values form-decoded, two
+//! different values refused, never "the first wins"); size limits hold; and `Debug` never shows
+//! a credential.
 #![no_main]
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use libfuzzer_sys::fuzz_target;
 use ztgate::request::{CredentialSource, RequestError, RequestFacts, RequestLimits};
 
-const NAMES: [&str; 8] = [
+const NAMES: [&str; 9] = [
     "cf-access-jwt-assertion",
     "cookie",
     "cf-connecting-ip",
@@ -21,30 +26,51 @@ const NAMES: [&str; 8] = [
     "cookie",
     "authorization",
     "x-api-key",
+    QUERY,
 ];
+/// Not a header: the entry's value is appended to the query string.
+const QUERY: &str = "query";
 
 fuzz_target!(init: ztgate_fuzz::seeds::write_if_asked("request_facts"), |data: &[u8]| {
     let Some((&limits_byte, mut rest)) = data.split_first() else { return };
+    let small_query = limits_byte >> 6 == 3;
     let limits = RequestLimits {
         max_token_bytes: [16 * 1024, 0, 8, 64][usize::from(limits_byte & 3)],
         max_cookie_bytes: [32 * 1024, 0, 16, 128][usize::from(limits_byte >> 2 & 3)],
         max_path_bytes: [8 * 1024, 0, 3, 16][usize::from(limits_byte >> 4 & 3)],
+        max_query_bytes: if small_query { 64 } else { 4 * 1024 },
+        max_query_params: if small_query { 3 } else { 64 },
         ..RequestLimits::default()
     };
     let method = [Method::GET, Method::POST, Method::DELETE][usize::from(limits_byte >> 6) % 3].clone();
     let path = take(&mut rest);
     let path = String::from_utf8_lossy(path);
     let mut headers = HeaderMap::new();
+    let mut query: Option<String> = None;
     while let Some((&name, tail)) = rest.split_first() {
         rest = tail;
         let value = take(&mut rest);
-        if let Ok(value) = HeaderValue::from_bytes(value) {
-            headers.append(HeaderName::from_static(NAMES[usize::from(name) % NAMES.len()]), value);
+        let name = NAMES[usize::from(name) % NAMES.len()];
+        if name == QUERY {
+            query.get_or_insert_default().push_str(&String::from_utf8_lossy(value));
+        } else if let Ok(value) = HeaderValue::from_bytes(value) {
+            headers.append(HeaderName::from_static(name), value);
         }
     }
 
-    let outcome = RequestFacts::from_parts(&method, &path, &headers, &limits);
-    // A path over its limit is refused first (414), whatever the headers hold.
+    let outcome = RequestFacts::from_parts_with_query(&method, &path, query.as_deref(), &headers, &limits);
+    // The URI is judged first (414), whatever the headers hold: the query, then the path.
+    if let Some(q) = &query {
+        if q.len() > limits.max_query_bytes {
+            let want = RequestError::UriTooLong { part: "query string", limit: limits.max_query_bytes };
+            assert_eq!(outcome.err(), Some(want));
+            return;
+        }
+        if q.split('&').filter(|p| !p.is_empty()).count() > limits.max_query_params {
+            assert_eq!(outcome.err(), Some(RequestError::TooManyQueryParams { limit: limits.max_query_params }));
+            return;
+        }
+    }
     if path.len() > limits.max_path_bytes {
         assert_eq!(outcome.err(), Some(RequestError::UriTooLong { part: "path", limit: limits.max_path_bytes }));
         return;
@@ -98,6 +124,22 @@ fuzz_target!(init: ztgate_fuzz::seeds::write_if_asked("request_facts"), |data: &
                 assert!(!format!("{credential:?} {facts:?}").contains(value), "Debug shows a credential");
             }
         }
+        let token = facts.query_param("token");
+        match (query.as_deref().map(token_model), &token) {
+            (None | Some(Ok(None)), Ok(None)) => {}
+            (Some(Ok(Some(want))), Ok(Some(got))) => {
+                assert_eq!(got.source(), CredentialSource::Query);
+                assert_eq!(got.expose(), String::from_utf8_lossy(&want), "query token");
+                let value = got.expose();
+                if value.len() > 64 && !path.contains(value) {
+                    assert!(!format!("{got:?} {facts:?}").contains(value), "Debug shows a query token");
+                }
+            }
+            (Some(Err(())), Err(e)) => {
+                assert_eq!(e, &RequestError::AmbiguousCredential { name: "a query parameter" })
+            }
+            (want, got) => panic!("query {query:?}: the model reads {want:?}, query_param {got:?}"),
+        }
         assert_eq!(facts.method(), &method);
         assert!(facts.path().len() <= limits.max_path_bytes && facts.path() == path);
         let short = |name: &str, max: usize| {
@@ -135,4 +177,46 @@ fn cookie_model(headers: &HeaderMap) -> Result<Option<Vec<u8>>, ()> {
         }
     }
     Ok(found.map(<[u8]>::to_vec))
+}
+
+/// The `token` query parameter by the documented rule, written without looking at how `request`
+/// does it: non-empty `&`-separated pairs, split at the first `=`, names and values decoded as an
+/// HTML form does (`+` a space, `%` and two hex digits a byte, anything else itself), the name
+/// compared after decoding; `Err` when two occurrences differ as bytes.
+fn token_model(query: &str) -> Result<Option<Vec<u8>>, ()> {
+    fn decode(text: &str) -> Vec<u8> {
+        let b = text.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < b.len() {
+            let escape = b[i] == b'%'
+                && b.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit);
+            if escape {
+                let digits = std::str::from_utf8(&b[i + 1..i + 3]).unwrap();
+                out.push(u8::from_str_radix(digits, 16).unwrap());
+                i += 3;
+            } else {
+                out.push(if b[i] == b'+' { b' ' } else { b[i] });
+                i += 1;
+            }
+        }
+        out
+    }
+    let mut found: Option<Vec<u8>> = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = match pair.find('=') {
+            Some(at) => (&pair[..at], &pair[at + 1..]),
+            None => (pair, ""),
+        };
+        if decode(name) != b"token" {
+            continue;
+        }
+        let value = decode(value);
+        if found.as_ref().is_some_and(|first| *first != value) {
+            return Err(());
+        }
+        found = Some(value);
+    }
+    Ok(found)
 }

@@ -761,7 +761,7 @@ impl<C: Send + Sync + 'static> Mechanism<C> for SignedTokenAuth {
 
     fn attempt<'a>(&'a self, facts: &'a RequestFacts) -> BoxFuture<'a, Attempt<C>> {
         let found = match &self.source {
-            TokenSource::Query(name) => Ok(facts.query_param(name)),
+            TokenSource::Query(name) => facts.query_param(name),
             TokenSource::Cookie(name) => facts.cookie(name),
         };
         let token = match found {

@@ -15,9 +15,11 @@ pub enum CertVerification {
 /// Client-certificate facts from `request.cf.tlsClientAuth` (Workers) or the `cf-cert-*`
 /// headers of the "Add TLS client auth headers" managed transform (native origins).
 ///
-/// Every field is bounded (256 bytes for names and fingerprints). A longer name, fingerprint or
-/// serial is dropped (read as absent), never cut: a cut value could equal a pin it does not
-/// match.
+/// Every field is bounded (256 bytes for names and serials). A longer name or serial is dropped
+/// (read as absent), never cut: a cut value could equal a pin it does not match. The fingerprint
+/// is kept only when it is a SHA-256 fingerprint ([`ClientCertFacts::normalize_fingerprint`]);
+/// anything else sent there (`not-a-fingerprint`, 63 or 65 digits, markup, a path) is dropped and
+/// flagged in [`ClientCertFacts::fingerprint_malformed`], so it can never name a principal.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct ClientCertFacts {
@@ -27,8 +29,13 @@ pub struct ClientCertFacts {
     pub verified: Option<CertVerification>,
     /// `Some(true)` revoked, `Some(false)` explicitly not revoked, `None` unknown.
     pub revoked: Option<bool>,
-    /// SHA-256 fingerprint, lowercase hex.
+    /// SHA-256 fingerprint: 64 lowercase hex digits, no separators
+    /// ([`ClientCertFacts::normalize_fingerprint`] of what was sent).
     pub fingerprint_sha256: Option<String>,
+    /// A fingerprint was sent but is not a SHA-256 fingerprint (so
+    /// [`fingerprint_sha256`](Self::fingerprint_sha256) is `None`): the mechanism refuses the
+    /// certificate rather than treating it as one without a fingerprint.
+    pub fingerprint_malformed: bool,
     /// Subject DN.
     pub subject_dn: Option<String>,
     /// Issuer DN.
@@ -38,6 +45,8 @@ pub struct ClientCertFacts {
 }
 
 const MAX_FIELD: usize = 256;
+/// Hex digits of a SHA-256 digest.
+const FINGERPRINT_HEX: usize = 64;
 
 impl ClientCertFacts {
     /// Reads the `cf-cert-*` headers; `None` when none is present. Only call this for a hop
@@ -77,8 +86,32 @@ impl ClientCertFacts {
         })
     }
 
+    /// A SHA-256 fingerprint in the one form ztgate compares and reports: 64 lowercase hex
+    /// digits without separators. Accepts 64 hex digits in any case, or 32 two-digit groups
+    /// separated by single `:` (`AB:12:…`, as `openssl x509 -fingerprint` prints it), with
+    /// surrounding ASCII whitespace; `None` for anything else. Certificate facts and
+    /// [`ClientCertAuth`](crate::identity::ClientCertAuth) pins both go through it, so a pin
+    /// and a reported value match whichever of the two forms each was written in.
+    pub fn normalize_fingerprint(text: &str) -> Option<String> {
+        let text = text.trim_ascii();
+        let digits: String = match text.len() {
+            FINGERPRINT_HEX => text.to_owned(),
+            // 32 groups of 2 digits and 31 separators.
+            95 => {
+                let groups: Vec<&str> = text.split(':').collect();
+                if groups.len() != FINGERPRINT_HEX / 2 || groups.iter().any(|g| g.len() != 2) {
+                    return None;
+                }
+                groups.concat()
+            }
+            _ => return None,
+        };
+        digits.bytes().all(|b| b.is_ascii_hexdigit()).then(|| digits.to_ascii_lowercase())
+    }
+
     fn from_fields<'a>(get: impl Fn(Field) -> Option<&'a str>) -> Self {
         let bounded = |f: Field| get(f).filter(|v| !v.is_empty() && v.len() <= MAX_FIELD).map(str::to_owned);
+        let fingerprint = get(Field::Fingerprint).map(Self::normalize_fingerprint);
         Self {
             presented: get(Field::Presented).is_some_and(is_true),
             verified: get(Field::Verified).map(|v| {
@@ -97,7 +130,8 @@ impl ClientCertFacts {
                     None
                 }
             }),
-            fingerprint_sha256: bounded(Field::Fingerprint).map(|f| f.to_ascii_lowercase()),
+            fingerprint_malformed: matches!(fingerprint, Some(None)),
+            fingerprint_sha256: fingerprint.flatten(),
             subject_dn: bounded(Field::SubjectDn),
             issuer_dn: bounded(Field::IssuerDn),
             serial: bounded(Field::Serial),
@@ -148,6 +182,73 @@ mod tests {
         h
     }
 
+    const LOWER: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"; // pragma: allowlist secret
+    const UPPER: &str = "9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C15B0F00A08"; // pragma: allowlist secret
+
+    fn colon_form(hex: &str) -> String {
+        hex.as_bytes().chunks(2).map(|pair| std::str::from_utf8(pair).unwrap()).collect::<Vec<_>>().join(":")
+    }
+
+    #[test]
+    fn a_fingerprint_is_64_hex_digits_or_32_colon_separated_pairs_and_nothing_else() {
+        let normalized = |s: &str| ClientCertFacts::normalize_fingerprint(s);
+        for good in
+            [LOWER.to_owned(), UPPER.to_owned(), colon_form(UPPER), colon_form(LOWER), format!(" {LOWER}\t")]
+        {
+            assert_eq!(normalized(&good).as_deref(), Some(LOWER), "{good:?}");
+        }
+        let colons = colon_form(LOWER);
+        for bad in [
+            "not-a-fingerprint".to_owned(),
+            String::new(),
+            LOWER[..63].to_owned(),
+            format!("{LOWER}0"),
+            format!("{}g", &LOWER[..63]),
+            format!("<b>{}</b>", &LOWER[..57]),
+            format!("../../{}", &LOWER[..58]),
+            format!("user:admin@{}", &LOWER[..53]),
+            colons[..94].to_owned(),
+            format!("{colons}:"),
+            format!(":{}", &colons[1..]),
+            colons.replacen(':', "::", 1)[..95].to_owned(),
+            colons.replace(':', "-"),
+            format!("{}:{}", &LOWER[..62], &LOWER[62..]),
+            "é".repeat(32),
+            format!("{LOWER} {LOWER}"),
+        ] {
+            assert_eq!(normalized(&bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_malformed_fingerprint_is_flagged_never_kept() {
+        for (sent, kept, malformed) in [
+            (colon_form(UPPER), Some(LOWER), false),
+            ("not-a-fingerprint".to_owned(), None, true),
+            (LOWER[..63].to_owned(), None, true),
+            ("a".repeat(300), None, true),
+            (" ".to_owned(), None, true),
+        ] {
+            let f =
+                ClientCertFacts::from_cf_headers(&headers(&[("cf-cert-fingerprint-sha256", &sent)])).unwrap();
+            assert_eq!(
+                (f.fingerprint_sha256.as_deref(), f.fingerprint_malformed),
+                (kept, malformed),
+                "{sent:?}"
+            );
+            let f = ClientCertFacts::from_tls_client_auth(|k| {
+                (k == "certFingerprintSHA256").then_some(sent.as_str())
+            });
+            assert_eq!(
+                (f.fingerprint_sha256.as_deref(), f.fingerprint_malformed),
+                (kept, malformed),
+                "{sent:?}"
+            );
+        }
+        let absent = ClientCertFacts::from_cf_headers(&headers(&[("cf-cert-presented", "1")])).unwrap();
+        assert_eq!((absent.fingerprint_sha256, absent.fingerprint_malformed), (None, false));
+    }
+
     #[test]
     fn accepts_true_forms_and_refuses_everything_else() {
         for yes in ["1", "true", "TRUE", "SUCCESS", "success"] {
@@ -183,13 +284,14 @@ mod tests {
             "certPresented" => Some("1"),
             "certVerified" => Some("SUCCESS"),
             "certRevoked" => Some("0"),
-            "certFingerprintSHA256" => Some("AB12"),
+            "certFingerprintSHA256" => Some(UPPER),
             _ => None,
         });
         assert!(f.presented);
         assert_eq!(f.verified, Some(CertVerification::Success));
         assert_eq!(f.revoked, Some(false));
-        assert_eq!(f.fingerprint_sha256.as_deref(), Some("ab12"));
+        assert_eq!(f.fingerprint_sha256.as_deref(), Some(LOWER));
+        assert!(!f.fingerprint_malformed);
         assert_eq!(f.subject_dn, None);
         assert_eq!(ClientCertFacts::from_tls_client_auth(|_| None), ClientCertFacts::default());
     }

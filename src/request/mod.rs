@@ -49,6 +49,9 @@ pub struct RequestLimits {
     /// Largest accepted query string (kept for mechanisms that read a token parameter); a
     /// longer one is refused with 414.
     pub max_query_bytes: usize,
+    /// Most parameters (non-empty `&`-separated pairs) a query string may hold; more is
+    /// refused with 414, so reading a parameter never walks an unbounded list.
+    pub max_query_params: usize,
     /// Largest accepted credential: the assertion header, or the token inside the cookie.
     pub max_token_bytes: usize,
     /// Largest accepted `Cookie` header (all `Cookie` fields together).
@@ -63,6 +66,7 @@ impl Default for RequestLimits {
         Self {
             trust_client_cert_headers: false,
             max_query_bytes: 4 * 1024,
+            max_query_params: 64,
             max_token_bytes: 16 * 1024,
             max_cookie_bytes: 32 * 1024,
             max_path_bytes: 8 * 1024,
@@ -99,6 +103,12 @@ pub enum RequestError {
         /// Its limit in bytes.
         limit: usize,
     },
+    /// The query string holds more parameters than [`RequestLimits::max_query_params`] (414
+    /// URI Too Long).
+    TooManyQueryParams {
+        /// The limit, in parameters.
+        limit: usize,
+    },
 }
 
 impl fmt::Display for RequestError {
@@ -112,6 +122,9 @@ impl fmt::Display for RequestError {
                 write!(f, "{name} was sent more than once with different values")
             }
             Self::UriTooLong { part, limit } => write!(f, "the {part} is longer than {limit} bytes"),
+            Self::TooManyQueryParams { limit } => {
+                write!(f, "the query string has more than {limit} parameters")
+            }
         }
     }
 }
@@ -215,6 +228,9 @@ impl RequestFacts {
             Some(q) if q.len() > limits.max_query_bytes => {
                 return Err(RequestError::UriTooLong { part: "query string", limit: limits.max_query_bytes });
             }
+            Some(q) if query_pairs(q).nth(limits.max_query_params).is_some() => {
+                return Err(RequestError::TooManyQueryParams { limit: limits.max_query_params });
+            }
             Some(q) => Some(Credential { value: q.to_owned(), source: CredentialSource::Query }),
             None => None,
         };
@@ -275,17 +291,37 @@ impl RequestFacts {
         self
     }
 
-    /// The first value of query parameter `name`, percent-decoded. Query strings can carry
-    /// tokens (unsubscribe links), so this returns a [`Credential`].
-    pub fn query_param(&self, name: &str) -> Option<Credential> {
-        let query = self.query.as_ref()?.expose();
-        query.split('&').find_map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (percent_decode(k)? == name)
-                .then(|| percent_decode(v))
-                .flatten()
-                .map(|value| Credential { value, source: CredentialSource::Query })
-        })
+    /// The value of query parameter `name`, if sent exactly once (or always with the same
+    /// value). Query strings can carry tokens (unsubscribe links), so this returns a
+    /// [`Credential`], read like a cookie: a parameter sent twice with different values is
+    /// [`RequestError::AmbiguousCredential`], never "the first one wins".
+    ///
+    /// Names and values are read as an HTML form reads them (`application/x-www-form-urlencoded`):
+    /// pairs split on `&`, `+` is a space, `%XX` is a byte (a `%` not followed by two hex digits
+    /// stays as it is). Names are compared *after* decoding, so `%74oken` is `token`; values are
+    /// compared as decoded bytes, and a value that is not UTF-8 reaches the mechanism as an
+    /// invalid credential rather than as no credential. `name=` and a bare `name` are the empty
+    /// value, which differs from any other.
+    pub fn query_param(&self, name: &str) -> Result<Option<Credential>, RequestError> {
+        let Some(query) = &self.query else { return Ok(None) };
+        let mut found: Option<Vec<u8>> = None;
+        // At most `max_query_params` pairs: `read` refused a query with more.
+        for (k, v) in query_pairs(query.expose()) {
+            if form_decode(k) != name.as_bytes() {
+                continue;
+            }
+            let value = form_decode(v);
+            match &found {
+                Some(first) if *first != value => {
+                    return Err(RequestError::AmbiguousCredential { name: "a query parameter" });
+                }
+                _ => found = Some(value),
+            }
+        }
+        Ok(found.map(|v| Credential {
+            value: String::from_utf8_lossy(&v).into_owned(),
+            source: CredentialSource::Query,
+        }))
     }
 
     /// The value of cookie `name`, if sent exactly once (or always with the same value).
@@ -462,29 +498,48 @@ fn bearer(headers: &HeaderMap, limits: &RequestLimits) -> Result<Option<Credenti
     Ok(Some(Credential { value: rest.trim_matches(' ').to_owned(), source: CredentialSource::Header }))
 }
 
-fn percent_decode(s: &str) -> Option<String> {
+/// The non-empty `&`-separated pairs of a query string, each split at its first `=` (a pair
+/// without one is a name with the empty value).
+fn query_pairs(query: &str) -> impl Iterator<Item = (&str, &str)> {
+    query.split('&').filter(|pair| !pair.is_empty()).map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+}
+
+/// `application/x-www-form-urlencoded` decoding of one name or value, to bytes: `+` is a space,
+/// `%XX` (two hex digits) is that byte, anything else (a lone `%` too) is itself.
+fn form_decode(s: &str) -> Vec<u8> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = bytes.get(i + 1..i + 3)?;
-                let hex = std::str::from_utf8(hex).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
+        let escaped = match bytes.get(i..i + 3) {
+            Some([b'%', hi, lo]) => hex_digit(*hi).zip(hex_digit(*lo)).map(|(hi, lo)| hi << 4 | lo),
+            _ => None,
+        };
+        match (escaped, bytes[i]) {
+            (Some(byte), _) => {
+                out.push(byte);
                 i += 3;
             }
-            b'+' => {
+            (None, b'+') => {
                 out.push(b' ');
                 i += 1;
             }
-            b => {
+            (None, b) => {
                 out.push(b);
                 i += 1;
             }
         }
     }
-    String::from_utf8(out).ok()
+    out
+}
+
+fn hex_digit(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
 }
 
 fn short_header(headers: &HeaderMap, name: &'static str, max: usize) -> Option<String> {
@@ -648,5 +703,78 @@ mod tests {
         let refused = RequestFacts::extract(&req, &limits).unwrap_err();
         assert_eq!(refused, RequestError::UriTooLong { part: "query string", limit: 8 });
         assert_eq!(refused.to_string(), "the query string is longer than 8 bytes");
+    }
+
+    fn token_in(query: &str) -> Result<Option<String>, RequestError> {
+        let req = Request::builder().uri(format!("/api/unsubscribe?{query}")).body(()).unwrap();
+        let f = RequestFacts::extract(&req, &RequestLimits::default())?;
+        Ok(f.query_param("token")?.map(|c| {
+            assert_eq!(c.source(), CredentialSource::Query);
+            c.expose().to_owned()
+        }))
+    }
+
+    #[test]
+    fn query_token_sent_twice_with_different_values_is_refused() {
+        let ambiguous = RequestError::AmbiguousCredential { name: "a query parameter" };
+        for query in
+            ["token=A&token=B", "token=A&token=", "token=A&token", "token=&token=A", "token=A&x=1&token=B"]
+        {
+            assert_eq!(token_in(query), Err(ambiguous.clone()), "{query}");
+        }
+        // The same value twice is harmless, also when spelled differently.
+        assert_eq!(token_in("token=A.B&token=A.B"), Ok(Some("A.B".into())));
+        assert_eq!(token_in("token=A.B&token=A%2EB"), Ok(Some("A.B".into())));
+        // Other parameters may repeat: only the one read as a credential must be unambiguous.
+        assert_eq!(token_in("tag=a&tag=b&token=A"), Ok(Some("A".into())));
+        assert_eq!(token_in("tokens=x&xtoken=y&Token=z"), Ok(None), "names match exactly");
+    }
+
+    #[test]
+    fn percent_encoded_parameter_name_cannot_smuggle_a_second_token() {
+        let ambiguous = Err(RequestError::AmbiguousCredential { name: "a query parameter" });
+        for query in [
+            "token=A&%74oken=B",
+            "%74%6F%6B%65%6E=A&token=B",
+            "token=A&%74%6f%6b%65%6e=",
+            "tok%65n=A&token=B",
+        ] {
+            assert_eq!(token_in(query), ambiguous, "{query}");
+        }
+        // Decoded names are names: an encoded one alone is the credential.
+        assert_eq!(token_in("%74oken=A"), Ok(Some("A".into())));
+        // `+` is a space in a name, so `token+` is another parameter.
+        assert_eq!(token_in("token=A&token+=B"), Ok(Some("A".into())));
+    }
+
+    #[test]
+    fn an_undecodable_query_token_is_an_invalid_credential_not_a_missing_one() {
+        // A value that is not UTF-8 still arrives (lossy), so the mechanism refuses it (401)
+        // instead of treating the request as anonymous.
+        assert_eq!(token_in("token=%FF%FE"), Ok(Some("\u{fffd}\u{fffd}".into())));
+        // Different invalid bytes are different values, though both read as U+FFFD.
+        let ambiguous = Err(RequestError::AmbiguousCredential { name: "a query parameter" });
+        assert_eq!(token_in("token=%FF&token=%FE"), ambiguous);
+        // A `%` without two hex digits is itself, as an HTML form reads it.
+        assert_eq!(token_in("token=%ZZ%4"), Ok(Some("%ZZ%4".into())));
+        assert_eq!(token_in("token=a+b%20c"), Ok(Some("a b c".into())));
+    }
+
+    #[test]
+    fn a_query_with_more_parameters_than_the_limit_is_414() {
+        let limits = RequestLimits { max_query_params: 3, ..RequestLimits::default() };
+        let read = |query: &str| {
+            let req = Request::builder().uri(format!("/a?{query}")).body(()).unwrap();
+            RequestFacts::extract(&req, &limits).map(|f| f.query_param("token"))
+        };
+        assert_eq!(
+            read("a=1&b=2&token=t"),
+            Ok(Ok(Some(Credential { value: "t".into(), source: CredentialSource::Query })))
+        );
+        // Empty pairs are no parameters.
+        assert!(read("a=1&&b=2&&token=t&").is_ok());
+        let refused = read("a=1&b=2&c=3&token=t").unwrap_err();
+        assert_eq!(refused, RequestError::TooManyQueryParams { limit: 3 });
+        assert_eq!(refused.to_string(), "the query string has more than 3 parameters");
     }
 }
