@@ -88,7 +88,7 @@ pub(crate) async fn delete_note(
 ) -> Result<StatusCode, ApiError> {
     // The route policy requires both; refuse rather than trust a wiring change silently.
     if !(who.proved_by("access_jwt") && who.proved_by("api_key")) {
-        tracing::error!(target: LOG_TARGET, layer = "storage", outcome = "refused", principal = %who.id(), "delete without both proofs");
+        tracing::error!(target: LOG_TARGET, layer = "storage", outcome = "refused", principal = ?who.id(), "delete without both proofs");
         return Err(Rejection::Forbidden.into());
     }
     let Path(id) = id.map_err(|_| ApiError::invalid("invalid_id", "the note id must be an integer"))?;

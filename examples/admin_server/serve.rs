@@ -146,7 +146,7 @@ pub(crate) async fn serve(
             }
             Err(e) => {
                 if let Some(suppressed) = error_warning.hit() {
-                    tracing::warn!(target: LOG_TARGET, layer = "server", outcome = "accept_failed", error = %e, suppressed);
+                    tracing::warn!(target: LOG_TARGET, layer = "server", outcome = "accept_failed", error = ?e.to_string(), suppressed);
                 }
                 tokio::time::sleep(ERROR_BACKOFF).await;
                 continue;
@@ -190,7 +190,7 @@ pub(crate) async fn serve(
             tokio::select! {
                 served = connection => {
                     if let Err(e) = served {
-                        tracing::debug!(target: LOG_TARGET, layer = "server", outcome = "connection_error", error = %e);
+                        tracing::debug!(target: LOG_TARGET, layer = "server", outcome = "connection_error", error = ?e.to_string());
                     }
                 }
                 reason = watchdog(&conn, &limits) => {
