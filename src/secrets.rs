@@ -332,17 +332,15 @@ impl<'a> PerRequest<'a> {
 
     /// The value, read on first use (once, however many calls wait for it).
     pub async fn get(&self) -> Result<Secret, SecretError> {
-        loop {
-            match std::future::poll_fn(|cx| self.poll_role(cx)).await {
-                Role::Answer(answer) => return answer,
-                Role::Read => {
-                    // If this future is dropped while the source is read, the guard hands the
-                    // read over to a waiting call.
-                    let mut guard = ReadGuard { cell: self, finished: false };
-                    let answer = self.source.get().await;
-                    guard.finish(answer.clone());
-                    return answer;
-                }
+        match std::future::poll_fn(|cx| self.poll_role(cx)).await {
+            Role::Answer(answer) => answer,
+            Role::Read => {
+                // If this future is dropped while the source is read, the guard hands the read
+                // over to a waiting call.
+                let mut guard = ReadGuard { cell: self, finished: false };
+                let answer = self.source.get().await;
+                guard.finish(answer.clone());
+                answer
             }
         }
     }
