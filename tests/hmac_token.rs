@@ -174,7 +174,7 @@ fn node_webcrypto_minter_matches_rust() {
         assert!(
             skip && !ci,
             "`node` is not runnable ({node:?}): this test checks the WebCrypto minter of \
-             docs/hmac-token-format.md against Rust. Install Node 18+, or set \
+             docs/hmac-token-format.md against Rust. Install Node 20+, or set \
              ZTGATE_SKIP_NODE_TESTS=1 to skip it outside CI"
         );
         eprintln!(
