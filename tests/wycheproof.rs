@@ -21,7 +21,7 @@ const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors/wycheproof
 const TEAM: &str = "https://acme-test.cloudflareaccess.com";
 const AUD: &str = "aud-4b8f1c";
 const NOW: u64 = 1_800_000_000;
-/// The `jwt_simple` backend verifies JWS signing inputs only (see `identity::backend`).
+/// The `jwt_simple` backend verifies JWS signing inputs only (see `src/identity/rs256/`).
 const JWT_SIMPLE: bool = cfg!(feature = "jwt_simple");
 
 fn load(file: &str) -> Value {
