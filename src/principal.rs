@@ -191,7 +191,54 @@ impl<'de> Deserialize<'de> for NoClaims {
 /// Only ztgate can build one: there is no public constructor, so a handler that takes
 /// `Verified<Principal>` cannot run unless identity ran first. The Tower layer puts it in the
 /// request extensions; with the `axum` feature it is an extractor that fails closed when the
-/// layer is missing.
+/// layer is missing. Called directly, a gate hands one out after it checked the request:
+///
+/// ```no_run
+/// use ztgate::{Gate, Principal, Rejection, Verified};
+///
+/// async fn proven(gate: &Gate, request: &http::Request<()>) -> Result<Verified<Principal>, Rejection> {
+///     gate.check(request).await
+/// }
+/// ```
+///
+/// Nothing outside ztgate makes one. Each example below tries one way and fails to compile
+/// (they are doc tests, so this stays true): the fields are private,
+///
+/// ```compile_fail
+/// use ztgate::{Principal, Verified};
+///
+/// let forged: Verified<Principal> = Verified { principal: Principal::Anonymous, proofs: Vec::new() };
+/// ```
+///
+/// the constructor is ztgate's own,
+///
+/// ```compile_fail
+/// use ztgate::{Principal, Verified};
+///
+/// let forged: Verified<Principal> = Verified::new(Principal::Anonymous, Vec::new());
+/// ```
+///
+/// a principal (which anyone can build) does not convert into one,
+///
+/// ```compile_fail
+/// use ztgate::{Principal, Verified};
+///
+/// let forged: Verified<Principal> = Principal::Anonymous.into();
+/// ```
+///
+/// and there is neither a default nor a way to deserialize one.
+///
+/// ```compile_fail
+/// use ztgate::{Principal, Verified};
+///
+/// let forged: Verified<Principal> = Default::default();
+/// ```
+///
+/// ```compile_fail
+/// use ztgate::{Principal, Verified};
+///
+/// let forged: Verified<Principal> = serde_json::from_str(r#"{"principal":"Anonymous","proofs":[]}"#).unwrap();
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct Verified<P> {
     principal: P,

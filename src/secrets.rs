@@ -83,6 +83,79 @@ mod tests {
         assert_eq!(s, Secret::from("hunter2-very-secret"));
         assert_ne!(s, Secret::from("hunter2-very-secreT"));
     }
+
+    /// Counts reads; answers `Ok("s1")` once the gate opens, or `Unavailable` if `fail`.
+    #[derive(Debug)]
+    struct Gated {
+        reads: std::sync::atomic::AtomicUsize,
+        open: tokio::sync::watch::Receiver<bool>,
+        fail: bool,
+    }
+
+    impl SecretSource for Gated {
+        fn get(&self) -> SecretFuture<'_> {
+            self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut open = self.open.clone();
+            let fail = self.fail;
+            Box::pin(async move {
+                open.wait_for(|open| *open).await.expect("the gate outlives the read");
+                if fail { Err(SecretError::Unavailable("store down".into())) } else { Ok(Secret::from("s1")) }
+            })
+        }
+    }
+
+    fn gated(fail: bool) -> (tokio::sync::watch::Sender<bool>, Gated) {
+        let (gate, open) = tokio::sync::watch::channel(false);
+        (gate, Gated { reads: Default::default(), open, fail })
+    }
+
+    fn reads(source: &Gated) -> usize {
+        source.reads.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_read_is_taken_over_by_a_waiting_call() {
+        let (gate, source) = gated(false);
+        let per_request = PerRequest::new(&source);
+        // The first call starts the read, then is dropped (its timeout) while a second call
+        // waits for it; the gate opens only after that.
+        let abandoned = tokio::time::timeout(std::time::Duration::from_millis(50), per_request.get());
+        let waiting = async {
+            tokio::task::yield_now().await;
+            per_request.get().await
+        };
+        let opener = async {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            gate.send(true).unwrap();
+        };
+        let all = async { tokio::join!(abandoned, waiting, opener) };
+        let (abandoned, waiting, ()) = tokio::time::timeout(std::time::Duration::from_secs(30), all)
+            .await
+            .expect("the waiting call hung on a read nobody runs");
+        assert!(abandoned.is_err(), "the first call was to be dropped mid-read");
+        assert_eq!(waiting, Ok(Secret::from("s1")));
+        assert_eq!(reads(&source), 2, "one abandoned read, one taken over");
+        assert_eq!(per_request.get().await, Ok(Secret::from("s1")));
+        assert_eq!(reads(&source), 2);
+    }
+
+    #[tokio::test]
+    async fn concurrent_calls_in_one_task_share_one_read_and_its_error() {
+        let (gate, source) = gated(true);
+        let per_request = PerRequest::new(&source);
+        assert!(format!("{per_request:?}").contains("read: false"));
+        let opener = async {
+            tokio::task::yield_now().await;
+            gate.send(true).unwrap();
+        };
+        let (a, b, c, ()) = tokio::join!(per_request.get(), per_request.get(), per_request.get(), opener);
+        let down = Err(SecretError::Unavailable("store down".into()));
+        assert_eq!((&a, &b, &c), (&down, &down, &down));
+        // The request keeps its answer: an error is not retried within the request.
+        assert_eq!(per_request.get().await, down);
+        assert_eq!(reads(&source), 1);
+        assert!(format!("{per_request:?}").contains("read: true"));
+    }
 }
 
 /// Why a secret could not be read.
@@ -267,32 +340,117 @@ impl SecretSource for CachedSecret {
 
 /// A secret read at most once for the lifetime of this value: make one per request, so every
 /// mechanism in the request sees the same value and the store is asked once.
+///
+/// Single flight: when several calls wait for the first read at the same time (mechanisms of
+/// one request run concurrently), one of them reads the source and the others wait for its
+/// answer; none of them reads again. The answer, an error included, is kept for every later
+/// call. A read that is abandoned (its caller's future dropped, or the source panicked)
+/// hands over: one of the waiting calls reads instead, so no caller waits forever for a
+/// read nobody is running.
+///
+/// Built on `std` only (a mutex and the waiters' wakers), so it behaves the same natively and
+/// in a Worker; every waiter belongs to the same request, so no task is woken from another
+/// request's context.
 pub struct PerRequest<'a> {
     source: &'a dyn SecretSource,
-    value: std::sync::OnceLock<Result<Secret, SecretError>>,
+    state: std::sync::Mutex<ReadState>,
+}
+
+/// Where the one read of a [`PerRequest`] stands.
+enum ReadState {
+    /// Nobody has read, or the read was abandoned.
+    Unread,
+    /// One call is reading; these calls wait for it.
+    Reading(Vec<std::task::Waker>),
+    /// The answer every call gets.
+    Read(Result<Secret, SecretError>),
+}
+
+/// What a call to [`PerRequest::get`] is to do.
+enum Role {
+    /// Return this answer.
+    Answer(Result<Secret, SecretError>),
+    /// Read the source: this call holds the read.
+    Read,
 }
 
 impl fmt::Debug for PerRequest<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PerRequest")
-            .field("source", &self.source)
-            .field("read", &self.value.get().is_some())
-            .finish()
+        let read = matches!(*self.lock(), ReadState::Read(_));
+        f.debug_struct("PerRequest").field("source", &self.source).field("read", &read).finish()
     }
 }
 
 impl<'a> PerRequest<'a> {
     /// Memoizes `source`.
     pub fn new(source: &'a dyn SecretSource) -> Self {
-        Self { source, value: std::sync::OnceLock::new() }
+        Self { source, state: std::sync::Mutex::new(ReadState::Unread) }
     }
 
-    /// The value, read on first use.
+    /// The value, read on first use (once, however many calls wait for it).
     pub async fn get(&self) -> Result<Secret, SecretError> {
-        if let Some(v) = self.value.get() {
-            return v.clone();
+        match std::future::poll_fn(|cx| self.poll_role(cx)).await {
+            Role::Answer(answer) => answer,
+            Role::Read => {
+                // If this future is dropped while the source is read, the guard hands the read
+                // over to a waiting call.
+                let mut guard = ReadGuard { cell: self, finished: false };
+                let answer = self.source.get().await;
+                guard.finish(answer.clone());
+                answer
+            }
         }
-        let fetched = self.source.get().await;
-        self.value.get_or_init(|| fetched).clone()
+    }
+
+    fn poll_role(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Role> {
+        let mut state = self.lock();
+        match &mut *state {
+            ReadState::Read(answer) => std::task::Poll::Ready(Role::Answer(answer.clone())),
+            ReadState::Unread => {
+                *state = ReadState::Reading(Vec::new());
+                std::task::Poll::Ready(Role::Read)
+            }
+            ReadState::Reading(waiters) => {
+                // One entry per waiting task: a task polled again does not grow the list.
+                if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                    waiters.push(cx.waker().clone());
+                }
+                std::task::Poll::Pending
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ReadState> {
+        // The state is valid at every point a panic could leave it; poisoning adds nothing.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Moves the state on and wakes every waiting call (outside the lock).
+    fn settle(&self, next: ReadState) {
+        let previous = std::mem::replace(&mut *self.lock(), next);
+        if let ReadState::Reading(waiters) = previous {
+            waiters.into_iter().for_each(std::task::Waker::wake);
+        }
+    }
+}
+
+/// Held by the call that reads: records its answer, or hands the read over if dropped first.
+struct ReadGuard<'c, 'a> {
+    cell: &'c PerRequest<'a>,
+    finished: bool,
+}
+
+impl ReadGuard<'_, '_> {
+    fn finish(&mut self, answer: Result<Secret, SecretError>) {
+        self.finished = true;
+        self.cell.settle(ReadState::Read(answer));
+    }
+}
+
+impl Drop for ReadGuard<'_, '_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.cell.settle(ReadState::Unread);
+        }
     }
 }

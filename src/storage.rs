@@ -16,6 +16,77 @@
 //!     insert_note(db, &Actor::from(who), "hello");
 //! }
 //! ```
+//!
+//! Without a [`Verified`] there is no `Actor`, so `insert_note` cannot be called. Each example
+//! below is the one above with the proof replaced by something else, and fails to compile
+//! (they are doc tests, so this stays true). A principal alone, which anyone can build, is not
+//! a proof:
+//!
+//! ```compile_fail
+//! use ztgate::{Principal, storage::Actor};
+//!
+//! fn insert_note(db: &mut Vec<(String, String)>, by: &Actor, text: &str) {
+//!     db.push((by.id().to_owned(), text.to_owned()));
+//! }
+//!
+//! fn handler(who: &Principal, db: &mut Vec<(String, String)>) {
+//!     insert_note(db, &Actor::from(who), "hello");
+//! }
+//! ```
+//!
+//! An `Actor` cannot be written down (its field is private),
+//!
+//! ```compile_fail
+//! use ztgate::storage::Actor;
+//!
+//! fn insert_note(db: &mut Vec<(String, String)>, by: &Actor, text: &str) {
+//!     db.push((by.id().to_owned(), text.to_owned()));
+//! }
+//!
+//! fn handler(db: &mut Vec<(String, String)>) {
+//!     insert_note(db, &Actor { id: "user:admin@acme.com".to_owned() }, "hello");
+//! }
+//! ```
+//!
+//! made from its text,
+//!
+//! ```compile_fail
+//! use ztgate::storage::Actor;
+//!
+//! fn insert_note(db: &mut Vec<(String, String)>, by: &Actor, text: &str) {
+//!     db.push((by.id().to_owned(), text.to_owned()));
+//! }
+//!
+//! fn handler(db: &mut Vec<(String, String)>) {
+//!     insert_note(db, &Actor::from("user:admin@acme.com"), "hello");
+//! }
+//! ```
+//!
+//! or had by default; and nothing else stands in for one where it is asked for.
+//!
+//! ```compile_fail
+//! use ztgate::storage::Actor;
+//!
+//! fn insert_note(db: &mut Vec<(String, String)>, by: &Actor, text: &str) {
+//!     db.push((by.id().to_owned(), text.to_owned()));
+//! }
+//!
+//! fn handler(db: &mut Vec<(String, String)>) {
+//!     insert_note(db, &Actor::default(), "hello");
+//! }
+//! ```
+//!
+//! ```compile_fail
+//! use ztgate::storage::Actor;
+//!
+//! fn insert_note(db: &mut Vec<(String, String)>, by: &Actor, text: &str) {
+//!     db.push((by.id().to_owned(), text.to_owned()));
+//! }
+//!
+//! fn handler(db: &mut Vec<(String, String)>) {
+//!     insert_note(db, &"user:admin@acme.com", "hello");
+//! }
+//! ```
 
 use crate::principal::{Principal, Verified};
 

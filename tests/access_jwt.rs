@@ -339,14 +339,37 @@ async fn audience_must_contain_a_configured_tag() {
 #[tokio::test]
 async fn alg_none_in_every_casing_is_rejected() {
     let f = fixture().await;
-    let payload = URL_SAFE_NO_PAD.encode(alice().to_string());
-    for alg in ["none", "None", "NONE", "nOnE"] {
-        let header = URL_SAFE_NO_PAD.encode(json!({"alg": alg, "kid": "k1", "typ": "JWT"}).to_string());
-        for token in [format!("{header}.{payload}."), format!("{header}.{payload}.AAAA")] {
-            let err = check(&f.gate, &token).await.unwrap_err();
-            assert!(matches!(err, Rejection::InvalidToken(_)), "{alg}: {err:?}");
-        }
+    let claims = alice();
+    let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
+    // A casing trick on the one accepted name, too: the match is exact.
+    for alg in ["none", "None", "NONE", "nOnE", "rs256", "Rs256", "RS256 "] {
+        let header = json!({"alg": alg, "kid": "k1", "typ": "JWT"});
+        // The tokens carry a real RS256 signature by the published key `k1`: only the `alg`
+        // rule stands between them and acceptance.
+        let signed = f.key.sign_with_header(&header, &claims);
+        assert_eq!(
+            check(&f.gate, &signed).await.unwrap_err(),
+            Rejection::InvalidToken(TokenError::Algorithm),
+            "{alg}"
+        );
+        let header = URL_SAFE_NO_PAD.encode(header.to_string());
+        let garbage = format!("{header}.{payload}.AAAA");
+        assert_eq!(
+            check(&f.gate, &garbage).await.unwrap_err(),
+            Rejection::InvalidToken(TokenError::Algorithm),
+            "{alg}"
+        );
+        // The classic `alg: none` form, with no signature at all.
+        let unsigned = format!("{header}.{payload}.");
+        assert_eq!(
+            check(&f.gate, &unsigned).await.unwrap_err(),
+            Rejection::InvalidToken(TokenError::Malformed("empty segment")),
+            "{alg}"
+        );
     }
+    // The same signature under the real header is accepted: the refusals above are the alg's.
+    let accepted = f.key.sign_with_header(&json!({"alg": "RS256", "kid": "k1", "typ": "JWT"}), &claims);
+    assert!(check(&f.gate, &accepted).await.is_ok());
 }
 
 #[tokio::test]
@@ -470,27 +493,107 @@ async fn invalid_utf8_in_an_ignored_member_is_refused() {
 
 #[tokio::test]
 async fn non_canonical_base64_is_refused() {
-    let f = fixture().await;
-    let token = f.key.sign(&alice());
-    let (header, rest) = token.split_once('.').unwrap();
-    let (payload, signature) = rest.split_once('.').unwrap();
-    let std_sig = signature.replace('-', "+").replace('_', "/");
-    let mut cases = vec![
-        format!("{header}=.{payload}.{signature}"),
-        format!("{header}.{payload}==.{signature}"),
-        format!("{header}.{payload}.{signature}="),
-        format!("{header}.{payload}.{signature} "),
-        format!(" {token}"),
-        format!("{header}.{payload}.{}", &signature[..signature.len() - 1]),
-        format!("{header}.{payload}\t.{signature}"),
+    use aws_lc_rs::rand::SystemRandom;
+    use aws_lc_rs::rsa::{KeyPair, KeySize, PublicKeyComponents};
+    use aws_lc_rs::signature::{KeyPair as _, RSA_PKCS1_SHA256};
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+
+    // A key that signs any text, so every variant below carries a valid RS256 signature over
+    // its own (non-canonical) first two segments: only the strict decoding can refuse it.
+    let pair = KeyPair::generate(KeySize::Rsa2048).unwrap();
+    let public: PublicKeyComponents<Vec<u8>> = pair.public_key().into();
+    let jwk = json!({"kty": "RSA", "kid": "k1", "use": "sig", "alg": "RS256",
+        "n": URL_SAFE_NO_PAD.encode(&public.n), "e": URL_SAFE_NO_PAD.encode(&public.e)});
+    let server = JwksServer::start_with_body(json!({"keys": [jwk]}).to_string()).await;
+    let gate = gate(&server.url(), clock());
+    let sign = |signing_input: &str| {
+        let mut signature = vec![0; pair.public_modulus_len()];
+        pair.sign(&RSA_PKCS1_SHA256, &SystemRandom::new(), signing_input.as_bytes(), &mut signature).unwrap();
+        URL_SAFE_NO_PAD.encode(&signature)
+    };
+    // What a lenient decoder reads: padding optional, non-zero trailing bits, both alphabets,
+    // whitespace dropped. Each variant must mean the same bytes to it (else the case proves
+    // nothing about strictness).
+    let lenient = |text: &str| {
+        let config = GeneralPurposeConfig::new()
+            .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+            .with_decode_allow_trailing_bits(true);
+        let text: String = text.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+        let text = text.replace('+', "-").replace('/', "_");
+        GeneralPurpose::new(&base64::alphabet::URL_SAFE, config).decode(text).unwrap()
+    };
+    // Last character with non-zero unused low bits (same decoded bytes to a lenient decoder).
+    let dirty_tail = |segment: &str| {
+        let unused = [0, 0, 4, 2][segment.len() % 4];
+        assert!(unused > 0, "a segment of length {} has no unused bits", segment.len());
+        let last = segment.as_bytes()[segment.len() - 1];
+        let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let index = alphabet.iter().position(|c| *c == last).unwrap();
+        format!("{}{}", &segment[..segment.len() - 1], alphabet[index | 1] as char)
+    };
+    let padded = |segment: &str| format!("{segment}{}", "=".repeat((4 - segment.len() % 4) % 4));
+    let std_alphabet = |segment: &str| segment.replace('-', "+").replace('_', "/");
+
+    // A header and payload whose encodings end in a partial group and use `-` and `_`.
+    let mut header_json = json!({"alg": "RS256", "kid": "k1", "typ": "JWT", "x": "~~~?>?"});
+    while URL_SAFE_NO_PAD.encode(header_json.to_string()).len() % 4 < 2 {
+        header_json["x"] = json!(format!("{}~", header_json["x"].as_str().unwrap()));
+    }
+    let mut claims = with(alice(), "x", json!("~~~?>?"));
+    while URL_SAFE_NO_PAD.encode(claims.to_string()).len() % 4 < 2 {
+        claims["x"] = json!(format!("{}~", claims["x"].as_str().unwrap()));
+    }
+    let header = URL_SAFE_NO_PAD.encode(header_json.to_string());
+    let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
+    assert!(header.contains(['-', '_']) && payload.contains(['-', '_']), "{header} {payload}");
+    let signed = |h: &str, p: &str| format!("{h}.{p}.{}", sign(&format!("{h}.{p}")));
+    let token = signed(&header, &payload);
+    assert!(check(&gate, &token).await.is_ok(), "the canonical token must pass");
+    // A signature whose encoding has `-` or `_` (re-signed with a nonce until it has).
+    let (sig_header, sig_payload, signature) = (0..)
+        .map(|i| {
+            let p = URL_SAFE_NO_PAD.encode(with(alice(), "jti", json!(i)).to_string());
+            let s = sign(&format!("{header}.{p}"));
+            (header.clone(), p, s)
+        })
+        .find(|(_, _, s)| s.contains(['-', '_']))
+        .unwrap();
+    assert!(check(&gate, &format!("{sig_header}.{sig_payload}.{signature}")).await.is_ok());
+
+    let header_refusal = Rejection::InvalidToken(TokenError::Malformed("header"));
+    let payload_refusal = Rejection::InvalidToken(TokenError::Malformed("payload encoding"));
+    // The signature's encoding is checked by the RS256 backend, which answers "not valid".
+    let signature_refusal = Rejection::InvalidToken(TokenError::Signature);
+    let header_cases = [padded(&header), dirty_tail(&header), std_alphabet(&header), format!(" {header}")];
+    let payload_cases =
+        [padded(&payload), dirty_tail(&payload), std_alphabet(&payload), format!("{payload}\t")];
+    let signature_cases = [
+        padded(&signature),
+        dirty_tail(&signature),
+        std_alphabet(&signature),
+        format!("{signature} "),
+        format!("{} {}", &signature[..100], &signature[100..]),
     ];
-    if std_sig != signature {
-        cases.push(format!("{header}.{payload}.{std_sig}"));
+    let mut cases = Vec::new();
+    for h in &header_cases {
+        assert_eq!(lenient(h), lenient(&header));
+        cases.push((signed(h, &payload), &header_refusal));
     }
-    for case in cases {
-        assert!(check(&f.gate, &case).await.is_err(), "{case:?}");
+    for p in &payload_cases {
+        assert_eq!(lenient(p), lenient(&payload));
+        cases.push((signed(&header, p), &payload_refusal));
     }
-    assert!(check(&f.gate, &token).await.is_ok());
+    for s in &signature_cases {
+        assert_eq!(lenient(s), lenient(&signature));
+        cases.push((format!("{sig_header}.{sig_payload}.{s}"), &signature_refusal));
+    }
+    for (case, refusal) in cases {
+        assert_ne!(case, token);
+        assert_eq!(&check(&gate, &case).await.unwrap_err(), refusal, "{case:?}");
+    }
+    // Not base64 at all (a signature one character short): refused too.
+    let short = format!("{sig_header}.{sig_payload}.{}", &signature[..signature.len() - 1]);
+    assert_eq!(check(&gate, &short).await.unwrap_err(), signature_refusal);
 }
 
 #[tokio::test]

@@ -233,10 +233,184 @@ async fn stalled_jwks_endpoint_times_out() {
     assert!(started.elapsed() < Duration::from_secs(5), "the fetch timeout bounds the wait");
 }
 
-#[tokio::test]
-async fn huge_jwks_bodies_are_refused_while_streaming() {
-    cold_fetch_fails_with(Mode::Huge(2 * 1024 * 1024)).await;
-    cold_fetch_fails_with(Mode::HugeChunked(2 * 1024 * 1024)).await;
+/// How [`serve_jwks_once`] frames its body.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Framing {
+    /// `Content-Length`, body sent at once.
+    Declared,
+    /// `Content-Length`, body held back until the client has had 3 s to give up on the header
+    /// alone: a client that refuses up front closes before any body byte is written.
+    DeclaredHeld,
+    /// `Transfer-Encoding: chunked`, 16 KiB chunks, no length announced.
+    Chunked,
+}
+
+/// What the server saw on its one connection.
+#[derive(Debug)]
+struct Served {
+    /// Body bytes the kernel accepted before the connection failed (or all of them).
+    body_bytes_written: usize,
+    /// Whether the client closed before the server sent any body byte.
+    closed_before_body: bool,
+}
+
+/// Serves one JWKS response of `len` bytes: `prefix`, then spaces, then `suffix` (so a valid
+/// document stays valid JSON whatever its length), on one connection. Its socket send buffer is
+/// small (64 KiB), so writes stop soon after the client stops reading.
+async fn serve_jwks_once(
+    prefix: &'static [u8],
+    suffix: &'static [u8],
+    len: usize,
+    framing: Framing,
+) -> (String, tokio::task::JoinHandle<Served>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_send_buffer_size(64 * 1024).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(8).unwrap();
+    let url = format!("http://{}/cdn-cgi/access/certs", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => panic!("the client closed before sending its request"),
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        let length = match framing {
+            Framing::Chunked => "Transfer-Encoding: chunked".to_owned(),
+            Framing::Declared | Framing::DeclaredHeld => format!("Content-Length: {len}"),
+        };
+        let response_head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{length}\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(response_head.as_bytes()).await.unwrap();
+        if framing == Framing::DeclaredHeld {
+            let closed = tokio::time::timeout(Duration::from_secs(3), stream.read(&mut buf)).await;
+            if matches!(closed, Ok(Ok(0) | Err(_))) {
+                return Served { body_bytes_written: 0, closed_before_body: true };
+            }
+        }
+        // The body, generated piece by piece: prefix, spaces, suffix.
+        let spaces = vec![b' '; 16 * 1024];
+        let mut written = 0;
+        while written < len {
+            let piece: &[u8] = if written < prefix.len() {
+                &prefix[written..]
+            } else if written < len - suffix.len() {
+                &spaces[..spaces.len().min(len - suffix.len() - written)]
+            } else {
+                &suffix[written - (len - suffix.len())..]
+            };
+            let sent = match framing {
+                Framing::Chunked => {
+                    let mut frame = format!("{:x}\r\n", piece.len()).into_bytes();
+                    frame.extend_from_slice(piece);
+                    frame.extend_from_slice(b"\r\n");
+                    stream.write_all(&frame).await
+                }
+                Framing::Declared | Framing::DeclaredHeld => stream.write_all(piece).await,
+            };
+            if sent.is_err() {
+                return Served { body_bytes_written: written, closed_before_body: false };
+            }
+            written += piece.len();
+        }
+        if framing == Framing::Chunked {
+            let _ = stream.write_all(b"0\r\n\r\n").await;
+        }
+        let _ = stream.shutdown().await;
+        Served { body_bytes_written: written, closed_before_body: false }
+    });
+    (url, task)
+}
+
+/// A real JWKS (`{"keys":[<key>]}`) split so that whitespace can go before its last `}`.
+fn jwks_parts(key: &DevKey) -> (&'static [u8], &'static [u8]) {
+    let doc = jwks_json(&[key]);
+    let (prefix, suffix) = doc.split_at(doc.len() - 1);
+    (Box::leak(prefix.as_bytes().into()), Box::leak(suffix.as_bytes().into()))
+}
+
+/// The document [`serve_jwks_once`] sends for `parts` and `len`.
+fn padded(parts: (&[u8], &[u8]), len: usize) -> Vec<u8> {
+    let mut doc = parts.0.to_vec();
+    doc.resize(len - parts.1.len(), b' ');
+    doc.extend_from_slice(parts.1);
+    doc
+}
+
+async fn fetch_once(url: &str, limit: usize) -> Result<ztgate::identity::FetchedJwks, FetchError> {
+    use ztgate::identity::KeyFetcher;
+    HttpFetcher::with_limits(url, Duration::from_secs(20), limit).unwrap().fetch().await
+}
+
+async fn served(task: tokio::task::JoinHandle<Served>) -> Served {
+    // A generous bound on the server's connection ending: the client must close it.
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("the client kept the connection open")
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_valid_jwks_is_refused_as_too_large_and_not_read_past_the_cap() {
+    const LIMIT: usize = 64 * 1024;
+    let key = key("k1");
+    let parts = jwks_parts(&key);
+
+    // The cap is exact, whatever the framing: a valid document of LIMIT bytes is fetched and
+    // parsed; one byte more is refused as too large, though it is the same valid JWKS.
+    for framing in [Framing::Declared, Framing::Chunked] {
+        let exact = padded(parts, LIMIT);
+        assert_eq!(KeySet::parse(&exact, 8).unwrap().len(), 1, "the padded document is a valid JWKS");
+        let (url, task) = serve_jwks_once(parts.0, parts.1, LIMIT, framing).await;
+        assert_eq!(fetch_once(&url, LIMIT).await.unwrap().body, exact, "{framing:?}");
+        served(task).await;
+
+        assert_eq!(KeySet::parse(&padded(parts, LIMIT + 1), 8).unwrap().len(), 1);
+        let (url, task) = serve_jwks_once(parts.0, parts.1, LIMIT + 1, framing).await;
+        assert_eq!(
+            fetch_once(&url, LIMIT).await.unwrap_err(),
+            FetchError::TooLarge { limit: LIMIT },
+            "{framing:?}"
+        );
+        served(task).await;
+    }
+
+    // Announced as 64 MiB: refused from the header, before any body byte is sent.
+    let huge = 64 * 1024 * 1024;
+    let (url, task) = serve_jwks_once(parts.0, parts.1, huge, Framing::DeclaredHeld).await;
+    assert_eq!(fetch_once(&url, LIMIT).await.unwrap_err(), FetchError::TooLarge { limit: LIMIT });
+    let seen = served(task).await;
+    assert!(seen.closed_before_body && seen.body_bytes_written == 0, "{seen:?}");
+
+    // 64 MiB chunked, no length announced: the client stops reading at the cap, so the server
+    // can write little more than the cap plus what the sockets buffer (64 KiB send buffer here,
+    // the client's receive window) before the connection breaks.
+    let (url, task) = serve_jwks_once(parts.0, parts.1, huge, Framing::Chunked).await;
+    assert_eq!(fetch_once(&url, LIMIT).await.unwrap_err(), FetchError::TooLarge { limit: LIMIT });
+    let seen = served(task).await;
+    eprintln!("chunked 64 MiB, cap {LIMIT}: the server wrote {} body bytes", seen.body_bytes_written);
+    let allowance = 4 * 1024 * 1024;
+    assert!(seen.body_bytes_written > LIMIT, "{seen:?}");
+    assert!(seen.body_bytes_written <= LIMIT + allowance, "the client read on past the cap: {seen:?}");
+
+    // Through a gate: no keys, so 503.
+    for framing in [Framing::Declared, Framing::Chunked] {
+        let (url, task) = serve_jwks_once(parts.0, parts.1, LIMIT + 1, framing).await;
+        let gate = Gate::builder(AccessConfig::new(TEAM, [AUD]).unwrap())
+            .fetcher(Arc::new(HttpFetcher::with_limits(&url, Duration::from_secs(20), LIMIT).unwrap()))
+            .clock(clock())
+            .policy(policy())
+            .build()
+            .unwrap();
+        let rejection = err(&gate, &key.sign(&alice_at(NOW))).await;
+        assert!(matches!(rejection, Rejection::KeysUnavailable { .. }), "{framing:?}: {rejection:?}");
+        served(task).await;
+    }
 }
 
 #[tokio::test]

@@ -244,15 +244,66 @@ impl SecretSource for Counting {
     }
 }
 
-#[tokio::test]
-async fn secret_is_read_at_most_once_per_request() {
-    let source = Arc::new(Counting::default());
-    *source.value.lock().unwrap() = "s1".into();
-    let per_request = PerRequest::new(&source);
-    for _ in 0..5 {
-        assert_eq!(per_request.get().await.unwrap(), Secret::from("s1"));
+#[test]
+fn secret_is_read_at_most_once_per_request() {
+    /// Counts its reads and answers only once the test opens the gate, so every caller that
+    /// arrives before then overlaps the first read.
+    #[derive(Debug)]
+    struct Gated {
+        reads: AtomicUsize,
+        open: tokio::sync::watch::Receiver<bool>,
     }
-    assert_eq!(source.reads.load(Ordering::SeqCst), 1);
+    impl SecretSource for Gated {
+        fn get(&self) -> SecretFuture<'_> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            let mut open = self.open.clone();
+            Box::pin(async move {
+                open.wait_for(|open| *open).await.expect("the gate outlives the read");
+                Ok(Secret::from("s1"))
+            })
+        }
+    }
+
+    const CALLS: usize = 16;
+    // Current-thread: a spawned task runs until it waits, so once all have started, all of them
+    // are inside their first `get`. Multi-thread: the calls race for real.
+    for runtime in [
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap(),
+        tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().unwrap(),
+    ] {
+        runtime.block_on(async {
+            let (gate, open) = tokio::sync::watch::channel(false);
+            let source: &'static Gated = Box::leak(Box::new(Gated { reads: AtomicUsize::new(0), open }));
+            let per_request = Arc::new(PerRequest::new(source));
+            let started = Arc::new(AtomicUsize::new(0));
+            let mut calls = tokio::task::JoinSet::new();
+            for _ in 0..CALLS {
+                let (per_request, started) = (per_request.clone(), started.clone());
+                calls.spawn(async move {
+                    started.fetch_add(1, Ordering::SeqCst);
+                    per_request.get().await
+                });
+            }
+            while started.load(Ordering::SeqCst) < CALLS {
+                tokio::task::yield_now().await;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert_eq!(
+                source.reads.load(Ordering::SeqCst),
+                1,
+                "concurrent first calls read the source again"
+            );
+            gate.send(true).unwrap();
+            while let Some(answer) = calls.join_next().await {
+                assert_eq!(answer.unwrap().unwrap(), Secret::from("s1"));
+            }
+            // Later calls take the kept answer.
+            for _ in 0..5 {
+                assert_eq!(per_request.get().await.unwrap(), Secret::from("s1"));
+            }
+            assert_eq!(source.reads.load(Ordering::SeqCst), 1);
+        });
+    }
 }
 
 #[tokio::test]

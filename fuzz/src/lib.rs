@@ -54,12 +54,49 @@ pub fn runtime() -> &'static tokio::runtime::Runtime {
 /// The Access verifier for TEAM/AUD with keys k1 and k2, at NOW.
 pub fn verifier() -> &'static AccessVerifier {
     static VERIFIER: OnceLock<AccessVerifier> = OnceLock::new();
-    VERIFIER.get_or_init(|| {
-        let clock = Arc::new(FixedClock::at(NOW));
-        let fetcher = Arc::new(StaticFetcher::new(keys().jwks.clone().into_bytes()));
-        let cache = JwksCache::new(fetcher, clock.clone(), JwksConfig::default());
-        AccessVerifier::new(AccessConfig::new(TEAM, [AUD]).expect("config"), cache, clock)
-    })
+    VERIFIER.get_or_init(|| verifier_for(&keys().jwks))
+}
+
+/// The Access verifier for TEAM/AUD whose only key source is `jwks`, at NOW.
+pub fn verifier_for(jwks: &str) -> AccessVerifier {
+    let clock = Arc::new(FixedClock::at(NOW));
+    let fetcher = Arc::new(StaticFetcher::new(jwks.as_bytes().to_vec()));
+    let cache = JwksCache::new(fetcher, clock.clone(), JwksConfig::default());
+    AccessVerifier::new(AccessConfig::new(TEAM, [AUD]).expect("config"), cache, clock)
+}
+
+/// The tokens of one input in the `access_jwt` convention.
+pub struct AccessTokens {
+    /// The raw token (even mode byte), or the header and payload signed by `k1` (modes 1, 3,
+    /// 5 mod 8), `k2` (7) or the unpublished impostor (the other odd modes).
+    pub token: String,
+    /// Whether `token` was signed here (sign mode).
+    pub signed: bool,
+    /// The signed token changed by the mutation bytes (never equal to it); `None` in raw mode
+    /// or when the change is a no-op.
+    pub mutated: Option<String>,
+}
+
+/// Reads one input in the `access_jwt` convention (shared by the `access_jwt` and
+/// `verifier_backends` targets, so their corpora mean the same tokens).
+pub fn access_tokens(data: &[u8]) -> Option<AccessTokens> {
+    let (&mode, rest) = data.split_first()?;
+    if mode % 2 == 0 {
+        return Some(AccessTokens {
+            token: String::from_utf8_lossy(rest).into_owned(),
+            signed: false,
+            mutated: None,
+        });
+    }
+    let input = sign_input(rest, NOW);
+    let keys = keys();
+    let token = match mode % 8 {
+        1 | 3 | 5 => keys.k1.sign_raw(&input.header, &input.payload),
+        7 => keys.k2.sign_raw(&input.header, &input.payload),
+        _ => keys.impostor.sign_raw(&input.header, &input.payload),
+    };
+    let mutated = mutate(&token, input.mutation, &modulus(&keys.k1));
+    Some(AccessTokens { token, signed: true, mutated })
 }
 
 /// Replaces `$+N`, `$-N` and `$0` with `now + N`, `now - N` (saturating at 0) and `now`.

@@ -65,15 +65,23 @@ pub fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
         ("exp-float", user.replace("$+3600", "1800003600.5")),
         ("duplicate-email", user.replacen('{', r#"{"email":"eve@evil.com","#, 1)),
     ];
-    let headers: [(&str, Value); 6] = [
+    let headers: [(&str, Value); 12] = [
         ("k1", k1.clone()),
         ("none", json!({"alg": "none", "kid": "k1"})),
         ("hs256", json!({"alg": "HS256", "kid": "k1", "typ": "JWT"})),
         ("crit", json!({"alg": "RS256", "kid": "k1", "crit": ["exp"]})),
         ("no-kid", json!({"alg": "RS256"})),
         ("typ-at-jwt", json!({"alg": "RS256", "kid": "k1", "typ": "at+jwt"})),
+        // Where the two RS256 backends of ztgate may differ (verifier_backends): headers
+        // jwt-simple reads more strictly than ztgate.
+        ("typ-jose", json!({"alg": "RS256", "kid": "k1", "typ": "JOSE"})),
+        ("typ-lowercase", json!({"alg": "RS256", "kid": "k1", "typ": "jwt"})),
+        ("typ-number", json!({"alg": "RS256", "kid": "k1", "typ": 1})),
+        ("salt", json!({"alg": "RS256", "kid": "k1", "salt": "AAAA"})),
+        ("jwk-object", json!({"alg": "RS256", "kid": "k1", "jwk": {"kty": "RSA"}})),
+        ("cty-null", json!({"alg": "RS256", "kid": "k1", "cty": null, "x5t": "x"})),
     ];
-    for t in ["access_jwt", "differential_jwt"] {
+    for t in ["access_jwt", "differential_jwt", "verifier_backends"] {
         // Sign mode: k1 (mode 1), with each mutation kind (first mutation byte).
         for (name, payload) in &claims {
             write(t, &format!("sign-{name}"), &sign_mode(1, &k1, payload, &[0, 0, 7, 3]));
