@@ -30,10 +30,6 @@ pub enum Mode {
     Stall(Duration),
     /// 200 JSON content type, body not JSON.
     Garbage,
-    /// 200 with a body of this many bytes, announced by Content-Length.
-    Huge(usize),
-    /// 200 with a body of this many bytes, chunked (no Content-Length).
-    HugeChunked(usize),
     /// 302 to this URL.
     Redirect(String),
     /// 200 with this Content-Type and the current document.
@@ -138,26 +134,6 @@ async fn serve(mut stream: TcpStream, state: Arc<ServerState>) {
             ok("application/json", "", body.as_bytes())
         }
         Mode::Garbage => ok("application/json", "", b"<html>not json</html>"),
-        Mode::Huge(n) => ok("application/json", "", &vec![b' '; n]),
-        Mode::HugeChunked(n) => {
-            let _ = stream
-                .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
-                .await;
-            let chunk = vec![b' '; 64 * 1024];
-            let mut sent = 0;
-            while sent < n {
-                let piece = &chunk[..chunk.len().min(n - sent)];
-                let mut frame = format!("{:x}\r\n", piece.len()).into_bytes();
-                frame.extend_from_slice(piece);
-                frame.extend_from_slice(b"\r\n");
-                if stream.write_all(&frame).await.is_err() {
-                    return;
-                }
-                sent += piece.len();
-            }
-            let _ = stream.write_all(b"0\r\n\r\n").await;
-            return;
-        }
         Mode::Redirect(to) => {
             format!("HTTP/1.1 302 Found\r\nLocation: {to}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").into_bytes()
         }
