@@ -29,7 +29,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 const ADMIN: &str = "alice@acme.com";
 const SERVICE: &str = "ci.access";
-const VARS: [&str; 12] = [
+const VARS: [&str; 19] = [
     "ZTGATE_LISTEN",
     "ZTGATE_TEAM_DOMAIN",
     "ZTGATE_CERTS_URL",
@@ -39,8 +39,15 @@ const VARS: [&str; 12] = [
     "ZTGATE_DB",
     "ZTGATE_API_KEYS",
     "ZTGATE_HMAC_KEYS",
+    "ZTGATE_HMAC_KEYS_FILE",
+    "ZTGATE_HMAC_KEYS_TTL",
     "ZTGATE_WEBHOOK_SECRET",
     "ZTGATE_TRUST_CERT_HEADERS",
+    "ZTGATE_HEADER_TIMEOUT",
+    "ZTGATE_BODY_TIMEOUT",
+    "ZTGATE_IDLE_TIMEOUT",
+    "ZTGATE_MAX_CONNECTIONS",
+    "ZTGATE_MAX_BODY_READS",
     "RUST_LOG",
 ];
 /// The API keys production mode is given (`ZTGATE_API_KEYS`).
@@ -1767,4 +1774,145 @@ async fn a_malformed_cert_fingerprint_over_http_is_401_and_a_colon_form_one_is_n
     let res = whoami_with(&p, with_fp(&colons.join(":"))).await;
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(json_of(res).await["fingerprint"], fp);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hardening round 2: HMAC key ring rotation without a restart (`ZTGATE_HMAC_KEYS_FILE`)
+
+/// A key ring file in the temp dir, removed on drop; rewritten atomically (a new file renamed
+/// over the old one), as the docs tell a deploy to.
+struct KeysFile(PathBuf);
+
+impl KeysFile {
+    fn new(contents: &str) -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos();
+        let n = N.fetch_add(1, Ordering::SeqCst);
+        let file =
+            Self(std::env::temp_dir().join(format!("ztgate-hmac-keys-{}-{n}-{nanos}", std::process::id())));
+        file.write(contents);
+        file
+    }
+
+    fn write(&self, contents: &str) {
+        let tmp = self.0.with_extension("tmp");
+        std::fs::write(&tmp, contents).unwrap();
+        std::fs::rename(&tmp, &self.0).unwrap();
+    }
+
+    fn path(&self) -> String {
+        self.0.to_str().unwrap().to_owned()
+    }
+}
+
+impl Drop for KeysFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A production server whose key ring comes from `file`, re-read once a second.
+async fn production_with_keys_file(file: &KeysFile) -> Production {
+    Production::start_with(&[
+        ("ZTGATE_HMAC_KEYS", None),
+        ("ZTGATE_HMAC_KEYS_FILE", Some(&file.path())),
+        ("ZTGATE_HMAC_KEYS_TTL", Some("1")),
+    ])
+    .await
+}
+
+/// Mints links until one starts with `prefix` (the rewritten file read once its TTL is past),
+/// for at most 15 s.
+async fn mint_link_until_signed_by(p: &Production, prefix: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let link = p.mint_link("hana@example.com", 3600).await;
+        if link.starts_with(prefix) || Instant::now() > deadline {
+            return link;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_the_hmac_keys_file_signs_with_the_new_key_and_old_links_keep_verifying() {
+    let file = KeysFile::new(&format!("k1:{HMAC_K1}\n"));
+    let p = production_with_keys_file(&file).await;
+    let old_link = p.mint_link("hana@example.com", 3600).await;
+    assert!(old_link.starts_with("v1.k1."), "{old_link}");
+    assert_eq!(p.follow_link(&old_link).await.status(), StatusCode::OK);
+
+    // Rotation without a restart: the new key first, the old one kept for its links.
+    file.write(&format!("k2:{HMAC_K2},k1:{HMAC_K1}\n"));
+    let new_link = mint_link_until_signed_by(&p, "v1.k2.").await;
+    assert!(new_link.starts_with("v1.k2."), "still not signed by k2 after 15 s: {new_link}");
+    assert_eq!(p.follow_link(&new_link).await.status(), StatusCode::OK);
+    assert_eq!(p.follow_link(&old_link).await.status(), StatusCode::OK);
+    let logs = logs_with(&p.server, "hmac_keys_loaded");
+    assert!(!logs.contains(HMAC_K1) && !logs.contains(HMAC_K2), "a key was logged:\n{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_garbage_hmac_keys_file_keeps_the_last_good_ring_and_is_logged_without_its_text() {
+    let file = KeysFile::new(&format!("k2:{HMAC_K2},k1:{HMAC_K1}"));
+    let p = production_with_keys_file(&file).await;
+    let old_link = p.mint_link("hana@example.com", 3600).await;
+    assert!(old_link.starts_with("v1.k2."), "{old_link}");
+
+    // A half-written or mistyped file (a short secret, no colon): refused, the last good ring kept.
+    let garbage = "k3:garbage-short-secret,not-a-key-entry";
+    file.write(garbage);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !p.server.logs().contains("hmac_keys_reload_failed") && Instant::now() < deadline {
+        // Each mint asks for the ring: once the TTL is past, one of them re-reads the file.
+        let link = p.mint_link("hana@example.com", 3600).await;
+        assert!(link.starts_with("v1.k2."), "{link}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let logs = p.server.logs();
+    assert!(logs.contains("hmac_keys_reload_failed"), "the bad file was never read:\n{logs}");
+    assert!(!logs.contains("garbage-short-secret"), "the file's text was logged:\n{logs}");
+    let link = p.mint_link("hana@example.com", 3600).await;
+    assert!(link.starts_with("v1.k2."), "{link}");
+    assert_eq!(p.follow_link(&link).await.status(), StatusCode::OK);
+    assert_eq!(p.follow_link(&old_link).await.status(), StatusCode::OK);
+}
+
+#[test]
+fn hmac_keys_together_with_hmac_keys_file_exits_2_naming_both() {
+    let db = TempDb::new();
+    let file = KeysFile::new(&format!("k1:{HMAC_K1}"));
+    let vars = with(dev_config(&db), "ZTGATE_HMAC_KEYS", Some(&format!("k2:{HMAC_K2}")));
+    let vars = with(vars, "ZTGATE_HMAC_KEYS_FILE", Some(&file.path()));
+    let (status, stderr) = run_to_exit(&vars);
+    assert_eq!(status.code(), Some(2), "exit status {status:?}; stderr:\n{stderr}");
+    assert!(stderr.contains("ZTGATE_HMAC_KEYS_FILE"), "{stderr}");
+    assert!(stderr.replace("ZTGATE_HMAC_KEYS_FILE", "").contains("ZTGATE_HMAC_KEYS"), "{stderr}");
+    assert!(!stderr.contains(HMAC_K1) && !stderr.contains(HMAC_K2), "a secret was repeated:\n{stderr}");
+}
+
+#[test]
+fn a_missing_or_invalid_hmac_keys_file_exits_2_naming_it_without_the_secret() {
+    let missing = KeysFile::new("");
+    std::fs::remove_file(&missing.0).unwrap();
+    let empty = KeysFile::new("");
+    let short = KeysFile::new("k1:short-file-secret");
+    let duplicate = KeysFile::new(&format!("k1:{HMAC_K1},k1:{HMAC_K2}"));
+    for (file, secret) in [(&missing, ""), (&empty, ""), (&short, "short-file-secret"), (&duplicate, HMAC_K1)]
+    {
+        assert_secret_config_error("ZTGATE_HMAC_KEYS_FILE", &file.path(), secret);
+    }
+    assert_secret_config_error("ZTGATE_HMAC_KEYS_FILE", "", "");
+}
+
+#[test]
+fn an_invalid_hmac_keys_ttl_or_one_without_a_file_exits_2_naming_it() {
+    let file = KeysFile::new(&format!("k1:{HMAC_K1}"));
+    for ttl in ["0", "500ms", "3601s", "1m", "-1", "ten", ""] {
+        let db = TempDb::new();
+        let vars = with(dev_config(&db), "ZTGATE_HMAC_KEYS_FILE", Some(&file.path()));
+        assert_config_error(&with(vars, "ZTGATE_HMAC_KEYS_TTL", Some(ttl)), "ZTGATE_HMAC_KEYS_TTL");
+    }
+    // Without a file the TTL would silently do nothing: refused.
+    assert_secret_config_error("ZTGATE_HMAC_KEYS_TTL", "10s", "");
 }

@@ -22,7 +22,7 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// bound on the close, generous for a loaded 2-core machine.
 const MARGIN: Duration = Duration::from_secs(3);
 /// Every variable the example reads, unset before each start.
-const VARS: [&str; 17] = [
+const VARS: [&str; 19] = [
     "ZTGATE_LISTEN",
     "ZTGATE_TEAM_DOMAIN",
     "ZTGATE_CERTS_URL",
@@ -32,6 +32,8 @@ const VARS: [&str; 17] = [
     "ZTGATE_DB",
     "ZTGATE_API_KEYS",
     "ZTGATE_HMAC_KEYS",
+    "ZTGATE_HMAC_KEYS_FILE",
+    "ZTGATE_HMAC_KEYS_TTL",
     "ZTGATE_WEBHOOK_SECRET",
     "ZTGATE_TRUST_CERT_HEADERS",
     "ZTGATE_HEADER_TIMEOUT",

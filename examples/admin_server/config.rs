@@ -7,9 +7,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ztgate::identity::hmac_token::KeyRing;
+use ztgate::clock::SystemClock;
+use ztgate::identity::hmac_token::KeyRingSource;
 use ztgate::identity::webhook::WebhookVerifier;
 use ztgate::identity::{AccessJwt, ApiKeys};
+use ztgate::secrets::{FileSecret, SecretSource, StaticSecret};
 use ztgate::{AccessConfig, ConfigError, Gate, Policy};
 
 use crate::LOG_TARGET;
@@ -27,6 +29,10 @@ const DEFAULT_MAX_BODY_READS: usize = 64;
 const MIN_TIMEOUT: Duration = Duration::from_millis(100);
 const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 const MAX_CONNECTIONS_LIMIT: usize = 65_536;
+/// How long the key ring read from `ZTGATE_HMAC_KEYS_FILE` is used before the file is read
+/// again, and the range it may be set to (counted in whole seconds).
+const DEFAULT_HMAC_KEYS_TTL: Duration = Duration::from_secs(60);
+const MIN_HMAC_KEYS_TTL: Duration = Duration::from_secs(1);
 
 pub(crate) enum Identity {
     /// Production: Access verification for the configured Cloudflare Access team.
@@ -51,7 +57,7 @@ pub(crate) struct CredentialSettings {
     /// `None`: unset (dev mode makes a key; production refuses every API key).
     api_keys: Option<ApiKeys>,
     /// `None`: unset (a random key per start).
-    hmac_keys: Option<KeyRing>,
+    hmac_keys: Option<Arc<KeyRingSource>>,
     /// `None`: unset (the webhook route answers 503).
     webhook: Option<WebhookVerifier>,
     trust_cert_headers: bool,
@@ -60,14 +66,17 @@ pub(crate) struct CredentialSettings {
 /// The routes' credentials to run with.
 pub(crate) struct Credentials {
     pub(crate) api_keys: ApiKeys,
-    pub(crate) ring: KeyRing,
+    /// Unsubscribe links' keys: the first signs, all verify (re-read from a file if configured).
+    pub(crate) ring: Arc<KeyRingSource>,
     /// Without a replay guard yet: that lives in the store.
     pub(crate) webhook: Option<WebhookVerifier>,
     pub(crate) trust_cert_headers: bool,
 }
 
 impl Settings {
-    pub(crate) fn from_env() -> Result<Self, EnvError> {
+    /// Reads every setting, and the key ring file if one is named (a missing or invalid one is
+    /// an error now, not a 503 later).
+    pub(crate) async fn from_env() -> Result<Self, EnvError> {
         let listen = env("ZTGATE_LISTEN")?.unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
         let listen: SocketAddr = listen.parse().map_err(|_| {
             EnvError::new("ZTGATE_LISTEN", format!("{listen:?} is not an address such as 127.0.0.1:8080"))
@@ -101,7 +110,7 @@ impl Settings {
                 Some(keys)
             }
         };
-        let hmac_keys = env("ZTGATE_HMAC_KEYS")?.map(|spec| KeyRing::parse(&spec)).transpose()?;
+        let hmac_keys = hmac_keys().await?;
         let webhook = env("ZTGATE_WEBHOOK_SECRET")?.map(WebhookVerifier::svix).transpose()?;
         let trust_cert_headers = match env("ZTGATE_TRUST_CERT_HEADERS")?.as_deref() {
             None | Some("0") => false,
@@ -128,7 +137,7 @@ impl Settings {
 impl CredentialSettings {
     /// Gives each unset credential its default, with a warning. In dev mode (`dev`) an unset
     /// `ZTGATE_API_KEYS` becomes one random key named `dev`, returned too so it can be printed.
-    pub(crate) fn resolve(self, dev: bool) -> Result<(Credentials, Option<String>), Fatal> {
+    pub(crate) async fn resolve(self, dev: bool) -> Result<(Credentials, Option<String>), Fatal> {
         let mut dev_api_key = None;
         let api_keys = match self.api_keys {
             Some(keys) => keys,
@@ -150,10 +159,13 @@ impl CredentialSettings {
             None => {
                 tracing::warn!(
                     target: LOG_TARGET,
-                    "ZTGATE_HMAC_KEYS is unset: unsubscribe links are signed with a random key made at \
-                     start-up and will not survive a restart"
+                    "ZTGATE_HMAC_KEYS is unset (and so is ZTGATE_HMAC_KEYS_FILE): unsubscribe links are \
+                     signed with a random key made at start-up and will not survive a restart"
                 );
-                KeyRing::random().map_err(|e| Fatal::Runtime(e.to_string()))?
+                let spec = crate::dev::random_hmac_keys()?;
+                load_ring(StaticSecret::new(spec), DEFAULT_HMAC_KEYS_TTL, "ZTGATE_HMAC_KEYS")
+                    .await
+                    .map_err(|e| Fatal::Runtime(format!("the random key ring: {e}")))?
             }
         };
         if self.webhook.is_none() {
@@ -176,6 +188,55 @@ impl CredentialSettings {
             trust_cert_headers: self.trust_cert_headers,
         };
         Ok((credentials, dev_api_key))
+    }
+}
+
+/// The key ring: fixed by `ZTGATE_HMAC_KEYS`, or read from `ZTGATE_HMAC_KEYS_FILE` now and
+/// again once per `ZTGATE_HMAC_KEYS_TTL` (never both); `None` when neither is set.
+async fn hmac_keys() -> Result<Option<Arc<KeyRingSource>>, EnvError> {
+    let fixed = env("ZTGATE_HMAC_KEYS")?;
+    let file = env("ZTGATE_HMAC_KEYS_FILE")?;
+    let ttl = env("ZTGATE_HMAC_KEYS_TTL")?.is_some();
+    match (fixed, file) {
+        (Some(_), Some(_)) => Err(EnvError::new(
+            "ZTGATE_HMAC_KEYS_FILE",
+            "cannot be combined with ZTGATE_HMAC_KEYS: set one of them",
+        )),
+        (_, None) if ttl => Err(EnvError::new(
+            "ZTGATE_HMAC_KEYS_TTL",
+            "is only used with ZTGATE_HMAC_KEYS_FILE, which is unset",
+        )),
+        (Some(spec), None) => {
+            Ok(Some(load_ring(StaticSecret::new(spec), DEFAULT_HMAC_KEYS_TTL, "ZTGATE_HMAC_KEYS").await?))
+        }
+        (None, Some(path)) => {
+            if path.is_empty() {
+                return Err(EnvError::new("ZTGATE_HMAC_KEYS_FILE", "is set but empty"));
+            }
+            let ttl = duration(
+                "ZTGATE_HMAC_KEYS_TTL",
+                DEFAULT_HMAC_KEYS_TTL,
+                MIN_HMAC_KEYS_TTL..=MAX_TIMEOUT,
+                "a TTL such as 60s (from 1s to 3600s)",
+            )?;
+            Ok(Some(load_ring(FileSecret::new(path), ttl, "ZTGATE_HMAC_KEYS_FILE").await?))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// A key ring read from `source` (once per `ttl`), read now: an error names `var`, never the
+/// text.
+async fn load_ring(
+    source: impl SecretSource,
+    ttl: Duration,
+    var: &'static str,
+) -> Result<Arc<KeyRingSource>, EnvError> {
+    match KeyRingSource::load(source, ttl, Arc::new(SystemClock)).await {
+        Ok(ring) => Ok(Arc::new(ring)),
+        // ztgate's messages never repeat a secret; say which variable the ring came from.
+        Err(e) if e.setting() == "hmac_keys" => Err(EnvError::new(var, e.to_string())),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -221,6 +282,17 @@ fn env(name: &'static str) -> Result<Option<String>, EnvError> {
 
 /// A timeout: whole seconds (`10` or `10s`) or milliseconds (`1500ms`), from 100 ms to 1 h.
 fn timeout(name: &'static str, default: Duration) -> Result<Duration, EnvError> {
+    duration(name, default, MIN_TIMEOUT..=MAX_TIMEOUT, "a timeout such as 10s or 500ms (from 100ms to 3600s)")
+}
+
+/// A duration: whole seconds (`10` or `10s`) or milliseconds (`1500ms`), within `range`;
+/// `what` describes the accepted values in the error.
+fn duration(
+    name: &'static str,
+    default: Duration,
+    range: std::ops::RangeInclusive<Duration>,
+    what: &str,
+) -> Result<Duration, EnvError> {
     let Some(value) = env(name)? else { return Ok(default) };
     let (digits, unit) = match value.strip_suffix("ms") {
         Some(digits) => (digits, Duration::from_millis(1)),
@@ -231,11 +303,8 @@ fn timeout(name: &'static str, default: Duration) -> Result<Duration, EnvError> 
         .flatten()
         .map(|n| unit * n);
     match parsed {
-        Some(d) if (MIN_TIMEOUT..=MAX_TIMEOUT).contains(&d) => Ok(d),
-        _ => Err(EnvError::new(
-            name,
-            format!("{value:?} is not a timeout such as 10s or 500ms (from 100ms to 3600s)"),
-        )),
+        Some(d) if range.contains(&d) => Ok(d),
+        _ => Err(EnvError::new(name, format!("{value:?} is not {what}"))),
     }
 }
 

@@ -43,6 +43,19 @@ fn random_api_key() -> Result<String, Fatal> {
     Ok(digest[..16].iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// A key ring of one random key (id `random`), as `ZTGATE_HMAC_KEYS` text: 64 hex characters
+/// (256 bits) from the operating system's CSPRNG, through `KeyRing::random` as for
+/// [`random_api_key`]. For when no key ring is configured; links die with the process.
+pub(crate) fn random_hmac_keys() -> Result<Secret, Fatal> {
+    let ring = KeyRing::random().map_err(|e| Fatal::Runtime(e.to_string()))?;
+    let token = ring
+        .mint("dev-hmac-key", "random", unix_now(), Duration::from_secs(1))
+        .map_err(|e| Fatal::Runtime(e.to_string()))?;
+    let digest = Sha256::digest(token.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(Secret::from(format!("random:{hex}")))
+}
+
 /// Dev mode: this process is its own Access issuer, at `http://<listen address>`.
 pub(crate) struct DevIssuer {
     key: DevKey,

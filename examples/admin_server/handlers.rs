@@ -128,8 +128,10 @@ pub(crate) async fn mint_unsubscribe_link(
         }
         Some(t) => t,
     };
+    // The current ring (re-read once per TTL when it comes from a file); logged by the source.
+    let ring = app.ring.ring().await.map_err(|_| Rejection::NotConfigured { what: "HMAC key ring" })?;
     let now = unix_now();
-    let token = app.ring.mint(UNSUBSCRIBE, &email, now, Duration::from_secs(ttl)).map_err(|e| match e {
+    let token = ring.mint(UNSUBSCRIBE, &email, now, Duration::from_secs(ttl)).map_err(|e| match e {
         // The subject is the client's: a line break in it is refused, never signed.
         MintError::ControlCharacterInSubject => {
             invalid("`email` must not contain control characters or line breaks")

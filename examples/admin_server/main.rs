@@ -50,6 +50,8 @@
 //! | `ZTGATE_DB` | SQLite file (default `ztgate-admin.sqlite`) |
 //! | `ZTGATE_API_KEYS` | comma-separated `name:secret` API keys (secrets of 16+ bytes); unset = API-key routes refuse everyone (dev mode: one random key named `dev`) |
 //! | `ZTGATE_HMAC_KEYS` | comma-separated `kid:secret` keys for unsubscribe links (secrets of 32+ bytes): the first signs, all verify; unset = a random key per start, so links die with the process |
+//! | `ZTGATE_HMAC_KEYS_FILE` | a file holding the same `kid:secret,...` list, read at start and again once per `ZTGATE_HMAC_KEYS_TTL`, so keys rotate without a restart; not together with `ZTGATE_HMAC_KEYS`. Missing or invalid at start = exit 2; a later unreadable or invalid rewrite keeps the last good ring and logs `hmac_keys_reload_failed` |
+//! | `ZTGATE_HMAC_KEYS_TTL` | how long the file's ring is used before the file is read again, from 1 s to 1 h in whole seconds (default `60s`; only with `ZTGATE_HMAC_KEYS_FILE`) |
 //! | `ZTGATE_WEBHOOK_SECRET` | the Svix endpoint secret, `whsec_<base64>`; unset = `POST /webhooks/inbound` answers 503 `not_configured` | <!-- pragma: allowlist secret -->
 //! | `ZTGATE_TRUST_CERT_HEADERS` | `1` = believe Cloudflare's `cf-cert-*` client-certificate headers (only when every request arrives through Cloudflare); `0` (default) = ignore them |
 //! | `ZTGATE_HEADER_TIMEOUT` | a connection's request head must be whole this long after the accept (first request) or after its first byte (later ones); a silent connection is closed then (default `10s`) |
@@ -62,7 +64,9 @@
 //! The accept loop and the connection deadlines are in `serve.rs`.
 //!
 //! To rotate HMAC keys, put the new key first and keep the old one second
-//! (`new:<secret>,old:<secret>`) until the longest link it signed has expired.
+//! (`new:<secret>,old:<secret>`) until the longest link it signed has expired. With
+//! `ZTGATE_HMAC_KEYS` that takes a restart; with `ZTGATE_HMAC_KEYS_FILE`, rewrite the file
+//! (write a new one, then rename it over the old) and the new key signs within the TTL.
 //!
 //! Invalid configuration exits with status 2 and names the variable, never repeating a
 //! secret. Logs go to stderr (`RUST_LOG`, default `info`) and never contain a credential.
@@ -100,7 +104,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run() -> Result<(), Fatal> {
-    let settings = Settings::from_env()?;
+    let settings = Settings::from_env().await?;
     let store = Store::open(&settings.db)?;
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
@@ -116,7 +120,7 @@ async fn run() -> Result<(), Fatal> {
         }
     };
     // Unset credentials get their defaults, with a warning (dev mode: a random API key).
-    let (credentials, dev_api_key) = settings.credentials.resolve(dev.is_some())?;
+    let (credentials, dev_api_key) = settings.credentials.resolve(dev.is_some()).await?;
     let app = routes::app(access.clone(), credentials, store, dev.as_ref(), settings.max_body_reads)?;
 
     if let Some(dev) = &dev {

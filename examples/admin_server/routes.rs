@@ -12,7 +12,7 @@ use axum::{Json, Router};
 use serde_json::json;
 use tokio::sync::Semaphore;
 use ztgate::clock::SystemClock;
-use ztgate::identity::hmac_token::{KeyRing, SignedTokenAuth, TokenSource};
+use ztgate::identity::hmac_token::{KeyRingSource, SignedTokenAuth, TokenSource};
 use ztgate::identity::webhook::WebhookVerifier;
 use ztgate::identity::{AccessJwt, ApiKeyAuth, ApiKeys, ClientCertAuth, Requirement};
 use ztgate::request::RequestLimits;
@@ -35,7 +35,7 @@ const UNSUBSCRIBE_TOKEN_PARAM: &str = "token";
 #[derive(Clone)]
 pub(crate) struct AppState {
     pub(crate) store: Store,
-    pub(crate) ring: Arc<KeyRing>,
+    pub(crate) ring: Arc<KeyRingSource>,
     pub(crate) webhooks: Option<WebhookVerifier>,
 }
 
@@ -50,7 +50,7 @@ pub(crate) fn app(
 ) -> Result<Router, Fatal> {
     // The replay guard lives in the same SQLite file: a replay is refused across restarts.
     let webhooks = credentials.webhook.map(|verifier| verifier.with_replay_guard(store.replay_guard()));
-    let ring = Arc::new(credentials.ring);
+    let ring = credentials.ring;
     let policies = route_policies(
         access,
         Arc::new(credentials.api_keys),
@@ -118,13 +118,13 @@ async fn limit_body_reads(State(permits): State<Arc<Semaphore>>, req: Request, n
 fn route_policies(
     access: Arc<AccessJwt>,
     api_keys: Arc<ApiKeys>,
-    ring: Arc<KeyRing>,
+    ring: Arc<KeyRingSource>,
     dev: bool,
     trust_cert_headers: bool,
 ) -> Result<RoutePolicies, ConfigError> {
     let access = Requirement::mechanism(access);
     let api_key = Requirement::mechanism(ApiKeyAuth::new(api_keys));
-    let unsubscribe_token = Requirement::mechanism(SignedTokenAuth::new(
+    let unsubscribe_token = Requirement::mechanism(SignedTokenAuth::from_source(
         ring,
         UNSUBSCRIBE,
         TokenSource::Query(UNSUBSCRIBE_TOKEN_PARAM.to_owned()),
