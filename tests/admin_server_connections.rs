@@ -7,143 +7,29 @@
 //! `cargo test` builds the example. When selecting this file alone, build it first:
 //! `cargo build --example admin_server && cargo test --test admin_server_connections`.
 
+mod example_harness;
+
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+use example_harness::{TempDb, collect, command_for, example_binary};
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How much later than its timeout a connection may be closed before the test fails: an upper
 /// bound on the close, generous for a loaded 2-core machine.
 const MARGIN: Duration = Duration::from_secs(3);
-/// Every variable the example reads, unset before each start.
-const VARS: [&str; 19] = [
-    "ZTGATE_LISTEN",
-    "ZTGATE_TEAM_DOMAIN",
-    "ZTGATE_CERTS_URL",
-    "ZTGATE_AUD",
-    "ZTGATE_ADMIN_EMAILS",
-    "ZTGATE_SERVICE_TOKENS",
-    "ZTGATE_DB",
-    "ZTGATE_API_KEYS",
-    "ZTGATE_HMAC_KEYS",
-    "ZTGATE_HMAC_KEYS_FILE",
-    "ZTGATE_HMAC_KEYS_TTL",
-    "ZTGATE_WEBHOOK_SECRET",
-    "ZTGATE_TRUST_CERT_HEADERS",
-    "ZTGATE_HEADER_TIMEOUT",
-    "ZTGATE_BODY_TIMEOUT",
-    "ZTGATE_IDLE_TIMEOUT",
-    "ZTGATE_MAX_CONNECTIONS",
-    "ZTGATE_MAX_BODY_READS",
-    "RUST_LOG",
-];
 /// A Svix endpoint secret (`whsec_` + base64 of 32 bytes), so the webhook route reads bodies.
 const WEBHOOK_SECRET: &str = "whsec_c3ZpeC1lbmRwb2ludC1rZXktZm9yLXRoZS10ZXN0cyE="; // pragma: allowlist secret
 const MIB: usize = 1024 * 1024;
 
 // ---------------------------------------------------------------------------------------------
-// Harness (the parts of tests/admin_server.rs this file needs)
-
-/// `target/<profile>/examples/admin_server`, next to this test's `deps` directory.
-fn example_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir =
-        exe.parent().and_then(Path::parent).expect("test binary lives in target/<profile>/deps");
-    let bin = profile_dir.join("examples").join(format!("admin_server{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.is_file(),
-        "{} is missing: run `cargo build --example admin_server` (or plain `cargo test`, which builds examples)",
-        bin.display()
-    );
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let newest = [manifest.join("examples/admin_server"), manifest.join("src")]
-        .iter()
-        .map(|p| newest_mtime(p))
-        .max()
-        .unwrap();
-    assert!(
-        newest <= modified(&bin),
-        "{} is older than its sources: run `cargo build --example admin_server` (or plain `cargo test`)",
-        bin.display()
-    );
-    bin
-}
-
-fn modified(path: &Path) -> SystemTime {
-    std::fs::metadata(path).and_then(|m| m.modified()).unwrap_or(UNIX_EPOCH)
-}
-
-fn newest_mtime(path: &Path) -> SystemTime {
-    match std::fs::read_dir(path) {
-        Ok(entries) => {
-            entries.flatten().map(|e| newest_mtime(&e.path())).max().unwrap_or(UNIX_EPOCH).max(modified(path))
-        }
-        Err(_) => modified(path),
-    }
-}
-
-/// `program` with exactly `vars` set among the variables the example reads.
-fn command_for(mut cmd: Command, vars: &[(&str, String)]) -> Command {
-    for var in VARS {
-        cmd.env_remove(var);
-    }
-    cmd.env("RUST_LOG", "info");
-    for (k, v) in vars {
-        cmd.env(k, v);
-    }
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    cmd
-}
-
-/// Collects a child's stderr (its logs) on a thread, so the pipe never fills up.
-fn collect(mut from: impl Read + Send + 'static) -> (Arc<Mutex<String>>, JoinHandle<()>) {
-    let text = Arc::new(Mutex::new(String::new()));
-    let sink = text.clone();
-    let handle = std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = from.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
-    (text, handle)
-}
-
-/// A SQLite file in the temp dir, removed on drop.
-struct TempDb(PathBuf);
-
-impl TempDb {
-    fn new() -> Self {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos();
-        let name = format!(
-            "ztgate-conn-test-{}-{}-{nanos}.sqlite",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        );
-        Self(std::env::temp_dir().join(name))
-    }
-
-    fn path(&self) -> String {
-        self.0.to_str().unwrap().to_owned()
-    }
-}
-
-impl Drop for TempDb {
-    fn drop(&mut self) {
-        for suffix in ["", "-journal", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", self.0.display()));
-        }
-    }
-}
+// Harness (what both example tests share is in tests/example_harness)
 
 /// A running example server in dev mode on 127.0.0.1, killed when dropped.
 struct Server {

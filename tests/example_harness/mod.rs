@@ -1,0 +1,134 @@
+//! What the black-box tests of `examples/admin_server` share: the compiled example, a clean
+//! environment for it, its logs collected without blocking, and a throw-away SQLite file.
+//! Used by `tests/admin_server.rs` and `tests/admin_server_connections.rs`.
+
+#![allow(dead_code)] // each test file uses its own part
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Every variable the example reads, unset before each start.
+pub const VARS: &[&str] = &[
+    "ZTGATE_LISTEN",
+    "ZTGATE_TEAM_DOMAIN",
+    "ZTGATE_CERTS_URL",
+    "ZTGATE_AUD",
+    "ZTGATE_ADMIN_EMAILS",
+    "ZTGATE_SERVICE_TOKENS",
+    "ZTGATE_DB",
+    "ZTGATE_API_KEYS",
+    "ZTGATE_HMAC_KEYS",
+    "ZTGATE_HMAC_KEYS_FILE",
+    "ZTGATE_HMAC_KEYS_TTL",
+    "ZTGATE_WEBHOOK_SECRET",
+    "ZTGATE_TRUST_CERT_HEADERS",
+    "ZTGATE_HEADER_TIMEOUT",
+    "ZTGATE_BODY_TIMEOUT",
+    "ZTGATE_IDLE_TIMEOUT",
+    "ZTGATE_MAX_CONNECTIONS",
+    "ZTGATE_MAX_BODY_READS",
+    "RUST_LOG",
+];
+
+/// `target/<profile>/examples/admin_server`, next to this test's `deps` directory.
+pub fn example_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir =
+        exe.parent().and_then(Path::parent).expect("test binary lives in target/<profile>/deps");
+    let bin = profile_dir.join("examples").join(format!("admin_server{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.is_file(),
+        "{} is missing: run `cargo build --example admin_server` (or plain `cargo test`, which builds examples)",
+        bin.display()
+    );
+    let built = modified(&bin);
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // `newest_mtime` walks directories: a change to any file of the example makes the binary stale.
+    let newest = [manifest.join("examples/admin_server"), manifest.join("src")]
+        .iter()
+        .map(|p| newest_mtime(p))
+        .max()
+        .unwrap();
+    assert!(
+        newest <= built,
+        "{} is older than its sources: run `cargo build --example admin_server` (or plain `cargo test`)",
+        bin.display()
+    );
+    bin
+}
+
+fn modified(path: &Path) -> SystemTime {
+    std::fs::metadata(path).and_then(|m| m.modified()).unwrap_or(UNIX_EPOCH)
+}
+
+fn newest_mtime(path: &Path) -> SystemTime {
+    match std::fs::read_dir(path) {
+        Ok(entries) => {
+            entries.flatten().map(|e| newest_mtime(&e.path())).max().unwrap_or(UNIX_EPOCH).max(modified(path))
+        }
+        Err(_) => modified(path),
+    }
+}
+
+/// `cmd` (the example, or a shell that execs it) with exactly `vars` set among the variables the
+/// example reads, and its output piped.
+pub fn command_for(mut cmd: Command, vars: &[(&str, String)]) -> Command {
+    for var in VARS {
+        cmd.env_remove(var);
+    }
+    cmd.env("RUST_LOG", "info");
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd
+}
+
+/// Collects a child's stderr (its logs) on a thread, so the pipe never fills up.
+pub fn collect(mut from: impl Read + Send + 'static) -> (Arc<Mutex<String>>, JoinHandle<()>) {
+    let text = Arc::new(Mutex::new(String::new()));
+    let sink = text.clone();
+    let handle = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = from.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    (text, handle)
+}
+
+/// A SQLite file in the temp dir, removed on drop.
+pub struct TempDb(pub PathBuf);
+
+impl TempDb {
+    pub fn new() -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos();
+        let name = format!(
+            "ztgate-example-test-{}-{}-{nanos}.sqlite",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        );
+        Self(std::env::temp_dir().join(name))
+    }
+
+    pub fn path(&self) -> String {
+        self.0.to_str().unwrap().to_owned()
+    }
+}
+
+impl Drop for TempDb {
+    fn drop(&mut self) {
+        for suffix in ["", "-journal", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", self.0.display()));
+        }
+    }
+}
