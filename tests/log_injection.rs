@@ -13,7 +13,7 @@
 mod common;
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -26,20 +26,6 @@ use ztgate::identity::hmac_token::{KeyRing, SignedTokenAuth, TokenSource};
 use ztgate::identity::{Attempt, Mechanism, Requirement};
 use ztgate::request::{RequestFacts, RequestLimits};
 use ztgate::{BoxFuture, CustomPrincipal, Gate, Policy, Principal};
-
-/// Everything the `fmt` subscriber wrote, for the whole process.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// Installs the capturing subscriber (once per process): call before logging anything.
 fn capture() -> &'static Captured {

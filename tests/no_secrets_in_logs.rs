@@ -11,20 +11,6 @@ use common::*;
 use serde_json::json;
 use ztgate::dev::user_claims;
 
-/// A `MakeWriter` that keeps everything written, to search the logs.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn tokens_never_reach_logs_or_debug_output() {
     let logs = Captured::default();

@@ -192,3 +192,18 @@ pub fn request_with_token(token: &str) -> http::Request<String> {
         .body(String::new())
         .unwrap()
 }
+
+/// A log writer (a tracing-subscriber `MakeWriter` through `move || captured.clone()`) that
+/// keeps everything written, so a test can search the logs.
+#[derive(Clone, Default)]
+pub struct Captured(pub Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
