@@ -333,14 +333,15 @@ impl<C: DeserializeOwned> AccessVerifier<C> {
             }
             return Ok(Principal::Service(ServiceToken { common_name }));
         }
-        let email = claims
+        let mut email = claims
             .email
             .filter(|e| !e.is_empty())
             .ok_or_else(|| TokenError::Claims("neither email nor common_name".into()))?;
+        // One person, one id (module docs): compared and recorded in this form.
+        email.make_ascii_lowercase();
         let custom: C = serde_json::from_str(payload).map_err(|e| TokenError::Claims(claim_error(&e)))?;
         Ok(Principal::User(AccessUser {
-            // One person, one id (module docs): compared and recorded in this form.
-            email: email.to_ascii_lowercase(),
+            email,
             sub: claims.sub.unwrap_or_default(),
             country: claims.country,
             identity_nonce: claims.identity_nonce,

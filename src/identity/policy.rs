@@ -113,8 +113,14 @@ impl<C> Policy<C> {
     pub fn allows(&self, principal: &Principal<C>) -> bool {
         let by_rule = match principal {
             Principal::User(user) => {
-                let email = user.email.to_ascii_lowercase();
-                self.emails.contains(&email)
+                // Verified emails are lowercased already; only a principal built by hand
+                // pays for a copy.
+                let email = if user.email.bytes().any(|b| b.is_ascii_uppercase()) {
+                    std::borrow::Cow::Owned(user.email.to_ascii_lowercase())
+                } else {
+                    std::borrow::Cow::Borrowed(user.email.as_str())
+                };
+                self.emails.contains(email.as_ref())
                     || email
                         .rsplit_once('@')
                         .is_some_and(|(local, domain)| !local.is_empty() && self.domains.contains(domain))
