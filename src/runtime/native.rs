@@ -9,7 +9,9 @@ use std::time::Duration;
 use crate::BoxFuture;
 use crate::error::ConfigError;
 use crate::identity::jwks::{append_capped, check_fetch_config, check_response, network_error};
-use crate::identity::ports::{PureRs256, Rs256Engine, SingleFlight};
+use crate::error::TokenError;
+use crate::identity::ports::{Background, PureRs256, Rs256Engine, SingleFlight, VerifiedTokens};
+use crate::identity::token_cache::{CacheValue, TokenCacheConfig, TokenDigest};
 use crate::identity::{DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_JWKS_BYTES, FetchError, FetchedJwks, KeyFetcher};
 
 pub(super) fn unix_now() -> u64 {
@@ -32,6 +34,82 @@ where
 
 pub(super) fn rs256_engine() -> Arc<dyn Rs256Engine> {
     Arc::new(PureRs256)
+}
+
+pub(super) fn background() -> Arc<dyn Background> {
+    Arc::new(TokioBackground)
+}
+
+pub(super) fn token_store<V>(config: &TokenCacheConfig) -> Arc<dyn VerifiedTokens<V>>
+where
+    V: CacheValue + Clone + Send + Sync + 'static,
+{
+    let cache = moka::future::Cache::builder()
+        .max_capacity(config.max_bytes())
+        .weigher(|_: &TokenDigest, value: &V| value.weight())
+        .expire_after(ExpireWithEntry)
+        .build();
+    Arc::new(MokaTokens(cache))
+}
+
+/// Background work on the tokio runtime of the caller, if there is one.
+#[derive(Debug)]
+struct TokioBackground;
+
+impl Background for TokioBackground {
+    fn spawn(&self, work: BoxFuture<'static, ()>) -> bool {
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                drop(handle.spawn(work));
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+/// Each entry lives as long as its value says (its token's validity, capped by the max age).
+struct ExpireWithEntry;
+
+impl<V: CacheValue> moka::Expiry<TokenDigest, V> for ExpireWithEntry {
+    fn expire_after_create(
+        &self,
+        _key: &TokenDigest,
+        value: &V,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(value.time_to_live())
+    }
+}
+
+/// The verified-token store: moka, bounded by weight, with `try_get_with` coalescing misses.
+struct MokaTokens<V>(moka::future::Cache<TokenDigest, V>);
+
+impl<V> fmt::Debug for MokaTokens<V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MokaTokens").field("entries", &self.0.entry_count()).finish()
+    }
+}
+
+impl<V> VerifiedTokens<V> for MokaTokens<V>
+where
+    V: CacheValue + Clone + Send + Sync + 'static,
+{
+    fn get_or_verify<'a>(
+        &'a self,
+        key: TokenDigest,
+        verify: BoxFuture<'a, Result<V, TokenError>>,
+    ) -> BoxFuture<'a, Result<V, TokenError>> {
+        Box::pin(async move { self.0.try_get_with(key, verify).await.map_err(|e| (*e).clone()) })
+    }
+
+    fn remove<'a>(&'a self, key: &'a TokenDigest) -> BoxFuture<'a, ()> {
+        Box::pin(self.0.invalidate(key))
+    }
+
+    fn len(&self) -> u64 {
+        self.0.entry_count()
+    }
 }
 
 /// moka's `get_with`: one init future runs per key, the other callers are woken with its value.
