@@ -558,6 +558,16 @@ impl JwksCache {
         self.key_slow(kid, now).await
     }
 
+    /// Whether a fetch of the key set is running or a background refresh has been started and
+    /// not finished: for health checks and metrics, and for tests that wait for a
+    /// stale-while-revalidate refresh to land.
+    pub fn is_refreshing(&self) -> bool {
+        let shared = &self.shared;
+        let since = shared.background_since.load(Ordering::Acquire);
+        shared.refreshing.load(Ordering::Acquire)
+            || (since != 0 && shared.clock.now() < since.saturating_add(BACKGROUND_CLAIM_SECS))
+    }
+
     /// Whether `key` is, at this moment, the usable key for `kid`: the check a verified-token
     /// cache entry passes before it stands in for a verification. Never fetches, never waits
     /// (a stale set starts its background refresh as [`JwksCache::key`] would); `false` when

@@ -258,7 +258,9 @@ mod tests {
         // 4 entries of at least a quarter of the bytes each: a fifth never fits.
         assert_eq!(cfg.weight(10), (1 << 20) / 4);
         let roomy = TokenCacheConfig::default();
-        assert_eq!(roomy.weight(1000), 1000 + ENTRY_OVERHEAD as u32);
+        // A token longer than the floor (16 MiB / 10,000 = 1,678 bytes) weighs its own bytes.
+        assert_eq!(roomy.weight(4000), 4000 + ENTRY_OVERHEAD as u32);
+        assert_eq!(roomy.weight(1000), 1678);
         assert!(u64::from(roomy.weight(0)) * roomy.max_entries() >= roomy.max_bytes());
     }
 

@@ -19,10 +19,21 @@ use crate::identity::ports::{SingleFlight, VerifiedTokens};
 use crate::identity::token_cache::{CacheValue, TokenDigest};
 
 struct Inner<V> {
-    map: HashMap<TokenDigest, V>,
-    /// Insertion order, for eviction. May hold keys removed since (skipped when met).
-    order: VecDeque<TokenDigest>,
+    /// Each value with the sequence number of its insertion.
+    map: HashMap<TokenDigest, (V, u64)>,
+    /// Insertion order, for eviction. May hold entries removed or replaced since: an entry
+    /// counts only while its sequence number is the one in `map`.
+    order: VecDeque<(TokenDigest, u64)>,
     weight: u64,
+    next_seq: u64,
+}
+
+impl<V: CacheValue> Inner<V> {
+    fn remove(&mut self, key: &TokenDigest) {
+        if let Some((old, _)) = self.map.remove(key) {
+            self.weight -= u64::from(old.weight());
+        }
+    }
 }
 
 /// A bounded map with single-flight misses.
@@ -37,7 +48,7 @@ impl<V> BoundedTokens<V> {
         max_weight: u64,
         flights: Arc<dyn SingleFlight<TokenDigest, Result<V, TokenError>>>,
     ) -> Self {
-        let inner = Inner { map: HashMap::new(), order: VecDeque::new(), weight: 0 };
+        let inner = Inner { map: HashMap::new(), order: VecDeque::new(), weight: 0, next_seq: 0 };
         Self { inner: Mutex::new(inner), max_weight, flights }
     }
 
@@ -53,22 +64,22 @@ impl<V: CacheValue> BoundedTokens<V> {
             return;
         }
         let mut inner = self.lock();
-        if let Some(old) = inner.map.remove(&key) {
-            inner.weight -= u64::from(old.weight());
-        }
+        inner.remove(&key);
         while inner.weight + weight > self.max_weight {
-            let Some(oldest) = inner.order.pop_front() else { break };
-            if let Some(old) = inner.map.remove(&oldest) {
-                inner.weight -= u64::from(old.weight());
+            let Some((oldest, seq)) = inner.order.pop_front() else { break };
+            if inner.map.get(&oldest).is_some_and(|(_, s)| *s == seq) {
+                inner.remove(&oldest);
             }
         }
+        let seq = inner.next_seq;
+        inner.next_seq += 1;
         inner.weight += weight;
-        inner.map.insert(key, value);
-        inner.order.push_back(key);
-        // Keys removed by `remove` linger in `order`; keep it from growing past the map.
+        inner.map.insert(key, (value, seq));
+        inner.order.push_back((key, seq));
+        // Entries removed or replaced linger in `order`; keep it from growing past the map.
         if inner.order.len() > 2 * inner.map.len() + 16 {
             let Inner { map, order, .. } = &mut *inner;
-            order.retain(|k| map.contains_key(k));
+            order.retain(|(k, seq)| map.get(k).is_some_and(|(_, s)| s == seq));
         }
     }
 }
@@ -89,7 +100,7 @@ where
         verify: BoxFuture<'a, Result<V, TokenError>>,
     ) -> BoxFuture<'a, Result<V, TokenError>> {
         Box::pin(async move {
-            if let Some(value) = self.lock().map.get(&key) {
+            if let Some((value, _)) = self.lock().map.get(&key) {
                 return Ok(value.clone());
             }
             let work: BoxFuture<'a, Result<V, TokenError>> = Box::pin(async move {
@@ -107,10 +118,7 @@ where
     }
 
     fn remove<'a>(&'a self, key: &'a TokenDigest) -> BoxFuture<'a, ()> {
-        let mut inner = self.lock();
-        if let Some(old) = inner.map.remove(key) {
-            inner.weight -= u64::from(old.weight());
-        }
+        self.lock().remove(key);
         Box::pin(std::future::ready(()))
     }
 
@@ -174,6 +182,20 @@ mod tests {
             s.remove(&digest(99)).await;
             s.get_or_verify(digest(99), Box::pin(async { Ok(Value(5, 100)) })).await.unwrap();
         }
-        assert!(s.lock().order.len() <= 2 * s.len() as usize + 16);
+        let (order, len) = { let inner = s.lock(); (inner.order.len(), inner.map.len()) };
+        assert!(order <= 2 * len + 16, "{order} queued for {len} entries");
+        // A lingering queue entry of a removed token never evicts the token's newer entry.
+        let s = store(300);
+        for i in 0..3 {
+            s.get_or_verify(digest(i), Box::pin(async move { Ok(Value(i, 100)) })).await.unwrap();
+        }
+        s.remove(&digest(0)).await;
+        s.get_or_verify(digest(0), Box::pin(async { Ok(Value(10, 100)) })).await.unwrap();
+        s.get_or_verify(digest(3), Box::pin(async { Ok(Value(3, 100)) })).await.unwrap();
+        // Full at 300: adding 3 evicted the oldest live entry (1), not the re-inserted 0.
+        let kept = s.get_or_verify(digest(0), Box::pin(async { Ok(Value(0, 0)) })).await.unwrap();
+        assert_eq!(kept, Value(10, 100));
+        let evicted = s.get_or_verify(digest(1), Box::pin(async { Ok(Value(11, 100)) })).await.unwrap();
+        assert_eq!(evicted, Value(11, 100));
     }
 }

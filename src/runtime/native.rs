@@ -44,12 +44,19 @@ pub(super) fn token_store<V>(config: &TokenCacheConfig) -> Arc<dyn VerifiedToken
 where
     V: CacheValue + Clone + Send + Sync + 'static,
 {
+    Arc::new(moka_tokens(config))
+}
+
+fn moka_tokens<V>(config: &TokenCacheConfig) -> MokaTokens<V>
+where
+    V: CacheValue + Clone + Send + Sync + 'static,
+{
     let cache = moka::future::Cache::builder()
         .max_capacity(config.max_bytes())
         .weigher(|_: &TokenDigest, value: &V| value.weight())
         .expire_after(ExpireWithEntry)
         .build();
-    Arc::new(MokaTokens(cache))
+    MokaTokens(cache)
 }
 
 /// Background work on the tokio runtime of the caller, if there is one.
@@ -224,7 +231,46 @@ fn classify(e: reqwest::Error) -> FetchError {
 
 #[cfg(test)]
 mod tests {
-    use crate::runtime::native::HttpFetcher;
+    use std::time::Duration;
+
+    use crate::identity::ports::VerifiedTokens;
+    use crate::identity::token_cache::{CacheValue, TokenCacheConfig, TokenDigest};
+    use crate::runtime::native::{HttpFetcher, moka_tokens};
+
+    #[derive(Clone)]
+    struct Entry(u32);
+
+    impl CacheValue for Entry {
+        fn weight(&self) -> u32 {
+            self.0
+        }
+        fn time_to_live(&self) -> Duration {
+            Duration::from_secs(60)
+        }
+    }
+
+    #[tokio::test]
+    async fn the_moka_store_holds_its_entry_and_byte_bounds() {
+        let config = TokenCacheConfig::default().with_max_entries(100).unwrap().with_max_bytes(1 << 20).unwrap();
+        let store = moka_tokens::<Entry>(&config);
+        // Small tokens: the weight floor (max_bytes / max_entries) makes the entry bound hold.
+        for i in 0..1000u32 {
+            let weight = config.weight(100);
+            store.get_or_verify(TokenDigest::of(&i.to_string()), Box::pin(async move { Ok(Entry(weight)) })).await.unwrap();
+        }
+        store.0.run_pending_tasks().await;
+        assert!(store.len() <= 100, "{} entries", store.len());
+        assert!(store.0.weighted_size() <= 1 << 20);
+        // Large tokens: the byte bound holds whatever their count.
+        let store = moka_tokens::<Entry>(&config);
+        for i in 0..100u32 {
+            let weight = config.weight(64 * 1024);
+            store.get_or_verify(TokenDigest::of(&i.to_string()), Box::pin(async move { Ok(Entry(weight)) })).await.unwrap();
+        }
+        store.0.run_pending_tasks().await;
+        assert!(store.0.weighted_size() <= 1 << 20, "{} bytes", store.0.weighted_size());
+        assert!(store.len() <= 16, "{} entries", store.len());
+    }
 
     #[test]
     fn plain_http_only_for_loopback() {
