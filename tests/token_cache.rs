@@ -9,15 +9,22 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use ztgate::clock::FixedClock;
 use ztgate::Principal;
+use ztgate::clock::FixedClock;
 use ztgate::dev::{service_claims, user_claims};
-use ztgate::identity::{AccessJwt, ApiKeyAuth, ApiKeys, JwksConfig, Requirement, TokenCacheConfig, TokenError};
+use ztgate::identity::{
+    AccessJwt, ApiKeyAuth, ApiKeys, JwksConfig, Requirement, TokenCacheConfig, TokenError,
+};
 use ztgate::native::HttpFetcher;
 use ztgate::{AccessConfig, Gate, Policy, Rejection};
 
 /// A gate over one Access mechanism, and the mechanism (to count its signature checks).
-fn access(url: &str, clock: Arc<FixedClock>, policy: Policy, cache: TokenCacheConfig) -> (Gate, Arc<AccessJwt>) {
+fn access(
+    url: &str,
+    clock: Arc<FixedClock>,
+    policy: Policy,
+    cache: TokenCacheConfig,
+) -> (Gate, Arc<AccessJwt>) {
     let access = Gate::builder(AccessConfig::new(TEAM, [AUD]).unwrap())
         .fetcher(Arc::new(HttpFetcher::with_limits(url, Duration::from_secs(2), 1024 * 1024).unwrap()))
         .clock(clock)
@@ -92,8 +99,8 @@ async fn the_policy_runs_on_every_request_even_for_a_cached_token() {
     let server = JwksServer::start(&[&key]).await;
     let revoked: Arc<Mutex<HashSet<String>>> = Arc::default();
     let deny = revoked.clone();
-    let policy =
-        Policy::new().allow_if(move |p| matches!(p, Principal::User(_)) && !deny.lock().unwrap().contains(&p.id()));
+    let policy = Policy::new()
+        .allow_if(move |p| matches!(p, Principal::User(_)) && !deny.lock().unwrap().contains(&p.id()));
     let (gate, access) = access(&server.url(), clock(), policy, TokenCacheConfig::default());
     let token = key.sign(&alice(NOW, 3600));
     assert_eq!(check(&gate, &token).await.unwrap(), "user:alice@acme.com");
@@ -119,7 +126,8 @@ async fn a_revoked_api_key_is_refused_on_the_next_request_next_to_a_cached_token
         Requirement::mechanism(ApiKeyAuth::new(keys.clone())),
     ]));
     let token = key.sign(&alice(NOW, 3600));
-    let with_key = || http::Request::builder().uri("/admin/x").header("x-api-key", &secret).body(String::new()).unwrap();
+    let with_key =
+        || http::Request::builder().uri("/admin/x").header("x-api-key", &secret).body(String::new()).unwrap();
     assert_eq!(check(&gate, &token).await.unwrap(), "user:alice@acme.com");
     assert_eq!(gate.check(&with_key()).await.unwrap().principal().id(), "api_key:deploy");
     assert!(keys.revoke("deploy"));
@@ -174,7 +182,8 @@ async fn a_tampered_token_never_hits_the_original_entry() {
     let (head, sig) = token.rsplit_once('.').unwrap();
     // The signature's last two characters changed (to canonical base64url that decodes to
     // other bytes), and another signed payload put under the original signature.
-    let flipped = format!("{head}.{}{}", &sig[..sig.len() - 2], if sig.ends_with("AA") { "BA" } else { "AA" });
+    let flipped =
+        format!("{head}.{}{}", &sig[..sig.len() - 2], if sig.ends_with("AA") { "BA" } else { "AA" });
     assert_eq!(check(&gate, &flipped).await, Err(Rejection::InvalidToken(TokenError::Signature)));
     let mallory = key.sign(&user_claims(TEAM, AUD, "mallory@acme.com", NOW, 3600));
     let (mallory_head, _) = mallory.rsplit_once('.').unwrap();

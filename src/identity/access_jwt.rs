@@ -338,12 +338,18 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> AccessVerifier<C> {
 
     /// A verification to cache: the checks of [`AccessVerifier::verify`], and until when
     /// their result may stand in for them.
-    async fn verification(&self, parts: &Parts<'_>, token_len: usize) -> Result<Arc<Verification<C>>, TokenError> {
+    async fn verification(
+        &self,
+        parts: &Parts<'_>,
+        token_len: usize,
+    ) -> Result<Arc<Verification<C>>, TokenError> {
         let (principal, proof) = self.verify_parts(parts).await?;
         let now = self.clock.now();
         // `verify_parts` accepts while `now < exp + leeway`: never a second longer from here.
-        let valid_until =
-            proof.exp.saturating_add(self.config.leeway.as_secs()).min(now.saturating_add(self.token_cache.max_age().as_secs()));
+        let valid_until = proof
+            .exp
+            .saturating_add(self.config.leeway.as_secs())
+            .min(now.saturating_add(self.token_cache.max_age().as_secs()));
         Ok(Arc::new(Verification {
             principal,
             kid: proof.kid.into_boxed_str(),
@@ -431,13 +437,16 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> AccessVerifier<C> {
         // One person, one id (module docs): compared and recorded in this form.
         email.make_ascii_lowercase();
         let custom: C = serde_json::from_str(payload).map_err(|e| TokenError::Claims(claim_error(&e)))?;
-        Ok((Principal::User(AccessUser {
-            email,
-            sub: claims.sub.unwrap_or_default(),
-            country: claims.country,
-            identity_nonce: claims.identity_nonce,
-            custom,
-        }), exp))
+        Ok((
+            Principal::User(AccessUser {
+                email,
+                sub: claims.sub.unwrap_or_default(),
+                country: claims.country,
+                identity_nonce: claims.identity_nonce,
+                custom,
+            }),
+            exp,
+        ))
     }
 }
 

@@ -82,11 +82,7 @@ impl TokenCacheConfig {
         if max_age.as_secs() == 0 || max_age > Self::MAX_MAX_AGE {
             return Err(ConfigError::new(
                 "token_cache.max_age",
-                format!(
-                    "{}s is not between 1s and {}s",
-                    max_age.as_secs(),
-                    Self::MAX_MAX_AGE.as_secs()
-                ),
+                format!("{}s is not between 1s and {}s", max_age.as_secs(), Self::MAX_MAX_AGE.as_secs()),
             ));
         }
         self.max_age = Duration::from_secs(max_age.as_secs());

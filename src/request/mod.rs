@@ -396,7 +396,11 @@ fn access_jwt(
         }
         // Non-ASCII bytes cannot form a JWT; keep them as an (invalid) credential so identity
         // rejects it with 401 rather than treating the request as anonymous.
-        let value = String::from_utf8_lossy(first.as_bytes()).into_owned();
+        // (A token is visible ASCII: `to_str` is the fast check, the lossy copy the rare path.)
+        let value = match first.to_str() {
+            Ok(text) => text.to_owned(),
+            Err(_) => String::from_utf8_lossy(first.as_bytes()).into_owned(),
+        };
         return Ok(Some(Credential { value, source: CredentialSource::Header }));
     }
     let Some(cookies) = cookies else { return Ok(None) };

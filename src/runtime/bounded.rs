@@ -182,7 +182,10 @@ mod tests {
             s.remove(&digest(99)).await;
             s.get_or_verify(digest(99), Box::pin(async { Ok(Value(5, 100)) })).await.unwrap();
         }
-        let (order, len) = { let inner = s.lock(); (inner.order.len(), inner.map.len()) };
+        let (order, len) = {
+            let inner = s.lock();
+            (inner.order.len(), inner.map.len())
+        };
         assert!(order <= 2 * len + 16, "{order} queued for {len} entries");
         // A lingering queue entry of a removed token never evicts the token's newer entry.
         let s = store(300);

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use crate::BoxFuture;
 use crate::error::ConfigError;
-use crate::identity::jwks::{append_capped, check_fetch_config, check_response, network_error};
 use crate::error::TokenError;
+use crate::identity::jwks::{append_capped, check_fetch_config, check_response, network_error};
 use crate::identity::ports::{Background, PureRs256, Rs256Engine, SingleFlight, VerifiedTokens};
 use crate::identity::token_cache::{CacheValue, TokenCacheConfig, TokenDigest};
 use crate::identity::{DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_JWKS_BYTES, FetchError, FetchedJwks, KeyFetcher};
@@ -251,12 +251,16 @@ mod tests {
 
     #[tokio::test]
     async fn the_moka_store_holds_its_entry_and_byte_bounds() {
-        let config = TokenCacheConfig::default().with_max_entries(100).unwrap().with_max_bytes(1 << 20).unwrap();
+        let config =
+            TokenCacheConfig::default().with_max_entries(100).unwrap().with_max_bytes(1 << 20).unwrap();
         let store = moka_tokens::<Entry>(&config);
         // Small tokens: the weight floor (max_bytes / max_entries) makes the entry bound hold.
         for i in 0..1000u32 {
             let weight = config.weight(100);
-            store.get_or_verify(TokenDigest::of(&i.to_string()), Box::pin(async move { Ok(Entry(weight)) })).await.unwrap();
+            store
+                .get_or_verify(TokenDigest::of(&i.to_string()), Box::pin(async move { Ok(Entry(weight)) }))
+                .await
+                .unwrap();
         }
         store.0.run_pending_tasks().await;
         assert!(store.len() <= 100, "{} entries", store.len());
@@ -265,7 +269,10 @@ mod tests {
         let store = moka_tokens::<Entry>(&config);
         for i in 0..100u32 {
             let weight = config.weight(64 * 1024);
-            store.get_or_verify(TokenDigest::of(&i.to_string()), Box::pin(async move { Ok(Entry(weight)) })).await.unwrap();
+            store
+                .get_or_verify(TokenDigest::of(&i.to_string()), Box::pin(async move { Ok(Entry(weight)) }))
+                .await
+                .unwrap();
         }
         store.0.run_pending_tasks().await;
         assert!(store.0.weighted_size() <= 1 << 20, "{} bytes", store.0.weighted_size());
