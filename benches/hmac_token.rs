@@ -3,18 +3,28 @@
 //! straightforward verifier does, and once from a state with the key already absorbed, which
 //! is what `KeyRing` keeps per key. The difference is what parsing, decoding and the checks add.
 //!
+//! Also the whole gate (`Gate::check` of a request with the token in its query), and the
+//! ratios against the bare HMAC printed at the end: issue target (d), at most 2x.
+//!
 //! `cargo bench --bench hmac_token`
 
 use std::hint::black_box;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use criterion::{Criterion, criterion_group, criterion_main};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use ztgate::identity::hmac_token::{HmacKey, KeyRing};
+use ztgate::Gate;
+use ztgate::clock::FixedClock;
+use ztgate::identity::Requirement;
+use ztgate::identity::hmac_token::{HmacKey, KeyRing, SignedTokenAuth, TokenSource};
 use ztgate::secrets::Secret;
+
+#[path = "ratio/mod.rs"]
+mod ratio;
 
 const CURRENT: &str = "bench-key-0123456789abcdef0123456789abcdef"; // pragma: allowlist secret
 const PREVIOUS: &str = "bench-key-previous-0000000000000000000000"; // pragma: allowlist secret
@@ -22,11 +32,13 @@ const NOW: u64 = 1_767_222_000;
 const TTL: u64 = 30 * 86_400;
 
 fn bench(c: &mut Criterion) {
-    let ring = KeyRing::new(vec![
-        HmacKey::new("2025-06", Secret::from(CURRENT)).unwrap(),
-        HmacKey::new("2025-01", Secret::from(PREVIOUS)).unwrap(),
-    ])
-    .unwrap();
+    let ring = Arc::new(
+        KeyRing::new(vec![
+            HmacKey::new("2025-06", Secret::from(CURRENT)).unwrap(),
+            HmacKey::new("2025-01", Secret::from(PREVIOUS)).unwrap(),
+        ])
+        .unwrap(),
+    );
     let token = ring.mint("unsubscribe", "alice@example.com", NOW, Duration::from_secs(TTL)).unwrap();
     let expiry = (NOW + TTL).to_string();
     let mac_input = ["ztgate-hmac-v1", "2025-06", "unsubscribe", &expiry, "alice@example.com"].join("\0");
@@ -56,7 +68,77 @@ fn bench(c: &mut Criterion) {
             mac.finalize().into_bytes()
         })
     });
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let auth = SignedTokenAuth::new(
+        ring.clone(),
+        "unsubscribe",
+        TokenSource::Query("token".into()),
+        Arc::new(FixedClock::at(NOW)),
+    );
+    let gate = Gate::new(Requirement::mechanism(auth));
+    let uri = format!("/api/unsubscribe?token={token}");
+    let request = || http::Request::builder().uri(uri.as_str()).body(String::new()).unwrap();
+    assert!(rt.block_on(gate.check(&request())).is_ok(), "the gate must admit the benchmark token");
+    group.bench_function("Gate::check, token in the query", |b| {
+        b.to_async(&rt).iter_batched(
+            request,
+            |r| {
+                let gate = &gate;
+                async move { gate.check(&r).await.unwrap() }
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
     group.finish();
+
+    if !ratio::wanted() {
+        return;
+    }
+    let timed = |f: &dyn Fn()| {
+        move |n: u64| {
+            let start = Instant::now();
+            for _ in 0..n {
+                f();
+            }
+            start.elapsed()
+        }
+    };
+    let verify = || drop(black_box(ring.verify(black_box(&token), "unsubscribe", NOW).unwrap()));
+    let bare = || {
+        let mut mac = Hmac::<Sha256>::new_from_slice(black_box(CURRENT.as_bytes())).unwrap();
+        mac.update(black_box(mac_input.as_bytes()));
+        black_box(mac.finalize().into_bytes());
+    };
+    let absorbed = || {
+        let mut mac = black_box(&keyed).clone();
+        mac.update(black_box(mac_input.as_bytes()));
+        black_box(mac.finalize().into_bytes());
+    };
+    let through_gate = |n: u64| {
+        let batch: Vec<_> = (0..n).map(|_| request()).collect();
+        rt.block_on(async {
+            let start = Instant::now();
+            for r in batch {
+                black_box(gate.check(&r).await.unwrap());
+            }
+            start.elapsed()
+        })
+    };
+    let [v, g, b, a] = ratio::medians(
+        11,
+        20_000,
+        &mut [&mut timed(&verify), &mut { through_gate }, &mut timed(&bare), &mut timed(&absorbed)],
+    )[..] else {
+        unreachable!()
+    };
+    ratio::report_ratio("(d) KeyRing::verify / bare HMAC-SHA256", ("verify", v), ("bare", b), Some(2.0));
+    ratio::report_ratio("(d) Gate::check / bare HMAC-SHA256", ("gate", g), ("bare", b), Some(2.0));
+    ratio::report_ratio(
+        "(d) KeyRing::verify / HMAC-SHA256, key pre-absorbed",
+        ("verify", v),
+        ("absorbed", a),
+        None,
+    );
 }
 
 criterion_group!(benches, bench);

@@ -11,7 +11,7 @@ use serde_json::json;
 use ztgate::__private::KeySet;
 use ztgate::clock::FixedClock;
 use ztgate::dev::{DevKey, jwks_json, user_claims};
-use ztgate::identity::{FetchError, JwksConfig, TokenError};
+use ztgate::identity::{FetchError, JwksCache, JwksConfig, Requirement, TokenError};
 use ztgate::native::HttpFetcher;
 use ztgate::{AccessConfig, Gate, Rejection};
 
@@ -27,6 +27,30 @@ async fn ok(gate: &Gate, token: &str) {
 
 async fn err(gate: &Gate, token: &str) -> Rejection {
     gate.check(&request_with_token(token)).await.expect_err("expected a rejection")
+}
+
+/// A gate over one Access mechanism, and that mechanism's key cache: a read of a stale key set
+/// is served at once and refreshes in the background, so a test waits for that refresh to land
+/// before it counts fetches.
+fn gate_and_keys(url: &str, clock: Arc<FixedClock>, jwks: JwksConfig) -> (Gate, JwksCache) {
+    let access = Gate::builder(AccessConfig::new(TEAM, [AUD]).unwrap())
+        .fetcher(Arc::new(HttpFetcher::with_limits(url, Duration::from_secs(2), 1024 * 1024).unwrap()))
+        .clock(clock)
+        .jwks_config(jwks)
+        .policy(policy())
+        .build_mechanism()
+        .unwrap();
+    let keys = access.verifier().keys().clone();
+    (Gate::new(Requirement::mechanism(access)), keys)
+}
+
+/// Waits until no refresh of `keys` is running (the stale read that started one has returned).
+async fn settled(keys: &JwksCache) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while keys.is_refreshing() {
+        assert!(tokio::time::Instant::now() < deadline, "the background refresh never finished");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -94,12 +118,20 @@ async fn removed_key_stops_working_after_refresh() {
     let (old, new) = (key("old"), key("new"));
     let server = JwksServer::start(&[&old, &new]).await;
     let clock = clock();
-    let gate = gate(&server.url(), clock.clone());
+    let (gate, keys) = gate_and_keys(&server.url(), clock.clone(), JwksConfig::default());
+    let now = NOW + 601;
+    let old_token = old.sign(&alice_at(now));
     ok(&gate, &old.sign(&alice_at(NOW))).await;
     server.set_keys(&[&new]);
     clock.advance(Duration::from_secs(601));
-    let now = NOW + 601;
-    assert_eq!(err(&gate, &old.sign(&alice_at(now))).await, Rejection::InvalidToken(TokenError::UnknownKey));
+    // The stale set still holds the old key: this read is served from it and starts the refresh
+    // (stale-while-revalidate), and the verification is now in the token cache.
+    ok(&gate, &old_token).await;
+    assert!(keys.is_refreshing(), "a stale read starts a background refresh");
+    settled(&keys).await;
+    assert_eq!(server.fetches(), 2);
+    // Once the refresh has landed the key is gone: the cached verification no longer counts.
+    assert_eq!(err(&gate, &old_token).await, Rejection::InvalidToken(TokenError::UnknownKey));
     ok(&gate, &new.sign(&alice_at(now))).await;
 }
 
@@ -108,13 +140,15 @@ async fn keys_are_refreshed_after_the_default_max_age() {
     let key = key("k1");
     let server = JwksServer::start(&[&key]).await;
     let clock = clock();
-    let gate = gate(&server.url(), clock.clone());
+    let (gate, keys) = gate_and_keys(&server.url(), clock.clone(), JwksConfig::default());
     ok(&gate, &key.sign(&alice_at(NOW))).await;
     clock.advance(Duration::from_secs(599));
     ok(&gate, &key.sign(&alice_at(NOW))).await;
+    assert!(!keys.is_refreshing());
     assert_eq!(server.fetches(), 1, "fresh for 10 minutes");
     clock.advance(Duration::from_secs(1));
     ok(&gate, &key.sign(&alice_at(NOW))).await;
+    settled(&keys).await;
     assert_eq!(server.fetches(), 2);
 }
 
@@ -128,13 +162,15 @@ async fn cache_control_max_age_is_honoured_and_clamped() {
         let server = JwksServer::start(&[&key]).await;
         server.set_cache_control(Some(header));
         let clock = clock();
-        let gate = gate(&server.url(), clock.clone());
+        let (gate, keys) = gate_and_keys(&server.url(), clock.clone(), JwksConfig::default());
         ok(&gate, &token).await;
         clock.advance(Duration::from_secs(fresh_for - 1));
         ok(&gate, &token).await;
+        assert!(!keys.is_refreshing(), "{header}: still fresh");
         assert_eq!(server.fetches(), 1, "{header}: still fresh");
         clock.advance(Duration::from_secs(1));
         ok(&gate, &token).await;
+        settled(&keys).await;
         assert_eq!(server.fetches(), 2, "{header}: stale after {fresh_for}s");
     }
 }
@@ -144,25 +180,30 @@ async fn keys_outlive_a_failed_refresh_within_the_grace() {
     let key = key("k1");
     let server = JwksServer::start(&[&key]).await;
     let clock = clock();
-    let gate = gate(&server.url(), clock.clone());
+    let (gate, keys) = gate_and_keys(&server.url(), clock.clone(), JwksConfig::default());
     ok(&gate, &key.sign(&alice_at(NOW))).await;
     server.set_mode(Mode::Status(500));
     clock.advance(Duration::from_secs(601));
     ok(&gate, &key.sign(&alice_at(NOW))).await;
+    settled(&keys).await;
     assert_eq!(server.fetches(), 2, "the refresh was attempted");
     // Failed refreshes are retried no sooner than the cooldown.
     ok(&gate, &key.sign(&alice_at(NOW))).await;
+    assert!(!keys.is_refreshing(), "inside the cooldown no refresh starts");
     assert_eq!(server.fetches(), 2);
     clock.advance(Duration::from_secs(30));
     ok(&gate, &key.sign(&alice_at(NOW))).await;
+    settled(&keys).await;
     assert_eq!(server.fetches(), 3);
     // Recovery: the next due refresh succeeds and the keys are fresh again.
     server.set_mode(Mode::Serve);
     clock.advance(Duration::from_secs(30));
     ok(&gate, &key.sign(&alice_at(NOW))).await;
+    settled(&keys).await;
     assert_eq!(server.fetches(), 4);
     clock.advance(Duration::from_secs(599));
     ok(&gate, &key.sign(&alice_at(NOW))).await;
+    assert!(!keys.is_refreshing());
     assert_eq!(server.fetches(), 4);
 }
 
@@ -171,12 +212,13 @@ async fn keys_expire_after_the_grace_and_give_503_with_retry_after() {
     let key = key("k1");
     let server = JwksServer::start(&[&key]).await;
     let clock = clock();
-    let gate = gate(&server.url(), clock.clone());
+    let (gate, keys) = gate_and_keys(&server.url(), clock.clone(), JwksConfig::default());
     ok(&gate, &key.sign(&alice_at(NOW))).await;
     server.set_mode(Mode::Status(503));
     clock.advance(Duration::from_secs(600 + 24 * 3600 - 1));
     let token = key.sign(&alice_at(clock_now(&clock)));
     ok(&gate, &token).await;
+    settled(&keys).await;
     clock.advance(Duration::from_secs(1));
     let rejection = err(&gate, &token).await;
     assert!(matches!(rejection, Rejection::KeysUnavailable { .. }), "{rejection:?}");
@@ -497,11 +539,14 @@ async fn a_document_with_only_weak_keys_is_a_failed_fetch_not_an_empty_key_set()
     let key = key("k1");
     let server = JwksServer::start(&[&key]).await;
     let clock = clock();
-    let gate = gate_with(&server.url(), clock.clone(), policy(), JwksConfig::default());
+    let (gate, keys) = gate_and_keys(&server.url(), clock.clone(), JwksConfig::default());
     ok(&gate, &key.sign(&alice_at(NOW))).await;
     // The endpoint now serves only a weak key: the good keys already cached must survive.
     server.set_body(json!({"keys": [raw_jwk("k1", 1024, &[1, 0, 1])]}).to_string());
     clock.advance(Duration::from_secs(601));
     ok(&gate, &key.sign(&alice_at(NOW))).await;
+    settled(&keys).await;
     assert_eq!(server.fetches(), 2);
+    // After the failed refresh the good key still verifies a token it has never seen.
+    ok(&gate, &key.sign(&alice_at(NOW + 601))).await;
 }

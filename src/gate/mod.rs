@@ -12,7 +12,9 @@ use crate::clock::{Clock, SystemClock};
 use crate::error::{ConfigError, Rejection};
 use crate::identity::access_jwt::AccessConfig;
 use crate::identity::policy::Policy;
-use crate::identity::{AccessJwt, AccessVerifier, JwksCache, JwksConfig, KeyFetcher, Requirement};
+use crate::identity::{
+    AccessJwt, AccessVerifier, JwksCache, JwksConfig, KeyFetcher, Requirement, TokenCacheConfig,
+};
 use crate::principal::{NoClaims, Principal, Verified};
 use crate::request::{RequestFacts, RequestLimits};
 
@@ -115,6 +117,7 @@ impl Gate<NoClaims> {
             certs_url: None,
             clock: Arc::new(SystemClock),
             jwks: JwksConfig::default(),
+            token_cache: TokenCacheConfig::default(),
             limits: RequestLimits::default(),
         }
     }
@@ -233,6 +236,7 @@ pub struct GateBuilder<C> {
     certs_url: Option<String>,
     clock: Arc<dyn Clock>,
     jwks: JwksConfig,
+    token_cache: TokenCacheConfig,
     limits: RequestLimits,
 }
 
@@ -242,7 +246,7 @@ impl<C> fmt::Debug for GateBuilder<C> {
     }
 }
 
-impl<C: DeserializeOwned + Send + Sync + 'static> GateBuilder<C> {
+impl<C: DeserializeOwned + Clone + Send + Sync + 'static> GateBuilder<C> {
     /// Deserializes extra user claims into `D` (from the whole claim set). Call before
     /// [`GateBuilder::policy`], whose predicates see the same type.
     pub fn custom_claims<D>(self) -> GateBuilder<D> {
@@ -253,6 +257,7 @@ impl<C: DeserializeOwned + Send + Sync + 'static> GateBuilder<C> {
             certs_url: self.certs_url,
             clock: self.clock,
             jwks: self.jwks,
+            token_cache: self.token_cache,
             limits: self.limits,
         }
     }
@@ -288,6 +293,13 @@ impl<C: DeserializeOwned + Send + Sync + 'static> GateBuilder<C> {
         self
     }
 
+    /// Tune the verified-token cache (on by default; [`TokenCacheConfig::disabled`] turns it
+    /// off).
+    pub fn token_cache(mut self, config: TokenCacheConfig) -> Self {
+        self.token_cache = config;
+        self
+    }
+
     /// Tune request size limits.
     pub fn request_limits(mut self, limits: RequestLimits) -> Self {
         self.limits = limits;
@@ -314,6 +326,7 @@ impl<C: DeserializeOwned + Send + Sync + 'static> GateBuilder<C> {
             )?,
         };
         let keys = JwksCache::new(fetcher, self.clock.clone(), self.jwks);
-        Ok(AccessJwt::new(AccessVerifier::new(self.config, keys, self.clock), policy))
+        let verifier = AccessVerifier::new(self.config, keys, self.clock).with_token_cache(self.token_cache);
+        Ok(AccessJwt::new(verifier, policy))
     }
 }

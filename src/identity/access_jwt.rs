@@ -38,6 +38,7 @@
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use base64::Engine;
@@ -48,7 +49,9 @@ use serde::de::{DeserializeOwned, Deserializer, IgnoredAny};
 use super::jwks::{JwksCache, KeyError};
 use super::mechanism::{Attempt, Mechanism};
 use super::policy::Policy;
-use super::ports::Rs256Engine;
+use super::ports::{Rs256Engine, VerifiedTokens};
+use super::rs256::Rs256Key;
+use super::token_cache::{TokenCacheConfig, TokenDigest, Verification};
 use crate::BoxFuture;
 use crate::clock::Clock;
 use crate::error::{ConfigError, Rejection, TokenError};
@@ -184,17 +187,29 @@ fn is_loopback_authority(authority: &str) -> bool {
 /// `C` is the caller's type for extra user claims; it is deserialized from the whole claim
 /// set, so `#[derive(Deserialize)] struct Mine { groups: Vec<String> }` reads a top-level
 /// `groups` claim.
+///
+/// Verified tokens are cached (see [`TokenCacheConfig`]): a token seen again within its
+/// validity, the cache's max age and the life of its signing key is not checked again; what it
+/// proved is returned, and the [`Policy`] of an [`AccessJwt`] still runs on every request.
 pub struct AccessVerifier<C = NoClaims> {
     config: AccessConfig,
     keys: JwksCache,
     clock: Arc<dyn Clock>,
     rs256: Arc<dyn Rs256Engine>,
+    token_cache: TokenCacheConfig,
+    tokens: Option<Arc<dyn VerifiedTokens<Arc<Verification<C>>>>>,
+    /// Signatures checked so far (misses of the token cache, or every token with it off).
+    signatures_checked: AtomicU64,
     _claims: PhantomData<fn() -> C>,
 }
 
 impl<C> fmt::Debug for AccessVerifier<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AccessVerifier").field("config", &self.config).field("keys", &self.keys).finish()
+        f.debug_struct("AccessVerifier")
+            .field("config", &self.config)
+            .field("keys", &self.keys)
+            .field("token_cache", &self.token_cache)
+            .finish()
     }
 }
 
@@ -243,16 +258,55 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Optio
     T::deserialize(d).map(Some)
 }
 
-impl<C: DeserializeOwned> AccessVerifier<C> {
+impl<C: DeserializeOwned + Clone + Send + Sync + 'static> AccessVerifier<C> {
     /// A verifier whose signatures are checked by `rs256` (the runtime's engine; the public
-    /// constructor, `AccessVerifier::new`, is in `crate::runtime`, which picks it).
+    /// constructor, `AccessVerifier::new`, is in `crate::runtime`, which picks it), without a
+    /// token cache.
     pub(crate) fn with_engine(
         config: AccessConfig,
         keys: JwksCache,
         clock: Arc<dyn Clock>,
         rs256: Arc<dyn Rs256Engine>,
     ) -> Self {
-        Self { config, keys, clock, rs256, _claims: PhantomData }
+        let token_cache = TokenCacheConfig::disabled();
+        Self {
+            config,
+            keys,
+            clock,
+            rs256,
+            token_cache,
+            tokens: None,
+            signatures_checked: AtomicU64::new(0),
+            _claims: PhantomData,
+        }
+    }
+
+    /// This verifier with the token cache `store` (the runtime's) configured by `config`.
+    pub(crate) fn with_store(
+        mut self,
+        config: TokenCacheConfig,
+        store: Option<Arc<dyn VerifiedTokens<Arc<Verification<C>>>>>,
+    ) -> Self {
+        self.token_cache = config;
+        self.tokens = store;
+        self
+    }
+
+    /// The token cache's configuration.
+    pub fn token_cache(&self) -> &TokenCacheConfig {
+        &self.token_cache
+    }
+
+    /// About how many verified tokens are cached now (0 with the cache off). For metrics.
+    pub fn cached_tokens(&self) -> u64 {
+        self.tokens.as_ref().map_or(0, |t| t.len())
+    }
+
+    /// How many token signatures this verifier has checked (each an RSA-2048 verification,
+    /// tens of microseconds): with the token cache on, a token seen again within its cached
+    /// life adds none. For metrics.
+    pub fn signatures_checked(&self) -> u64 {
+        self.signatures_checked.load(Ordering::Relaxed)
     }
 
     /// The configuration.
@@ -268,6 +322,46 @@ impl<C: DeserializeOwned> AccessVerifier<C> {
     /// Verifies `token` and returns the principal it proves.
     pub async fn verify(&self, token: &str) -> Result<Principal<C>, TokenError> {
         let parts = split(token)?;
+        let Some(tokens) = &self.tokens else {
+            return self.verify_parts(&parts).await.map(|(principal, _)| principal);
+        };
+        let digest = TokenDigest::of(token);
+        let cached = tokens.get_or_verify(digest, Box::pin(self.verification(&parts, token.len()))).await?;
+        if cached.fresh_at(self.clock.now()) && self.keys.is_current(&cached.kid, &cached.key) {
+            return Ok(cached.principal.clone());
+        }
+        // Past its token's validity or the cache's max age, or its key left the key set: the
+        // entry goes, and the token is verified again (and refused, most likely), uncached.
+        tokens.remove(&digest).await;
+        self.verify_parts(&parts).await.map(|(principal, _)| principal)
+    }
+
+    /// A verification to cache: the checks of [`AccessVerifier::verify`], and until when
+    /// their result may stand in for them.
+    async fn verification(
+        &self,
+        parts: &Parts<'_>,
+        token_len: usize,
+    ) -> Result<Arc<Verification<C>>, TokenError> {
+        let (principal, proof) = self.verify_parts(parts).await?;
+        let now = self.clock.now();
+        // `verify_parts` accepts while `now < exp + leeway`: never a second longer from here.
+        let valid_until = proof
+            .exp
+            .saturating_add(self.config.leeway.as_secs())
+            .min(now.saturating_add(self.token_cache.max_age().as_secs()));
+        Ok(Arc::new(Verification {
+            principal,
+            kid: proof.kid.into_boxed_str(),
+            key: proof.key,
+            valid_until,
+            time_to_live: std::time::Duration::from_secs(valid_until.saturating_sub(now).max(1)),
+            weight: self.token_cache.weight(token_len),
+        }))
+    }
+
+    /// Every check, uncached: the principal, and the key and `exp` that proved it.
+    async fn verify_parts(&self, parts: &Parts<'_>) -> Result<(Principal<C>, KeyProof), TokenError> {
         let header: JoseHeader = decode_json(parts.header, "header")?;
         if header.alg != "RS256" {
             return Err(TokenError::Algorithm);
@@ -276,10 +370,11 @@ impl<C: DeserializeOwned> AccessVerifier<C> {
             return Err(TokenError::CriticalHeader);
         }
         let kid = header.kid.ok_or(TokenError::UnknownKey)?;
-        let key = self.keys.key(&kid).await.map_err(|e| match e {
+        let key: Arc<Rs256Key> = self.keys.key(&kid).await.map_err(|e| match e {
             KeyError::UnknownKid => TokenError::UnknownKey,
             KeyError::Unavailable { retry_after } => TokenError::KeysUnavailable { retry_after },
         })?;
+        self.signatures_checked.fetch_add(1, Ordering::Relaxed);
         if !self.rs256.verify(&key, parts.signing_input.as_bytes(), parts.signature).await {
             return Err(TokenError::Signature);
         }
@@ -289,11 +384,13 @@ impl<C: DeserializeOwned> AccessVerifier<C> {
         // it ignores without validating them, so check the whole payload first.
         let payload =
             std::str::from_utf8(&payload).map_err(|_| TokenError::Claims("claims are not UTF-8".into()))?;
-        self.check_claims(payload)
+        let (principal, exp) = self.check_claims(payload)?;
+        Ok((principal, KeyProof { kid, key, exp }))
     }
 
-    /// Checks the claims of an already signature-verified payload.
-    fn check_claims(&self, payload: &str) -> Result<Principal<C>, TokenError> {
+    /// Checks the claims of an already signature-verified payload; returns the principal and
+    /// the token's `exp`.
+    fn check_claims(&self, payload: &str) -> Result<(Principal<C>, u64), TokenError> {
         let claims: RegisteredClaims =
             serde_json::from_str(payload).map_err(|e| TokenError::Claims(claim_error(&e)))?;
         if claims.iss.as_deref() != Some(self.config.team_domain.as_str()) {
@@ -331,7 +428,7 @@ impl<C: DeserializeOwned> AccessVerifier<C> {
             if common_name.is_empty() {
                 return Err(TokenError::Claims("empty common_name".into()));
             }
-            return Ok(Principal::Service(ServiceToken { common_name }));
+            return Ok((Principal::Service(ServiceToken { common_name }), exp));
         }
         let mut email = claims
             .email
@@ -340,14 +437,24 @@ impl<C: DeserializeOwned> AccessVerifier<C> {
         // One person, one id (module docs): compared and recorded in this form.
         email.make_ascii_lowercase();
         let custom: C = serde_json::from_str(payload).map_err(|e| TokenError::Claims(claim_error(&e)))?;
-        Ok(Principal::User(AccessUser {
-            email,
-            sub: claims.sub.unwrap_or_default(),
-            country: claims.country,
-            identity_nonce: claims.identity_nonce,
-            custom,
-        }))
+        Ok((
+            Principal::User(AccessUser {
+                email,
+                sub: claims.sub.unwrap_or_default(),
+                country: claims.country,
+                identity_nonce: claims.identity_nonce,
+                custom,
+            }),
+            exp,
+        ))
     }
+}
+
+/// What proved a token: the key (by `kid`) that checked its signature, and its `exp`.
+struct KeyProof {
+    kid: String,
+    key: Arc<Rs256Key>,
+    exp: u64,
 }
 
 /// serde_json messages can quote input; keep only the category and position.
@@ -422,7 +529,7 @@ impl<C> AccessJwt<C> {
     }
 }
 
-impl<C: DeserializeOwned + Send + Sync + 'static> Mechanism<C> for AccessJwt<C> {
+impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Mechanism<C> for AccessJwt<C> {
     fn name(&self) -> &'static str {
         Self::NAME
     }

@@ -9,9 +9,17 @@
 //!   fetch through the single-flight port the runtime supplies (moka's `try_get_with` on
 //!   native targets, a polling single-flight in Workers, where moka cannot run), and each
 //!   cache generation is fetched at most once.
-//! - **Refresh by age**: keys are fresh for `Cache-Control: max-age` clamped to
-//!   [`JwksConfig::min_max_age`, `JwksConfig::max_max_age`] (default 10 min without one).
-//!   While a refresh runs, other requests keep using the stale keys instead of waiting.
+//! - **Refresh by age, without waiting**: keys are fresh for `Cache-Control: max-age` clamped
+//!   to [`JwksConfig::min_max_age`, `JwksConfig::max_max_age`] (default 10 min without one).
+//!   Past that, requests keep verifying with the cached keys and one refresh runs in the
+//!   background (stale-while-revalidate; natively on the current tokio runtime). Where nothing
+//!   can run in the background (Workers, or no tokio runtime), the first request that finds
+//!   the keys stale refreshes them and the others keep using the stale ones. Only a cold cache
+//!   or an unknown `kid` waits for a fetch.
+//! - **A read path without locks**: the key set is read with one atomic load
+//!   (`arc_swap::ArcSwapOption`); the lock that orders fetches is taken only when a fetch may
+//!   be due. A refresh that brings back a key unchanged keeps the same key object, so
+//!   verified-token cache entries (which remember their key) survive it.
 //! - **Unknown `kid`** (a key rotation, or an attacker): at most one refetch per
 //!   [`JwksConfig::refetch_cooldown`]. Failed fetches are retried no sooner either.
 //! - **Stale on error**: keys outlive a failed refresh for [`JwksConfig::grace`]; after that,
@@ -26,15 +34,17 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Deserialize;
 
-use super::ports::SingleFlight;
+use arc_swap::ArcSwapOption;
+
+use super::ports::{Background, SingleFlight};
 use super::rs256::Rs256Key;
 use crate::BoxFuture;
 use crate::clock::Clock;
@@ -252,6 +262,20 @@ impl KeySet {
         Ok(Self { keys })
     }
 
+    /// This set, with every key that `previous` holds unchanged under the same `kid` replaced
+    /// by `previous`'s own object (so identity comparisons, and engine state such as an
+    /// imported WebCrypto key, carry over a refresh).
+    fn reusing(mut self, previous: &KeySet) -> Self {
+        for (kid, key) in &mut self.keys {
+            if let Some(old) = previous.keys.get(kid)
+                && old.same_key(key)
+            {
+                *key = old.clone();
+            }
+        }
+        self
+    }
+
     /// The key for `kid`, if kept.
     pub fn get(&self, kid: &str) -> Option<&Arc<Rs256Key>> {
         self.keys.get(kid)
@@ -434,7 +458,6 @@ struct Fresh {
 
 #[derive(Default)]
 struct State {
-    current: Option<Fresh>,
     /// Completed fetch attempts; each generation is fetched at most once.
     generation: u64,
     /// When the latest fetch failed (cleared by a success): retries wait for the cooldown.
@@ -447,12 +470,26 @@ struct Shared {
     fetcher: Arc<dyn KeyFetcher>,
     clock: Arc<dyn Clock>,
     config: JwksConfig,
-    state: RwLock<State>,
+    /// The last good key set: read by every request with one atomic load.
+    current: ArcSwapOption<Fresh>,
+    /// Fetch bookkeeping, locked only when a fetch may be due.
+    state: Mutex<State>,
     /// A fetch is running; stale-key readers use what they have instead of waiting.
     refreshing: AtomicBool,
+    /// Unix seconds before which no fetch may start after a failure (0: none); the lock-free
+    /// copy of `State::last_failure` plus the cooldown.
+    retry_at: AtomicU64,
+    /// Unix seconds at which a background refresh was started and not yet finished (0: none).
+    background_since: AtomicU64,
     /// Coalesces concurrent fetches: key = the generation being replaced.
     flights: Arc<dyn SingleFlight<u64, Flight>>,
+    /// Where background refreshes run.
+    background: Arc<dyn Background>,
 }
+
+/// After this long, a background refresh that never finished (its task was lost) no longer
+/// stops another from starting.
+const BACKGROUND_CLAIM_SECS: u64 = 60;
 
 /// What a fetch flight shares with its waiters: the new key set, or that it failed.
 pub(crate) type Flight = Result<Arc<KeySet>, ()>;
@@ -483,20 +520,25 @@ enum Plan {
 impl JwksCache {
     /// A cache whose concurrent fetches coalesce through `flights` (the runtime's; the public
     /// constructor, `JwksCache::new`, is in `crate::runtime`, which picks it).
-    pub(crate) fn with_flights(
+    pub(crate) fn with_runtime(
         fetcher: Arc<dyn KeyFetcher>,
         clock: Arc<dyn Clock>,
         config: JwksConfig,
         flights: Arc<dyn SingleFlight<u64, Flight>>,
+        background: Arc<dyn Background>,
     ) -> Self {
         Self {
             shared: Arc::new(Shared {
                 fetcher,
                 clock,
                 config,
-                state: RwLock::new(State::default()),
+                current: ArcSwapOption::empty(),
+                state: Mutex::new(State::default()),
                 refreshing: AtomicBool::new(false),
+                retry_at: AtomicU64::new(0),
+                background_since: AtomicU64::new(0),
                 flights,
+                background,
             }),
         }
     }
@@ -504,6 +546,76 @@ impl JwksCache {
     /// The verification key for `kid`, fetching or refreshing the JWKS as the rules allow.
     pub async fn key(&self, kid: &str) -> Result<Arc<Rs256Key>, KeyError> {
         let now = self.shared.clock.now();
+        {
+            let current = self.shared.current.load();
+            if let Some(fresh) = current.as_deref()
+                && (now < fresh.stale_at || (now < fresh.dead_at && self.refresh_in_background(now)))
+                && let Some(key) = fresh.set.get(kid)
+            {
+                return Ok(key.clone());
+            }
+        }
+        self.key_slow(kid, now).await
+    }
+
+    /// Whether a fetch of the key set is running or a background refresh has been started and
+    /// not finished: for health checks and metrics, and for tests that wait for a
+    /// stale-while-revalidate refresh to land.
+    pub fn is_refreshing(&self) -> bool {
+        let shared = &self.shared;
+        let since = shared.background_since.load(Ordering::Acquire);
+        shared.refreshing.load(Ordering::Acquire)
+            || (since != 0 && shared.clock.now() < since.saturating_add(BACKGROUND_CLAIM_SECS))
+    }
+
+    /// Whether `key` is, at this moment, the usable key for `kid`: the check a verified-token
+    /// cache entry passes before it stands in for a verification. Never fetches, never waits
+    /// (a stale set starts its background refresh as [`JwksCache::key`] would); `false` when
+    /// the set is past its grace, or stale with no way to refresh in the background (the
+    /// caller then verifies anew, which refreshes).
+    pub(crate) fn is_current(&self, kid: &str, key: &Arc<Rs256Key>) -> bool {
+        let now = self.shared.clock.now();
+        let current = self.shared.current.load();
+        let Some(fresh) = current.as_deref() else { return false };
+        (now < fresh.stale_at || (now < fresh.dead_at && self.refresh_in_background(now)))
+            && fresh.set.get(kid).is_some_and(|k| Arc::ptr_eq(k, key))
+    }
+
+    /// The set is stale but usable: make sure a refresh runs without this request waiting for
+    /// it. `true` when the stale set may be served: a fetch is running, a recent failure
+    /// forbids one, or one was started in the background now; `false` when this platform
+    /// cannot run it in the background (the caller's slow path fetches inline).
+    fn refresh_in_background(&self, now: u64) -> bool {
+        let shared = &self.shared;
+        if shared.refreshing.load(Ordering::Acquire) || now < shared.retry_at.load(Ordering::Acquire) {
+            return true;
+        }
+        let since = shared.background_since.load(Ordering::Acquire);
+        if since != 0 && now < since.saturating_add(BACKGROUND_CLAIM_SECS) {
+            return true;
+        }
+        if shared
+            .background_since
+            .compare_exchange(since, now.max(1), Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            // Another request claimed it this instant.
+            return true;
+        }
+        let this = self.clone();
+        let started = shared.background.spawn(Box::pin(async move {
+            let generation = this.lock().generation;
+            // The outcome is recorded (and logged) by the fetch itself.
+            let _ = this.fetch(generation).await;
+            this.shared.background_since.store(0, Ordering::Release);
+        }));
+        if !started {
+            shared.background_since.store(0, Ordering::Release);
+        }
+        started
+    }
+
+    async fn key_slow(&self, kid: &str, now: u64) -> Result<Arc<Rs256Key>, KeyError> {
         let (set, just_fetched) = match self.plan(now) {
             Plan::Use(set) => (set, false),
             Plan::Unavailable(retry_after) => return Err(KeyError::Unavailable { retry_after }),
@@ -535,9 +647,9 @@ impl JwksCache {
     pub async fn refresh(&self) -> Result<usize, KeyError> {
         let now = self.shared.clock.now();
         let generation = {
-            let state = self.read();
+            let state = self.lock();
             if !self.failure_cooled(&state, now) {
-                return match &state.current {
+                return match self.shared.current.load().as_deref() {
                     Some(fresh) if now < fresh.dead_at => Ok(fresh.set.len()),
                     _ => Err(KeyError::Unavailable { retry_after: self.retry_after(&state, now) }),
                 };
@@ -550,18 +662,14 @@ impl JwksCache {
             .map_err(|retry_after| KeyError::Unavailable { retry_after })
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
-        self.shared.state.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
-        self.shared.state.write().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn plan(&self, now: u64) -> Plan {
-        let state = self.read();
+        let state = self.lock();
         let may_fetch = self.failure_cooled(&state, now);
-        match &state.current {
+        match self.shared.current.load().as_deref() {
             Some(fresh) if now < fresh.stale_at => Plan::Use(fresh.set.clone()),
             Some(fresh) if now < fresh.dead_at => {
                 if may_fetch && !self.shared.refreshing.load(Ordering::Acquire) {
@@ -577,7 +685,7 @@ impl JwksCache {
 
     /// The generation to refetch for an unknown kid, if this request may cause or join one.
     fn claim_kid_refetch(&self, now: u64) -> Option<u64> {
-        let mut state = self.write();
+        let mut state = self.lock();
         if self.shared.refreshing.load(Ordering::Acquire) {
             return Some(state.generation);
         }
@@ -607,7 +715,7 @@ impl JwksCache {
         let work = Box::pin(async move { self.fetch_generation(generation).await.map_err(drop) });
         let outcome = self.shared.flights.run(generation, work).await.unwrap_or(Err(()));
         outcome.map_err(|()| {
-            let state = self.read();
+            let state = self.lock();
             self.retry_after(&state, self.shared.clock.now())
         })
     }
@@ -616,10 +724,10 @@ impl JwksCache {
     async fn fetch_generation(&self, generation: u64) -> Result<Arc<KeySet>, FetchError> {
         let shared = &self.shared;
         {
-            let state = self.read();
+            let state = self.lock();
             if state.generation != generation {
                 // This generation completed between the caller's plan and now.
-                return match &state.current {
+                return match self.shared.current.load().as_deref() {
                     Some(fresh) => Ok(fresh.set.clone()),
                     None => Err(FetchError::NoUsableKeys),
                 };
@@ -633,10 +741,14 @@ impl JwksCache {
             .await
             .and_then(|doc| Ok((KeySet::parse(&doc.body, shared.config.max_keys)?, doc.max_age)));
         let now = shared.clock.now();
-        let mut state = self.write();
+        let mut state = self.lock();
         state.generation = generation + 1;
         match result {
             Ok((set, max_age)) => {
+                let set = match shared.current.load().as_deref() {
+                    Some(previous) => set.reusing(&previous.set),
+                    None => set,
+                };
                 let set = Arc::new(set);
                 let cfg = &shared.config;
                 let age = max_age
@@ -644,12 +756,13 @@ impl JwksCache {
                     .clamp(cfg.min_max_age, cfg.max_max_age.max(cfg.min_max_age))
                     .as_secs();
                 let stale_at = now.saturating_add(age);
-                state.current = Some(Fresh {
+                shared.current.store(Some(Arc::new(Fresh {
                     set: set.clone(),
                     stale_at,
                     dead_at: stale_at.saturating_add(cfg.grace.as_secs()),
-                });
+                })));
                 state.last_failure = None;
+                shared.retry_at.store(0, Ordering::Release);
                 tracing::info!(
                     layer = "identity",
                     outcome = "jwks_refreshed",
@@ -660,6 +773,8 @@ impl JwksCache {
             }
             Err(e) => {
                 state.last_failure = Some(now);
+                let retry_at = now.saturating_add(shared.config.refetch_cooldown.as_secs()).max(1);
+                shared.retry_at.store(retry_at, Ordering::Release);
                 tracing::warn!(layer = "identity", outcome = "jwks_fetch_failed", error = ?e.to_string());
                 Err(e)
             }

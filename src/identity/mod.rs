@@ -30,6 +30,7 @@ pub(crate) mod mechanism;
 pub(crate) mod policy;
 pub(crate) mod ports;
 pub(crate) mod rs256;
+pub(crate) mod token_cache;
 pub mod webhook;
 
 pub use crate::error::TokenError;
@@ -41,3 +42,4 @@ pub use jwks::{
     KeyFetcher, StaticFetcher,
 };
 pub use mechanism::{Attempt, Mechanism, Requirement};
+pub use token_cache::TokenCacheConfig;

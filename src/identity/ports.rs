@@ -11,7 +11,9 @@ use std::fmt;
 use std::hash::Hash;
 
 use super::rs256::Rs256Key;
+use super::token_cache::{CacheValue, TokenDigest};
 use crate::BoxFuture;
+use crate::error::TokenError;
 
 /// Concurrent callers with the same key share one run of one future.
 ///
@@ -62,4 +64,44 @@ impl Rs256Engine for PureRs256 {
     ) -> BoxFuture<'a, bool> {
         Box::pin(std::future::ready(key.verify(signing_input, signature_b64)))
     }
+}
+
+/// The store of the verified-token cache (see `identity::token_cache`): bounded, each entry
+/// kept at most its [`CacheValue::time_to_live`], concurrent misses of one key sharing one
+/// verification.
+///
+/// Contract: `get_or_verify` returns the stored value for `key`, or runs `verify` — once for
+/// all concurrent callers with `key` — and stores its `Ok` value (never an `Err`, which goes to
+/// the callers that waited for it and is forgotten). Callers check a stored value's validity
+/// themselves and [`VerifiedTokens::remove`] it when it no longer holds.
+///
+/// Natively this is moka's `try_get_with` (a weigher for the byte bound, an `Expiry` per
+/// entry); in Workers, a bounded map per isolate with the polling single-flight.
+pub(crate) trait VerifiedTokens<V>: Send + Sync + fmt::Debug + 'static
+where
+    V: CacheValue + Clone + Send + Sync + 'static,
+{
+    /// The stored value for `key`, or the value `verify` produces (stored if `Ok`).
+    fn get_or_verify<'a>(
+        &'a self,
+        key: TokenDigest,
+        verify: BoxFuture<'a, Result<V, TokenError>>,
+    ) -> BoxFuture<'a, Result<V, TokenError>>;
+
+    /// Forgets `key`.
+    fn remove<'a>(&'a self, key: &'a TokenDigest) -> BoxFuture<'a, ()>;
+
+    /// About how many entries are held (for metrics and tests; may lag behind inserts).
+    fn len(&self) -> u64;
+}
+
+/// Runs work in the background: the JWKS refresh that keeps requests from waiting when the
+/// key set reaches its max-age.
+///
+/// Natively the current tokio runtime's `spawn`; in Workers nothing is spawned (work started
+/// from one request's I/O context dies with it), so the request that notices runs it inline.
+pub(crate) trait Background: Send + Sync + fmt::Debug + 'static {
+    /// Starts `work` and returns `true`, or returns `false` (without running it) when this
+    /// platform or context cannot run work in the background.
+    fn spawn(&self, work: BoxFuture<'static, ()>) -> bool;
 }

@@ -239,14 +239,17 @@ impl RequestFacts {
         }
         let client_cert =
             if limits.trust_client_cert_headers { ClientCertFacts::from_cf_headers(headers) } else { None };
+        // The `Cookie` fields are joined once: the Access JWT and any cookie a mechanism asks for
+        // later are read from the same bytes.
+        let cookies = cookie_header(headers, limits)?;
         Ok(Self {
-            access_jwt: access_jwt(headers, limits)?,
+            access_jwt: access_jwt(headers, cookies.as_ref(), limits)?,
             bearer: bearer(headers, limits)?,
             api_key: single_header(headers, "x-api-key", "X-Api-Key", limits)?
                 .map(|value| Credential { value, source: CredentialSource::Header }),
             client_cert,
             query,
-            cookies: cookie_header(headers, limits)?,
+            cookies,
             method: method.clone(),
             path: path.to_owned(),
             client_ip: short_header(headers, "cf-connecting-ip", 64),
@@ -375,7 +378,11 @@ fn declared_headers(
 
 /// The Access JWT: the assertion header if present (even if empty or broken: a bad header
 /// never falls through to the cookie), else the `CF_Authorization` cookie.
-fn access_jwt(headers: &HeaderMap, limits: &RequestLimits) -> Result<Option<Credential>, RequestError> {
+fn access_jwt(
+    headers: &HeaderMap,
+    cookies: Option<&RawCookies>,
+    limits: &RequestLimits,
+) -> Result<Option<Credential>, RequestError> {
     let mut values = headers.get_all(ACCESS_JWT_HEADER).iter();
     if let Some(first) = values.next() {
         if values.next().is_some() {
@@ -389,10 +396,14 @@ fn access_jwt(headers: &HeaderMap, limits: &RequestLimits) -> Result<Option<Cred
         }
         // Non-ASCII bytes cannot form a JWT; keep them as an (invalid) credential so identity
         // rejects it with 401 rather than treating the request as anonymous.
-        let value = String::from_utf8_lossy(first.as_bytes()).into_owned();
+        // (A token is visible ASCII: `to_str` is the fast check, the lossy copy the rare path.)
+        let value = match first.to_str() {
+            Ok(text) => text.to_owned(),
+            Err(_) => String::from_utf8_lossy(first.as_bytes()).into_owned(),
+        };
         return Ok(Some(Credential { value, source: CredentialSource::Header }));
     }
-    let Some(cookies) = cookie_header(headers, limits)? else { return Ok(None) };
+    let Some(cookies) = cookies else { return Ok(None) };
     match find_cookie(&cookies.0, ACCESS_JWT_COOKIE)? {
         None => Ok(None),
         Some(value) => {

@@ -17,8 +17,10 @@ use serde::de::DeserializeOwned;
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::ConfigError;
-use crate::identity::{AccessVerifier, JwksCache, JwksConfig, KeyFetcher};
+use crate::identity::{AccessVerifier, JwksCache, JwksConfig, KeyFetcher, TokenCacheConfig};
 
+#[cfg(any(feature = "workers", test))]
+mod bounded;
 #[cfg(any(feature = "workers", test))]
 mod flight;
 #[cfg(feature = "native")]
@@ -48,14 +50,24 @@ impl JwksCache {
     /// A cache that fetches with `fetcher` and reads time from `clock`; concurrent fetches
     /// coalesce through the runtime's single-flight.
     pub fn new(fetcher: Arc<dyn KeyFetcher>, clock: Arc<dyn Clock>, config: JwksConfig) -> Self {
-        Self::with_flights(fetcher, clock, config, platform::single_flight())
+        Self::with_runtime(fetcher, clock, config, platform::single_flight(), platform::background())
     }
 }
 
-impl<C: DeserializeOwned> AccessVerifier<C> {
+impl<C: DeserializeOwned + Clone + Send + Sync + 'static> AccessVerifier<C> {
     /// A verifier for `config`, with keys from `keys` and time from `clock`; signatures are
-    /// checked by the platform's fastest RS256 engine (WebCrypto in Workers).
+    /// checked by the platform's fastest RS256 engine (WebCrypto in Workers), and verified
+    /// tokens are kept in the default [`TokenCacheConfig`] (on; 60 s at most).
     pub fn new(config: crate::AccessConfig, keys: JwksCache, clock: Arc<dyn Clock>) -> Self {
         Self::with_engine(config, keys, clock, platform::rs256_engine())
+            .with_token_cache(TokenCacheConfig::default())
+    }
+
+    /// The verified-token cache (see [`TokenCacheConfig`]); [`TokenCacheConfig::disabled`]
+    /// turns it off, so every request checks its token's signature. Replaces the cache (and
+    /// what it held).
+    pub fn with_token_cache(self, cache: TokenCacheConfig) -> Self {
+        let store = cache.is_enabled().then(|| platform::token_store(&cache));
+        self.with_store(cache, store)
     }
 }

@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use crate::BoxFuture;
 use crate::error::ConfigError;
+use crate::error::TokenError;
 use crate::identity::jwks::{append_capped, check_fetch_config, check_response, network_error};
-use crate::identity::ports::{PureRs256, Rs256Engine, SingleFlight};
+use crate::identity::ports::{Background, PureRs256, Rs256Engine, SingleFlight, VerifiedTokens};
+use crate::identity::token_cache::{CacheValue, TokenCacheConfig, TokenDigest};
 use crate::identity::{DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_JWKS_BYTES, FetchError, FetchedJwks, KeyFetcher};
 
 pub(super) fn unix_now() -> u64 {
@@ -32,6 +34,89 @@ where
 
 pub(super) fn rs256_engine() -> Arc<dyn Rs256Engine> {
     Arc::new(PureRs256)
+}
+
+pub(super) fn background() -> Arc<dyn Background> {
+    Arc::new(TokioBackground)
+}
+
+pub(super) fn token_store<V>(config: &TokenCacheConfig) -> Arc<dyn VerifiedTokens<V>>
+where
+    V: CacheValue + Clone + Send + Sync + 'static,
+{
+    Arc::new(moka_tokens(config))
+}
+
+fn moka_tokens<V>(config: &TokenCacheConfig) -> MokaTokens<V>
+where
+    V: CacheValue + Clone + Send + Sync + 'static,
+{
+    let cache = moka::future::Cache::builder()
+        .max_capacity(config.max_bytes())
+        .weigher(|_: &TokenDigest, value: &V| value.weight())
+        .expire_after(ExpireWithEntry)
+        .build();
+    MokaTokens(cache)
+}
+
+/// Background work on the tokio runtime of the caller, if there is one.
+#[derive(Debug)]
+struct TokioBackground;
+
+impl Background for TokioBackground {
+    fn spawn(&self, work: BoxFuture<'static, ()>) -> bool {
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                drop(handle.spawn(work));
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+/// Each entry lives as long as its value says (its token's validity, capped by the max age).
+struct ExpireWithEntry;
+
+impl<V: CacheValue> moka::Expiry<TokenDigest, V> for ExpireWithEntry {
+    fn expire_after_create(
+        &self,
+        _key: &TokenDigest,
+        value: &V,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(value.time_to_live())
+    }
+}
+
+/// The verified-token store: moka, bounded by weight, with `try_get_with` coalescing misses.
+struct MokaTokens<V>(moka::future::Cache<TokenDigest, V>);
+
+impl<V> fmt::Debug for MokaTokens<V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MokaTokens").field("entries", &self.0.entry_count()).finish()
+    }
+}
+
+impl<V> VerifiedTokens<V> for MokaTokens<V>
+where
+    V: CacheValue + Clone + Send + Sync + 'static,
+{
+    fn get_or_verify<'a>(
+        &'a self,
+        key: TokenDigest,
+        verify: BoxFuture<'a, Result<V, TokenError>>,
+    ) -> BoxFuture<'a, Result<V, TokenError>> {
+        Box::pin(async move { self.0.try_get_with(key, verify).await.map_err(|e| (*e).clone()) })
+    }
+
+    fn remove<'a>(&'a self, key: &'a TokenDigest) -> BoxFuture<'a, ()> {
+        Box::pin(self.0.invalidate(key))
+    }
+
+    fn len(&self) -> u64 {
+        self.0.entry_count()
+    }
 }
 
 /// moka's `get_with`: one init future runs per key, the other callers are woken with its value.
@@ -146,7 +231,53 @@ fn classify(e: reqwest::Error) -> FetchError {
 
 #[cfg(test)]
 mod tests {
-    use crate::runtime::native::HttpFetcher;
+    use std::time::Duration;
+
+    use crate::identity::ports::VerifiedTokens;
+    use crate::identity::token_cache::{CacheValue, TokenCacheConfig, TokenDigest};
+    use crate::runtime::native::{HttpFetcher, moka_tokens};
+
+    #[derive(Clone)]
+    struct Entry(u32);
+
+    impl CacheValue for Entry {
+        fn weight(&self) -> u32 {
+            self.0
+        }
+        fn time_to_live(&self) -> Duration {
+            Duration::from_secs(60)
+        }
+    }
+
+    #[tokio::test]
+    async fn the_moka_store_holds_its_entry_and_byte_bounds() {
+        let config =
+            TokenCacheConfig::default().with_max_entries(100).unwrap().with_max_bytes(1 << 20).unwrap();
+        let store = moka_tokens::<Entry>(&config);
+        // Small tokens: the weight floor (max_bytes / max_entries) makes the entry bound hold.
+        for i in 0..1000u32 {
+            let weight = config.weight(100);
+            store
+                .get_or_verify(TokenDigest::of(&i.to_string()), Box::pin(async move { Ok(Entry(weight)) }))
+                .await
+                .unwrap();
+        }
+        store.0.run_pending_tasks().await;
+        assert!(store.len() <= 100, "{} entries", store.len());
+        assert!(store.0.weighted_size() <= 1 << 20);
+        // Large tokens: the byte bound holds whatever their count.
+        let store = moka_tokens::<Entry>(&config);
+        for i in 0..100u32 {
+            let weight = config.weight(64 * 1024);
+            store
+                .get_or_verify(TokenDigest::of(&i.to_string()), Box::pin(async move { Ok(Entry(weight)) }))
+                .await
+                .unwrap();
+        }
+        store.0.run_pending_tasks().await;
+        assert!(store.0.weighted_size() <= 1 << 20, "{} bytes", store.0.weighted_size());
+        assert!(store.len() <= 16, "{} entries", store.len());
+    }
 
     #[test]
     fn plain_http_only_for_loopback() {

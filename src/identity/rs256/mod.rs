@@ -54,6 +54,12 @@ impl Rs256Key {
         Some(Self { key: backend::Key::new(n, e)?, n: n.into(), e: e.into(), engine_state: OnceLock::new() })
     }
 
+    /// Whether `other` is the same public key (same modulus and exponent; public values, so
+    /// an ordinary comparison).
+    pub(crate) fn same_key(&self, other: &Self) -> bool {
+        self.n == other.n && self.e == other.e
+    }
+
     /// Whether `signature_b64` (the third JWS segment, base64url without padding) is a valid
     /// RS256 signature of `signing_input` (the first two segments and their dot), checked by
     /// the compiled-in backend. Malformed signature encodings are `false`.

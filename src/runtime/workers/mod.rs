@@ -40,6 +40,32 @@ pub(super) fn rs256_engine() -> Arc<dyn Rs256Engine> {
     Arc::new(webcrypto::WebCrypto::default())
 }
 
+/// Nothing runs in the background in Workers: work started from one request's I/O context is
+/// cancelled with it, so the request that finds the keys stale refreshes them inline.
+pub(super) fn background() -> Arc<dyn crate::identity::ports::Background> {
+    Arc::new(Inline)
+}
+
+#[derive(Debug)]
+struct Inline;
+
+impl crate::identity::ports::Background for Inline {
+    fn spawn(&self, _work: BoxFuture<'static, ()>) -> bool {
+        false
+    }
+}
+
+/// A bounded map per isolate (moka cannot run in Workers), misses shared through the polling
+/// single-flight.
+pub(super) fn token_store<V>(
+    config: &crate::identity::TokenCacheConfig,
+) -> Arc<dyn crate::identity::ports::VerifiedTokens<V>>
+where
+    V: crate::identity::token_cache::CacheValue + Clone + Send + Sync + 'static,
+{
+    Arc::new(super::bounded::BoundedTokens::new(config.max_bytes(), single_flight()))
+}
+
 /// A request waits for a fetch another request started with 10 ms timers of its own (see
 /// `runtime::flight` on why not wakers), for at most the fetch timeout plus 2 s.
 pub(super) fn single_flight<K, V>() -> Arc<dyn SingleFlight<K, V>>
