@@ -135,7 +135,9 @@ pub mod native {
 ///   Workers build), bounded like the native fetcher and checked by the same response rules.
 ///   The cache is the same [`JwksCache`](crate::identity::JwksCache); its single-flight runs
 ///   without moka, which panics in an isolate. Keep the [`Gate`] in a `static` so the keys live
-///   as long as the isolate (see the example below).
+///   as long as the isolate (see the example below). A new isolate's first fetch is answered
+///   from the Cache API when another isolate stored a fresh copy there
+///   ([`WorkersFetcher::with_edge_cache`]), so isolates do not each fetch the JWKS.
 /// - **Time**: [`SystemClock`](crate::clock::SystemClock) reads `Date.now()` here;
 ///   `SystemTime::now()` panics in a Worker.
 /// - **RS256 through WebCrypto** (`crypto.subtle.verify`), with the pure-Rust check as the

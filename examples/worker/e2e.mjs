@@ -12,17 +12,22 @@
 //   mTLS cases (verified, revoked, unknown revocation, absent, spoofed cf-cert-* headers, an
 //   empty tlsClientAuth object), 100 concurrent cold requests sharing one JWKS fetch, and
 //   Svix webhooks whose secret comes from a Worker secret or a Secrets Store binding;
+// - the edge cache: a new isolate (a new Miniflare instance, sharing the Cache API storage of
+//   the one before) verifies without fetching the JWKS, yet still fetches for a new kid; a copy
+//   past its max-age or with a body that is no JWKS is not used;
 // - measures the per-request time of RS256 through WebCrypto against the pure-Rust path
 //   (ZTGATE_RS256=pure-rust), both warm, from the difference of two request sizes.
 //
 // Exits non-zero on the first failed case. Only loopback traffic.
 import { spawn } from "node:child_process";
 import crypto from "node:crypto";
+import fs from "node:fs";
 import http from "node:http";
 import net from "node:net";
+import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { Miniflare } from "miniflare";
+import { Miniflare, Response } from "miniflare";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const TEAM = "https://e2e-test.cloudflareaccess.com";
@@ -270,6 +275,97 @@ async function concurrentColdRequests(mf, key) {
   console.log("  ok  100 concurrent cold requests -> 200, one JWKS fetch");
 }
 
+// --- the edge cache: a new isolate finds the JWKS in the Cache API ------------------------
+// Each Miniflare instance runs its own workerd process, so its Worker is a genuinely new
+// isolate (the Rust statics, the JWKS cache among them, start empty); instances given the same
+// `cachePersist` directory share one Cache API storage, as the isolates of a data center share
+// caches.default. A copy is planted from outside with `getCaches()` before the first request.
+async function edgeCacheCases(bindings) {
+  const t0 = Date.now();
+  const certsUrl = bindings.ZTGATE_CERTS_URL;
+  const dirs = [];
+  const cacheDir = () => {
+    dirs.push(fs.mkdtempSync(path.join(os.tmpdir(), "ztgate-e2e-cache-")));
+    return dirs.at(-1);
+  };
+  const isolate = (dir) => new Miniflare({ ...miniflareOptions(bindings), cachePersist: dir });
+  const whoami = (mf, key) => mf.dispatchFetch("http://worker.local/admin/whoami", { headers: { "cf-access-jwt-assertion": mint(key, user()) } });
+  const fetchesDuring = async (run) => {
+    const before = jwks.fetches;
+    await run();
+    return jwks.fetches - before;
+  };
+  const k1 = jwks.keys[0];
+  const shared = cacheDir();
+  const counts = {};
+  try {
+    let mf = isolate(shared);
+    try {
+      counts.first = await fetchesDuring(async () => {
+        await expect("edge cache: first isolate, empty cache", await whoami(mf, k1), 200, { kind: "user" });
+      });
+      if (counts.first !== 1) fail(`edge cache: the first isolate made ${counts.first} JWKS fetches, expected 1`);
+      // The copy is written in the background (waitUntil), after the response: wait for it.
+      const cache = (await mf.getCaches()).default;
+      let stored;
+      for (let i = 0; i < 200 && !stored; i++) {
+        stored = await cache.match(certsUrl);
+        if (!stored) await new Promise((r) => setTimeout(r, 10));
+      }
+      if (!stored) fail("edge cache: no copy stored after a network fetch");
+      const h = (name) => stored.headers.get(name);
+      const fetchedAt = Number(h("x-ztgate-fetched-at"));
+      if (h("cache-control") !== "max-age=600" || !h("content-type")?.startsWith("application/json") || h("set-cookie") !== null || !(Math.abs(fetchedAt - now()) <= 5)) {
+        fail(`edge cache: stored copy has headers ${JSON.stringify([...stored.headers])}`);
+      }
+      if (JSON.parse(await stored.text()).keys?.[0]?.kid !== k1.kid) fail("edge cache: stored copy is not the JWKS");
+    } finally {
+      await mf.dispose();
+    }
+    mf = isolate(shared);
+    try {
+      counts.second = await fetchesDuring(async () => {
+        await expect("edge cache: new isolate verifies from the cached JWKS", await whoami(mf, k1), 200, { kind: "user" });
+      });
+      if (counts.second !== 0) fail(`edge cache: the new isolate made ${counts.second} JWKS fetches, expected 0`);
+      const k2 = makeKey("k2-edge");
+      jwks.keys.push(k2);
+      counts.rotation = await fetchesDuring(async () => {
+        await expect("edge cache: new kid in the new isolate reaches the network", await whoami(mf, k2), 200, { kind: "user" });
+      });
+      if (counts.rotation !== 1) fail(`edge cache: a new kid made ${counts.rotation} JWKS fetches, expected 1`);
+    } finally {
+      await mf.dispose();
+      jwks.keys.splice(1);
+    }
+    // Planted copies: a valid JWKS fetched 601 s ago with max-age=600 (the Cache API itself still
+    // holds it: it was put just now), and a fresh copy whose body has no key.
+    const body = JSON.stringify({ keys: [k1.jwk] });
+    const planted = [
+      ["past its max-age", body, now() - 601],
+      ["with no usable key", JSON.stringify({ keys: [] }), now()],
+    ];
+    for (const [label, text, fetchedAt] of planted) {
+      mf = isolate(cacheDir());
+      try {
+        const headers = { "content-type": "application/json", "cache-control": "max-age=600", "x-ztgate-fetched-at": String(fetchedAt) };
+        await (await mf.getCaches()).default.put(certsUrl, new Response(text, { headers }));
+        const n = await fetchesDuring(async () => {
+          await expect(`edge cache: a copy ${label} is not used`, await whoami(mf, k1), 200, { kind: "user" });
+        });
+        if (n !== 1) fail(`edge cache: with a copy ${label}, the new isolate made ${n} JWKS fetches, expected 1`);
+        counts[label] = n;
+      } finally {
+        await mf.dispose();
+      }
+    }
+  } finally {
+    for (const dir of dirs) fs.rmSync(dir, { recursive: true, force: true });
+  }
+  console.log(`e2e: edge cache: JWKS fetches first isolate ${counts.first}, new isolate ${counts.second}, new kid ${counts.rotation}, ` +
+    `stale copy ${counts["past its max-age"]}, keyless copy ${counts["with no usable key"]}; 4 isolates in ${((Date.now() - t0) / 1000).toFixed(1)}s`);
+}
+
 async function median(mf, url, headers, samples) {
   const times = [];
   for (let i = 0; i < samples; i++) {
@@ -322,7 +418,13 @@ async function main() {
   const port = await freePort();
   const base = `http://127.0.0.1:${port}`;
   console.log(`e2e: JWKS on 127.0.0.1:${jwksPort}; serving the Worker with run-local.sh on ${base}`);
-  const server = serveWorker({ ...bindings, ZTGATE_LISTEN: `127.0.0.1:${port}` });
+  // wrangler dev keeps its Cache API storage across runs (.wrangler/state): a certs URL of this
+  // run only, so that a copy left by an earlier run (other keys, same port) is never found.
+  const server = serveWorker({
+    ...bindings,
+    ZTGATE_CERTS_URL: `${bindings.ZTGATE_CERTS_URL}?run=${crypto.randomUUID()}`,
+    ZTGATE_LISTEN: `127.0.0.1:${port}`,
+  });
   try {
     await waitUp(base, server);
     await accessCases(base);
@@ -352,6 +454,7 @@ async function main() {
   } finally {
     await store.dispose();
   }
+  await edgeCacheCases(bindings);
   await measure(bindings, jwks.keys[0]);
   console.log(`e2e: OK, ${passed} cases in ${((Date.now() - started) / 1000).toFixed(1)}s`);
 }

@@ -1,11 +1,19 @@
-//! The Workers runtime (feature `workers`, wasm32): the Workers fetch API for the JWKS, a
-//! polling single-flight, the JS clock, RS256 through WebCrypto, Worker secrets.
+//! The Workers runtime (feature `workers`, wasm32): the Workers fetch API for the JWKS, with
+//! the Cache API as a shared copy for new isolates, a polling single-flight, the JS clock,
+//! RS256 through WebCrypto, Worker secrets.
+//!
+//! Isolates share no memory, so each new one would fetch the JWKS again. [`WorkersFetcher`]
+//! therefore answers an isolate's *first* fetch from `caches.default` when a fresh copy is there
+//! (keyed by the certs URL, with only what is left of its max-age), and stores every network
+//! fetch there for the next isolate; later fetches (a refresh, an unknown `kid` after a key
+//! rotation) always go to the network. See [`WorkersFetcher::with_edge_cache`].
 
 use std::fmt;
 use std::future::Future;
 use std::hash::Hash;
 use std::pin::pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -20,6 +28,7 @@ use crate::identity::ports::{Rs256Engine, SingleFlight};
 use crate::identity::{DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_JWKS_BYTES, FetchError, FetchedJwks, KeyFetcher};
 use crate::secrets::{Secret, SecretError, SecretFuture, SecretSource};
 
+mod edge_cache;
 mod webcrypto;
 
 pub use webcrypto::set_webcrypto;
@@ -88,12 +97,27 @@ where
 ///   `AbortController`;
 /// - body size cap (default 1 MiB) from `Content-Length` and while streaming;
 /// - `redirect: "manual"` (a 3xx is a failed fetch); only `200` with a JSON `Content-Type`;
-/// - `https://` only, except loopback hosts for local development and tests.
+/// - `https://` only, except loopback hosts for local development and tests;
+/// - **edge cache** (on by default, [`with_edge_cache`](Self::with_edge_cache)): the first
+///   fetch of a fetcher (a new isolate) is answered from the Cache API (`caches.default`) when
+///   another isolate stored a fresh copy there; that lookup is bounded by a fifth of the
+///   timeout (1 s by default, so a miss plus the network fetch still fits the waiters' patience
+///   of timeout + 2 s), and any failure of it falls back to the network. Every later fetch
+///   goes to the network, so a key rotation is seen at once, and each successful network fetch
+///   is stored for the next isolate in the background (the runtime's `waitUntil`; the request
+///   does not wait for the write). The stored copy is checked like a network response (status,
+///   JSON, size cap, a usable key) and hands on only the rest of its max-age. On `*.workers.dev`
+///   the Cache API stores nothing: every lookup is a miss there.
+///
+/// A clone shares the "first fetch done" state: clones stand for the same isolate's fetcher.
 #[derive(Clone)]
 pub struct WorkersFetcher {
     url: worker::Url,
     timeout: Duration,
     max_bytes: usize,
+    edge_cache: bool,
+    /// Set by the first fetch: only that one may be answered from the Cache API.
+    first_fetch_done: Arc<AtomicBool>,
 }
 
 impl fmt::Debug for WorkersFetcher {
@@ -102,6 +126,7 @@ impl fmt::Debug for WorkersFetcher {
             .field("url", &self.url.as_str())
             .field("timeout", &self.timeout)
             .field("max_bytes", &self.max_bytes)
+            .field("edge_cache", &self.edge_cache)
             .finish()
     }
 }
@@ -117,7 +142,90 @@ impl WorkersFetcher {
         let parsed = worker::Url::parse(url)
             .map_err(|e| ConfigError::new("certs_url", format!("{url:?} is not a URL: {e}")))?;
         check_fetch_config(parsed.as_str(), parsed.scheme(), parsed.host_str(), timeout, max_bytes)?;
-        Ok(Self { url: parsed, timeout, max_bytes })
+        Ok(Self { url: parsed, timeout, max_bytes, edge_cache: true, first_fetch_done: Arc::default() })
+    }
+
+    /// Whether the first fetch may be answered from the Cache API, and network fetches are
+    /// stored there for new isolates (default `true`). Off: every fetch goes to the network
+    /// and the Cache API is never touched.
+    #[must_use]
+    pub fn with_edge_cache(mut self, enabled: bool) -> Self {
+        self.edge_cache = enabled;
+        self
+    }
+
+    async fn fetch_jwks(&self) -> Result<FetchedJwks, FetchError> {
+        let first = !self.first_fetch_done.swap(true, Ordering::AcqRel);
+        if self.edge_cache
+            && first
+            && let Some(doc) = self.read_edge_cache().await
+        {
+            return Ok(doc);
+        }
+        let doc = self.fetch_bounded().await?;
+        if self.edge_cache {
+            self.store_in_edge_cache(&doc).await;
+        }
+        Ok(doc)
+    }
+
+    /// A fresh, valid copy from the Cache API, or `None` (one `tracing` event says why).
+    async fn read_edge_cache(&self) -> Option<FetchedJwks> {
+        use edge_cache::Lookup;
+        let work = pin!(edge_cache::lookup(self.url.as_str(), self.max_bytes, unix_now()));
+        let timer = pin!(worker::Delay::from(self.edge_cache_timeout()));
+        match race(work, timer).await {
+            Some(Lookup::Hit(doc)) => {
+                let max_age_secs = doc.max_age.map(|d| d.as_secs());
+                tracing::debug!(layer = "identity", outcome = "jwks_edge_cache_hit", max_age_secs = ?max_age_secs);
+                Some(doc)
+            }
+            Some(Lookup::Miss) => {
+                tracing::debug!(layer = "identity", outcome = "jwks_edge_cache_miss");
+                None
+            }
+            Some(Lookup::Unusable(why)) => {
+                tracing::debug!(layer = "identity", outcome = "jwks_edge_cache_unusable", reason = ?why);
+                None
+            }
+            Some(Lookup::Failed(error)) => {
+                tracing::warn!(layer = "identity", outcome = "jwks_edge_cache_failed", error = ?error);
+                None
+            }
+            None => {
+                tracing::warn!(layer = "identity", outcome = "jwks_edge_cache_failed", error = ?"timeout");
+                None
+            }
+        }
+    }
+
+    /// Stores a network fetch for new isolates: in the background where the runtime has a
+    /// global `waitUntil`, else waited for here within the edge-cache bound. Never an error.
+    async fn store_in_edge_cache(&self, doc: &FetchedJwks) {
+        let put = match edge_cache::put(self.url.as_str(), &doc.body, doc.max_age, unix_now()) {
+            Ok(Some(put)) => put,
+            Ok(None) => return,
+            Err(error) => {
+                tracing::warn!(layer = "identity", outcome = "jwks_edge_cache_put_failed", error = ?error);
+                return;
+            }
+        };
+        let logged = wasm_bindgen_futures::future_to_promise(async move {
+            if let Err(e) = wasm_bindgen_futures::JsFuture::from(put).await {
+                let error = edge_cache::describe(&e);
+                tracing::warn!(layer = "identity", outcome = "jwks_edge_cache_put_failed", error = ?error);
+            }
+            Ok(wasm_bindgen::JsValue::UNDEFINED)
+        });
+        if !edge_cache::in_background(&logged) {
+            let wait = pin!(wasm_bindgen_futures::JsFuture::from(logged));
+            let timer = pin!(worker::Delay::from(self.edge_cache_timeout()));
+            let _ = race(wait, timer).await;
+        }
+    }
+
+    fn edge_cache_timeout(&self) -> Duration {
+        self.timeout / 5
     }
 
     async fn fetch_bounded(&self) -> Result<FetchedJwks, FetchError> {
@@ -142,30 +250,35 @@ impl WorkersFetcher {
         let request = worker::Request::new_with_init(self.url.as_str(), &init).map_err(network_error)?;
         let mut response =
             worker::Fetch::Request(request).send_with_signal(signal).await.map_err(network_error)?;
-        let header = |name: &str| response.headers().get(name).ok().flatten();
-        let (content_type, content_length, cache_control) =
-            (header("content-type"), header("content-length"), header("cache-control"));
-        let max_age = check_response(
-            response.status_code(),
-            content_type.as_deref(),
-            content_length.as_deref(),
-            cache_control.as_deref(),
-            self.max_bytes,
-        )?;
-        let mut stream = response.stream().map_err(network_error)?;
-        let mut body = Vec::new();
-        while let Some(chunk) = std::future::poll_fn(|cx| std::pin::Pin::new(&mut stream).poll_next(cx)).await
-        {
-            append_capped(&mut body, &chunk.map_err(network_error)?, self.max_bytes)?;
-        }
-        Ok(FetchedJwks { body, max_age })
+        read_checked(&mut response, self.max_bytes).await
     }
+}
+
+/// A JWKS response read under the rules every fetcher applies (status, JSON, size cap declared
+/// and while streaming): the network's, and the Cache API's copy alike.
+async fn read_checked(response: &mut worker::Response, max_bytes: usize) -> Result<FetchedJwks, FetchError> {
+    let header = |name: &str| response.headers().get(name).ok().flatten();
+    let (content_type, content_length, cache_control) =
+        (header("content-type"), header("content-length"), header("cache-control"));
+    let max_age = check_response(
+        response.status_code(),
+        content_type.as_deref(),
+        content_length.as_deref(),
+        cache_control.as_deref(),
+        max_bytes,
+    )?;
+    let mut stream = response.stream().map_err(network_error)?;
+    let mut body = Vec::new();
+    while let Some(chunk) = std::future::poll_fn(|cx| std::pin::Pin::new(&mut stream).poll_next(cx)).await {
+        append_capped(&mut body, &chunk.map_err(network_error)?, max_bytes)?;
+    }
+    Ok(FetchedJwks { body, max_age })
 }
 
 impl KeyFetcher for WorkersFetcher {
     fn fetch(&self) -> BoxFuture<'_, Result<FetchedJwks, FetchError>> {
         // JS futures are not `Send`; an isolate runs one thread, so nothing crosses threads.
-        Box::pin(SendFuture::new(self.fetch_bounded()))
+        Box::pin(SendFuture::new(self.fetch_jwks()))
     }
 }
 
