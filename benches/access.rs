@@ -283,15 +283,12 @@ fn bench(c: &mut Criterion) {
 /// Runs `n` operations on each of `threads` threads at once (each its own current-thread
 /// runtime, as one core of a server), and returns the wall time: with no contention it stays
 /// the time of `n` operations on one thread.
-fn on_threads<S: Send + 'static, F: std::future::Future<Output = ()>>(
+fn on_threads<S: Clone + Send + 'static, F: std::future::Future<Output = ()>>(
     threads: usize,
     n: u64,
     state: impl Fn() -> S,
     op: impl Fn(S) -> F + Sync,
-) -> Duration
-where
-    S: Clone,
-{
+) -> Duration {
     let barrier = std::sync::Barrier::new(threads);
     std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)

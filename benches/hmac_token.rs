@@ -94,7 +94,7 @@ fn bench(c: &mut Criterion) {
     if !ratio::wanted() {
         return;
     }
-    let timed = |f: &dyn Fn()| {
+    fn timed(f: &dyn Fn()) -> impl FnMut(u64) -> Duration + '_ {
         move |n: u64| {
             let start = Instant::now();
             for _ in 0..n {
@@ -102,7 +102,7 @@ fn bench(c: &mut Criterion) {
             }
             start.elapsed()
         }
-    };
+    }
     let verify = || drop(black_box(ring.verify(black_box(&token), "unsubscribe", NOW).unwrap()));
     let bare = || {
         let mut mac = Hmac::<Sha256>::new_from_slice(black_box(CURRENT.as_bytes())).unwrap();

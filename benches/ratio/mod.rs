@@ -1,3 +1,5 @@
+#![allow(dead_code)] // Each bench uses the part it needs.
+
 //! Ratios measured in one run: two paths timed in alternating rounds (so a noisy neighbour
 //! slows both alike), the median per-operation time of each, and their quotient, printed
 //! beside the target. Criterion's own figures are printed above these.

@@ -194,6 +194,7 @@ pub(crate) struct Verification<C> {
     /// Unix seconds from which the entry is no longer used.
     pub(crate) valid_until: u64,
     /// How long the store may keep it (memory only; `valid_until` decides use).
+    #[allow(dead_code, reason = "read by stores that expire by time (moka); others rely on `fresh_at`")]
     pub(crate) time_to_live: Duration,
     pub(crate) weight: u32,
 }
@@ -211,6 +212,7 @@ pub(crate) trait CacheValue {
     /// The entry's weight against the store's byte bound.
     fn weight(&self) -> u32;
     /// How long the store may keep the entry.
+    #[allow(dead_code, reason = "read by stores that expire by time (moka); others rely on `fresh_at`")]
     fn time_to_live(&self) -> Duration;
 }
 
