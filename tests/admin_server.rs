@@ -415,6 +415,20 @@ async fn admin_user_is_verified_as_user() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_cache_can_be_shortened_or_turned_off_and_tokens_still_verify() {
+    for setting in ["off", "5s", "600s"] {
+        let p = Production::start_with(&[("ZTGATE_TOKEN_CACHE_MAX_AGE", Some(setting))]).await;
+        let token = user_token(ADMIN);
+        for _ in 0..3 {
+            let res = p.get("/admin/whoami", Some(&token)).await;
+            assert_eq!(res.status(), StatusCode::OK, "{setting}");
+        }
+        let res = p.get("/admin/whoami", Some(&user_token("mallory@acme.com"))).await;
+        assert_refused(res, StatusCode::FORBIDDEN, "forbidden").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allowed_service_token_is_verified_as_service() {
     let p = Production::start().await;
     let res = p.get("/admin/whoami", Some(&service_token(SERVICE))).await;
@@ -645,6 +659,18 @@ fn missing_or_empty_aud_in_production_exits_2_naming_it() {
     let vars = with(production_config(), "ZTGATE_DB", Some(&db.path()));
     assert_config_error(&with(vars.clone(), "ZTGATE_AUD", None), "ZTGATE_AUD");
     assert_config_error(&with(vars, "ZTGATE_AUD", Some(" , ")), "ZTGATE_AUD");
+}
+
+#[test]
+fn an_invalid_token_cache_max_age_exits_2_naming_it() {
+    for bad in ["0", "601s", "500ms", "ten", "", "on"] {
+        let db = TempDb::new();
+        let vars = with(production_config(), "ZTGATE_DB", Some(&db.path()));
+        assert_config_error(
+            &with(vars, "ZTGATE_TOKEN_CACHE_MAX_AGE", Some(bad)),
+            "ZTGATE_TOKEN_CACHE_MAX_AGE",
+        );
+    }
 }
 
 #[test]

@@ -550,3 +550,46 @@ async fn a_document_with_only_weak_keys_is_a_failed_fetch_not_an_empty_key_set()
     // After the failed refresh the good key still verifies a token it has never seen.
     ok(&gate, &key.sign(&alice_at(NOW + 601))).await;
 }
+
+/// The first answer is an older copy "from a shared cache" (as a Workers isolate's first fetch
+/// may be answered from the Cache API); every later one comes from the origin, the real server.
+#[derive(Debug)]
+struct SharedCacheFirst {
+    copy: String,
+    origin: HttpFetcher,
+    copy_served: std::sync::atomic::AtomicBool,
+}
+
+impl ztgate::identity::KeyFetcher for SharedCacheFirst {
+    fn fetch(&self) -> ztgate::BoxFuture<'_, Result<ztgate::identity::FetchedJwks, FetchError>> {
+        if self.copy_served.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return self.origin.fetch();
+        }
+        let body = self.copy.clone().into_bytes();
+        Box::pin(
+            async move { Ok(ztgate::identity::FetchedJwks { body, max_age: None, from_shared_cache: true }) },
+        )
+    }
+}
+
+#[tokio::test]
+async fn a_kid_missing_from_a_shared_cache_copy_is_fetched_from_the_origin_at_once() {
+    let (old, new) = (key("old"), key("new"));
+    let server = JwksServer::start(&[&old, &new]).await;
+    let fetcher = SharedCacheFirst {
+        copy: jwks_json(&[&old]),
+        origin: HttpFetcher::with_limits(&server.url(), Duration::from_secs(2), 1024 * 1024).unwrap(),
+        copy_served: Default::default(),
+    };
+    let gate = Gate::builder(AccessConfig::new(TEAM, [AUD]).unwrap())
+        .fetcher(Arc::new(fetcher))
+        .clock(clock())
+        .policy(policy())
+        .build()
+        .unwrap();
+    // The copy predates `new`: the first request does not take the copy's word for it.
+    ok(&gate, &new.sign(&alice_at(NOW))).await;
+    assert_eq!(server.fetches(), 1, "one fetch from the origin");
+    ok(&gate, &old.sign(&alice_at(NOW))).await;
+    assert_eq!(server.fetches(), 1);
+}

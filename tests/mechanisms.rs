@@ -488,3 +488,32 @@ async fn facts_set_outside_the_request_layer_with_a_bad_fingerprint_are_refused(
         other => panic!("{other:?}"),
     }
 }
+
+// Found by the request_facts fuzz target
+// (fuzz/regressions/request_facts/repeated-assertion-header-with-oversized-cookie): once the
+// Cookie fields were joined up front, an oversized Cookie header was reported before a repeated
+// assertion header. Both refuse the request; the assertion header's error comes first, as its
+// model says.
+#[tokio::test]
+async fn a_repeated_assertion_header_is_reported_before_an_oversized_cookie() {
+    let gate = Gate::public();
+    let big = format!("theme={}", "x".repeat(40 * 1024));
+    let headers = [
+        ("cf-access-jwt-assertion", "a.b.c"),
+        ("cf-access-jwt-assertion", "d.e.f"),
+        ("cookie", big.as_str()),
+    ];
+    let err = check(&gate, &headers).await.unwrap_err();
+    assert_eq!(
+        err,
+        Rejection::Request(ztgate::request::RequestError::AmbiguousCredential {
+            name: "Cf-Access-Jwt-Assertion"
+        })
+    );
+    // Alone, the oversized cookie is still refused.
+    let err = check(&gate, &[("cookie", big.as_str())]).await.unwrap_err();
+    assert!(matches!(
+        err,
+        Rejection::Request(ztgate::request::RequestError::HeaderTooLarge { header: "Cookie", .. })
+    ));
+}

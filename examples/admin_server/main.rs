@@ -44,6 +44,7 @@
 //! | `ZTGATE_LISTEN` | address to listen on (default `127.0.0.1:8080`) |
 //! | `ZTGATE_TEAM_DOMAIN` | e.g. `https://acme.cloudflareaccess.com`, the exact `iss`; unset = dev mode |
 //! | `ZTGATE_CERTS_URL` | JWKS URL (default `{team}/cdn-cgi/access/certs`) |
+//! | `ZTGATE_TOKEN_CACHE_MAX_AGE` | how long a verified Access token is answered without a new signature check, 1 s to 10 min in whole seconds, never past the token's `exp` (default `60s`); `off` checks every request's signature. The policy runs on every request either way |
 //! | `ZTGATE_AUD` | comma-separated Access AUD tags (required) |
 //! | `ZTGATE_ADMIN_EMAILS` | comma-separated emails allowed in |
 //! | `ZTGATE_SERVICE_TOKENS` | comma-separated service-token common names allowed in |

@@ -72,6 +72,10 @@ pub struct FetchedJwks {
     pub body: Vec<u8>,
     /// The response's `Cache-Control: max-age`, if it had one.
     pub max_age: Option<Duration>,
+    /// The document came from a cache shared between instances (Workers' Cache API), not from
+    /// the origin just now: an unknown `kid` in it may be a key published since, so it still
+    /// earns one refetch from the origin instead of being refused as "just fetched".
+    pub from_shared_cache: bool,
 }
 
 /// A fetcher that always returns the same document: for tests, benchmarks, fuzzing, and
@@ -97,7 +101,7 @@ impl fmt::Debug for StaticFetcher {
 impl KeyFetcher for StaticFetcher {
     fn fetch(&self) -> BoxFuture<'_, Result<FetchedJwks, FetchError>> {
         let body = self.body.to_vec();
-        Box::pin(async move { Ok(FetchedJwks { body, max_age: None }) })
+        Box::pin(async move { Ok(FetchedJwks { body, max_age: None, from_shared_cache: false }) })
     }
 }
 
@@ -200,6 +204,8 @@ impl Default for JwksConfig {
 #[derive(Clone)]
 pub struct KeySet {
     keys: HashMap<String, Arc<Rs256Key>>,
+    /// Parsed from a shared cache's copy rather than the origin's answer.
+    from_shared_cache: bool,
 }
 
 impl fmt::Debug for KeySet {
@@ -259,7 +265,7 @@ impl KeySet {
         if keys.is_empty() {
             return Err(FetchError::NoUsableKeys);
         }
-        Ok(Self { keys })
+        Ok(Self { keys, from_shared_cache: false })
     }
 
     /// This set, with every key that `previous` holds unchanged under the same `kid` replaced
@@ -620,7 +626,11 @@ impl JwksCache {
             Plan::Use(set) => (set, false),
             Plan::Unavailable(retry_after) => return Err(KeyError::Unavailable { retry_after }),
             Plan::Fetch { generation, fallback } => match (self.fetch(generation).await, fallback) {
-                (Ok(set), _) => (set, true),
+                // A shared cache's copy may predate a key published since: not "just fetched".
+                (Ok(set), _) => {
+                    let from_origin = !set.from_shared_cache;
+                    (set, from_origin)
+                }
                 (Err(_), Some(stale)) => (stale, true),
                 (Err(retry_after), None) => return Err(KeyError::Unavailable { retry_after }),
             },
@@ -735,11 +745,11 @@ impl JwksCache {
         }
         shared.refreshing.store(true, Ordering::Release);
         let _reset = ResetOnDrop(&shared.refreshing);
-        let result = shared
-            .fetcher
-            .fetch()
-            .await
-            .and_then(|doc| Ok((KeySet::parse(&doc.body, shared.config.max_keys)?, doc.max_age)));
+        let result = shared.fetcher.fetch().await.and_then(|doc| {
+            let mut set = KeySet::parse(&doc.body, shared.config.max_keys)?;
+            set.from_shared_cache = doc.from_shared_cache;
+            Ok((set, doc.max_age))
+        });
         let now = shared.clock.now();
         let mut state = self.lock();
         state.generation = generation + 1;

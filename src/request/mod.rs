@@ -240,16 +240,18 @@ impl RequestFacts {
         let client_cert =
             if limits.trust_client_cert_headers { ClientCertFacts::from_cf_headers(headers) } else { None };
         // The `Cookie` fields are joined once: the Access JWT and any cookie a mechanism asks for
-        // later are read from the same bytes.
-        let cookies = cookie_header(headers, limits)?;
+        // later are read from the same bytes. Their error, if any, is raised where it always was:
+        // after the assertion header's, the bearer's and the API key's (only a JWT that has to
+        // come from the cookie needs them earlier).
+        let cookies = cookie_header(headers, limits);
         Ok(Self {
-            access_jwt: access_jwt(headers, cookies.as_ref(), limits)?,
+            access_jwt: access_jwt(headers, cookies.as_ref().map(Option::as_ref), limits)?,
             bearer: bearer(headers, limits)?,
             api_key: single_header(headers, "x-api-key", "X-Api-Key", limits)?
                 .map(|value| Credential { value, source: CredentialSource::Header }),
             client_cert,
             query,
-            cookies,
+            cookies: cookies?,
             method: method.clone(),
             path: path.to_owned(),
             client_ip: short_header(headers, "cf-connecting-ip", 64),
@@ -380,7 +382,7 @@ fn declared_headers(
 /// never falls through to the cookie), else the `CF_Authorization` cookie.
 fn access_jwt(
     headers: &HeaderMap,
-    cookies: Option<&RawCookies>,
+    cookies: Result<Option<&RawCookies>, &RequestError>,
     limits: &RequestLimits,
 ) -> Result<Option<Credential>, RequestError> {
     let mut values = headers.get_all(ACCESS_JWT_HEADER).iter();
@@ -403,7 +405,7 @@ fn access_jwt(
         };
         return Ok(Some(Credential { value, source: CredentialSource::Header }));
     }
-    let Some(cookies) = cookies else { return Ok(None) };
+    let Some(cookies) = cookies.map_err(Clone::clone)? else { return Ok(None) };
     match find_cookie(&cookies.0, ACCESS_JWT_COOKIE)? {
         None => Ok(None),
         Some(value) => {

@@ -210,7 +210,7 @@ impl HttpFetcher {
         while let Some(chunk) = response.chunk().await.map_err(classify)? {
             append_capped(&mut body, &chunk, self.max_bytes)?;
         }
-        Ok(FetchedJwks { body, max_age })
+        Ok(FetchedJwks { body, max_age, from_shared_cache: false })
     }
 }
 

@@ -67,7 +67,7 @@ pub(super) async fn lookup(url: &str, max_bytes: usize, now: u64) -> Lookup {
     if !has_usable_keys(&doc.body) {
         return Lookup::Unusable("the stored body is not a usable JWKS");
     }
-    Lookup::Hit(FetchedJwks { body: doc.body, max_age: Some(remaining) })
+    Lookup::Hit(FetchedJwks { body: doc.body, max_age: Some(remaining), from_shared_cache: true })
 }
 
 async fn lookup_js(url: &str) -> Result<JsValue, JsValue> {

@@ -272,7 +272,7 @@ async fn read_checked(response: &mut worker::Response, max_bytes: usize) -> Resu
     while let Some(chunk) = std::future::poll_fn(|cx| std::pin::Pin::new(&mut stream).poll_next(cx)).await {
         append_capped(&mut body, &chunk.map_err(network_error)?, max_bytes)?;
     }
-    Ok(FetchedJwks { body, max_age })
+    Ok(FetchedJwks { body, max_age, from_shared_cache: false })
 }
 
 impl KeyFetcher for WorkersFetcher {
