@@ -100,6 +100,7 @@ pub mod clock;
 #[cfg(feature = "dev")]
 pub mod dev;
 pub mod identity;
+pub mod metrics;
 pub mod request;
 pub mod secrets;
 pub mod storage;

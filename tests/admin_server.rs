@@ -1143,6 +1143,77 @@ async fn ops_stats_with_an_api_key_is_200_and_names_the_key() {
     assert_eq!(json_of(res).await["key"], "backup");
 }
 
+/// `/metrics` (API key): the Prometheus text of ztgate's series, which move with what the gate
+/// decided.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_decisions_jwks_fetches_and_token_cache_lookups() {
+    let p = Production::start().await;
+    let scrape = || async {
+        let res = p.call("GET", "/metrics", &[("X-Api-Key", OPS_KEY)]).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        let content_type = res.headers()[reqwest::header::CONTENT_TYPE].to_str().unwrap().to_owned();
+        assert!(content_type.starts_with("text/plain"), "{content_type}");
+        res.text().await.unwrap()
+    };
+    let before = scrape().await;
+    let missing = r#"outcome="missing_credential""#;
+    let verified_access = [r#"mechanism="access_jwt""#, r#"outcome="verified""#];
+    for _ in 0..3 {
+        assert_refused(p.get("/admin/whoami", None).await, StatusCode::UNAUTHORIZED, "missing_credential")
+            .await;
+    }
+    let token = user_token(ADMIN);
+    for _ in 0..2 {
+        assert_eq!(p.get("/admin/whoami", Some(&token)).await.status(), StatusCode::OK);
+    }
+    assert_refused(
+        p.get("/admin/whoami", Some("e30.e30.e30")).await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_token",
+    )
+    .await;
+    let after = scrape().await;
+    let delta = |labels: &[&str]| {
+        series(&after, "ztgate_decisions_total", labels) - series(&before, "ztgate_decisions_total", labels)
+    };
+    assert_eq!(delta(&[missing, r#"mechanism="none""#]), 3.0, "{after}");
+    assert_eq!(delta(&verified_access), 2.0, "{after}");
+    assert_eq!(delta(&[r#"outcome="refused""#, r#"code="invalid_token""#, r#"mechanism="access_jwt""#]), 1.0);
+    // The API-key scrape itself was counted as a decision of its mechanism.
+    assert!(delta(&[r#"mechanism="api_key""#, r#"outcome="verified""#]) >= 1.0, "{after}");
+    // The same token twice: one signature check, one hit.
+    let hits = |text: &str| series(text, "ztgate_token_cache_lookups_total", &[r#"result="hit""#]);
+    assert!(hits(&after) - hits(&before) >= 1.0, "{after}");
+    assert!(series(&after, "ztgate_jwks_fetches_total", &[r#"outcome="ok""#]) >= 1.0, "{after}");
+    assert!(series(&after, "ztgate_jwks_keys", &[]) >= 1.0, "{after}");
+    assert!(series(&after, "ztgate_jwks_last_refresh_timestamp_seconds", &[]) > 1.7e9, "{after}");
+    let count = |text: &str| series(text, "ztgate_decision_duration_seconds_count", &verified_access);
+    assert_eq!(count(&after) - count(&before), 2.0, "{after}");
+    // No label carries request text: the path, the email, the token never appear.
+    assert!(!after.contains("whoami") && !after.contains(ADMIN) && !after.contains(&token));
+}
+
+/// The sum of the samples of `name` whose labels include every one of `labels` (0 if none).
+fn series(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (key, value) = line.rsplit_once(' ')?;
+            let (metric, rest) = key.split_once('{').unwrap_or((key, ""));
+            (metric == name && labels.iter().all(|l| rest.contains(l))).then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_without_an_api_key_is_401_and_an_access_user_is_refused() {
+    let p = Production::start().await;
+    assert_refused(p.call("GET", "/metrics", &[]).await, StatusCode::UNAUTHORIZED, "missing_credential")
+        .await;
+    let res = p.get("/metrics", Some(&user_token(ADMIN))).await;
+    assert_refused(res, StatusCode::UNAUTHORIZED, "missing_credential").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ops_stats_with_a_wrong_or_no_api_key_is_401() {
     let p = Production::start().await;

@@ -374,6 +374,18 @@ pub(crate) async fn ops_stats(
     })))
 }
 
+/// `GET /metrics`: the Prometheus text exposition of every series the process records (ztgate's
+/// are listed in `ztgate::metrics`). Behind an API key: the counts by code tell an attacker
+/// which refusals they are causing.
+pub(crate) async fn metrics_text(
+    State(app): State<AppState>,
+    who: Verified<Principal>,
+) -> Result<Response, ApiError> {
+    let Principal::ApiKey(_) = who.principal() else { return Err(Rejection::Forbidden.into()) };
+    let body = app.metrics.render();
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response())
+}
+
 pub(crate) async fn mtls_whoami(who: Verified<Principal>) -> Result<Json<Value>, ApiError> {
     let Principal::ClientCert(cert) = who.principal() else { return Err(Rejection::Forbidden.into()) };
     Ok(Json(json!({

@@ -24,6 +24,7 @@
 //! | `GET /admin/whoami`, `GET`/`POST /admin/notes`, `POST /admin/unsubscribe-links` | an Access admin |
 //! | any other `/admin` path | an Access admin (so unknown admin paths are 401 before 404) |
 //! | `GET /ops/stats` | an API key |
+//! | `GET /metrics` (Prometheus text: `ztgate_decisions_total`... see `ztgate::metrics`) | an API key |
 //! | `GET /mtls/whoami` | a client certificate Cloudflare verified and found unrevoked |
 //! | `GET`/`POST /api/unsubscribe?token=..` | an HMAC-signed token for purpose `unsubscribe`; GET only shows what would happen, the RFC 8058 one-click POST (`List-Unsubscribe=One-Click`) unsubscribes |
 //! | `POST /webhooks/inbound` | public at the gate; the handler verifies the Svix signature (it needs the body) and refuses replays |
@@ -122,7 +123,12 @@ async fn run() -> Result<(), Fatal> {
     };
     // Unset credentials get their defaults, with a warning (dev mode: a random API key).
     let (credentials, dev_api_key) = settings.credentials.resolve(dev.is_some()).await?;
-    let app = routes::app(access.clone(), credentials, store, dev.as_ref(), settings.max_body_reads)?;
+    // ztgate records through the `metrics` facade; this process exports Prometheus text.
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| Fatal::Runtime(format!("metrics recorder: {e}")))?;
+    let app =
+        routes::app(access.clone(), credentials, store, dev.as_ref(), settings.max_body_reads, metrics)?;
 
     if let Some(dev) = &dev {
         dev.announce(dev_api_key.as_deref());

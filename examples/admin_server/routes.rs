@@ -9,6 +9,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 use tokio::sync::Semaphore;
 use ztgate::clock::SystemClock;
@@ -21,7 +22,7 @@ use ztgate::{ConfigError, RoutePolicies};
 use crate::config::{Credentials, Fatal};
 use crate::dev::{CERTS_PATH, DevIssuer};
 use crate::handlers::{
-    create_note, delete_note, healthz, inbound_webhook, list_notes, method_not_allowed,
+    create_note, delete_note, healthz, inbound_webhook, list_notes, method_not_allowed, metrics_text,
     mint_unsubscribe_link, mtls_whoami, not_found, ops_stats, unsubscribe, unsubscribe_preview, whoami,
 };
 use crate::store::Store;
@@ -37,6 +38,8 @@ pub(crate) struct AppState {
     pub(crate) store: Store,
     pub(crate) ring: Arc<KeyRingSource>,
     pub(crate) webhooks: Option<WebhookVerifier>,
+    /// Renders what the process's `metrics` recorder holds, as Prometheus text.
+    pub(crate) metrics: PrometheusHandle,
 }
 
 /// The whole app: every route (the dev JWKS too when `dev` is given) and both fallbacks, under
@@ -47,6 +50,7 @@ pub(crate) fn app(
     store: Store,
     dev: Option<&DevIssuer>,
     max_body_reads: usize,
+    metrics: PrometheusHandle,
 ) -> Result<Router, Fatal> {
     // The replay guard lives in the same SQLite file: a replay is refused across restarts.
     let webhooks = credentials.webhook.map(|verifier| verifier.with_replay_guard(store.replay_guard()));
@@ -59,7 +63,7 @@ pub(crate) fn app(
         credentials.trust_cert_headers,
     )
     .map_err(|e| Fatal::Runtime(format!("route policies: {e}")))?;
-    let state = AppState { store, ring, webhooks };
+    let state = AppState { store, ring, webhooks, metrics };
 
     let mut app = Router::new()
         .route("/healthz", get(healthz))
@@ -68,6 +72,7 @@ pub(crate) fn app(
         .route("/admin/notes/{id}", delete(delete_note))
         .route("/admin/unsubscribe-links", post(mint_unsubscribe_link))
         .route("/ops/stats", get(ops_stats))
+        .route("/metrics", get(metrics_text))
         .route("/mtls/whoami", get(mtls_whoami))
         .route("/api/unsubscribe", get(unsubscribe_preview).post(unsubscribe))
         .route(
@@ -147,7 +152,8 @@ fn route_policies(
         // Every other admin path and method: identity first, then 404 or 405.
         .route("*", "/admin", access.clone())?
         .route("*", "/admin/{*rest}", access)?
-        .route("GET", "/ops/stats", api_key)?
+        .route("GET", "/ops/stats", api_key.clone())?
+        .route("GET", "/metrics", api_key)?
         .route("GET", "/mtls/whoami", Requirement::mechanism(ClientCertAuth::new()))?
         // RFC 8058: GET only shows what would happen; the one-click POST unsubscribes. The
         // link's token is verified on both.

@@ -1,4 +1,4 @@
-//! THE pipeline: select → extract → check → log. Every inbound adapter (the Tower layer, the
+//! THE pipeline: select → extract → check → log and count. Every inbound adapter (the Tower layer, the
 //! Workers request adapter, and later WebSocket, RPC and queue entry points) calls
 //! [`authenticate`], so a request is read, verified and logged the same way whichever adapter
 //! ran.
@@ -9,6 +9,9 @@
 //! - `refused` in layer `request` (info): the request layer refused the request's shape;
 //! - `verified` (info, with `principal` and `via`), `missing_credential` (info), `refused` in
 //!   layer `identity` (info, with `code` and `reason`).
+//!
+//! Each decision is also counted ([`crate::metrics`]): `ztgate_decisions_total` and, for
+//! the identity layer, `ztgate_decision_duration_seconds`.
 //!
 //! **Attacker text never starts a log line.** Principal ids, emails, subjects, common names,
 //! paths, methods, reasons and error messages are all influenced by whoever sent the request,
@@ -27,8 +30,10 @@ use serde::de::DeserializeOwned;
 use super::{CachePolicy, Gate};
 use crate::error::Rejection;
 use crate::identity::mechanism::Outcome;
+use crate::metrics::{self, Mechanisms};
 use crate::principal::{Principal, Verified};
 use crate::request::{RequestError, RequestFacts, RequestLimits, truncate};
+use crate::runtime::Stopwatch;
 
 /// Longest path written to a log event.
 const MAX_LOGGED_PATH: usize = 256;
@@ -109,11 +114,15 @@ fn begin<'g, G: SelectGate>(
 ) -> Result<(&'g Gate<G::Claims>, RequestFacts), Rejection> {
     let Some(gate) = selector.select(method, path) else {
         tracing::warn!(layer = "identity", outcome = "no_policy", method = ?method.as_str(), path = ?truncate(path, MAX_LOGGED_PATH));
-        return Err(Rejection::NoPolicy);
+        let rejection = Rejection::NoPolicy;
+        metrics::decision(Mechanisms::Named("none"), "no_policy", rejection.code(), 0.0);
+        return Err(rejection);
     };
     let facts = extract(gate.limits(), gate.declared_headers()).map_err(|e| {
         tracing::info!(layer = "request", outcome = "refused", reason = ?e.to_string(), method = ?method.as_str(), path = ?truncate(path, MAX_LOGGED_PATH));
-        Rejection::from(e)
+        let rejection = Rejection::from(e);
+        metrics::decision(Mechanisms::Named("request"), "refused", rejection.code(), 0.0);
+        rejection
     })?;
     Ok((gate, facts))
 }
@@ -127,18 +136,25 @@ where
     C: Send + Sync + 'static,
 {
     let (method, path) = (facts.method(), truncate(facts.path(), MAX_LOGGED_PATH));
-    match gate.requirement().evaluate(facts).await {
+    let stopwatch = Stopwatch::start();
+    let outcome = gate.requirement().evaluate(facts).await;
+    let seconds = stopwatch.seconds();
+    match outcome {
         Outcome::Verified(principal, proofs) => {
             let via: Vec<&str> = proofs.iter().map(|p| p.mechanism).collect();
             tracing::info!(layer = "identity", outcome = "verified", principal = ?principal.id(), via = ?via, method = ?method.as_str(), path = ?path);
+            metrics::decision(Mechanisms::Proofs(&proofs), "verified", "ok", seconds);
             Ok(Verified::new(principal, proofs))
         }
         Outcome::NotPresent => {
             tracing::info!(layer = "identity", outcome = "missing_credential", method = ?method.as_str(), path = ?path);
-            Err(Rejection::MissingCredential)
+            let rejection = Rejection::MissingCredential;
+            metrics::decision(Mechanisms::Named("none"), "missing_credential", rejection.code(), seconds);
+            Err(rejection)
         }
-        Outcome::Refused(rejection) => {
+        Outcome::Refused(rejection, mechanism) => {
             tracing::info!(layer = "identity", outcome = "refused", code = rejection.code(), reason = ?rejection.to_string(), method = ?method.as_str(), path = ?path);
+            metrics::decision(Mechanisms::Named(mechanism), "refused", rejection.code(), seconds);
             Err(rejection)
         }
     }

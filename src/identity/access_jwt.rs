@@ -38,7 +38,7 @@
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use base64::Engine;
@@ -326,7 +326,16 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> AccessVerifier<C> {
             return self.verify_parts(&parts).await.map(|(principal, _)| principal);
         };
         let digest = TokenDigest::of(token);
-        let cached = tokens.get_or_verify(digest, Box::pin(self.verification(&parts, token.len()))).await?;
+        // Set by the verification, which runs only on a miss (for this caller or the one whose
+        // verification it joined).
+        let missed = AtomicBool::new(false);
+        let verification = async {
+            missed.store(true, Ordering::Relaxed);
+            self.verification(&parts, token.len()).await
+        };
+        let cached = tokens.get_or_verify(digest, Box::pin(verification)).await;
+        crate::metrics::token_cache_lookup(!missed.load(Ordering::Relaxed), tokens.len());
+        let cached = cached?;
         if cached.fresh_at(self.clock.now()) && self.keys.is_current(&cached.kid, &cached.key) {
             return Ok(cached.principal.clone());
         }

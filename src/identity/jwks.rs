@@ -773,6 +773,7 @@ impl JwksCache {
                 })));
                 state.last_failure = None;
                 shared.retry_at.store(0, Ordering::Release);
+                crate::metrics::jwks_fetched(Ok((set.len(), now)));
                 tracing::info!(
                     layer = "identity",
                     outcome = "jwks_refreshed",
@@ -785,6 +786,7 @@ impl JwksCache {
                 state.last_failure = Some(now);
                 let retry_at = now.saturating_add(shared.config.refetch_cooldown.as_secs()).max(1);
                 shared.retry_at.store(retry_at, Ordering::Release);
+                crate::metrics::jwks_fetched(Err(()));
                 tracing::warn!(layer = "identity", outcome = "jwks_fetch_failed", error = ?e.to_string());
                 Err(e)
             }

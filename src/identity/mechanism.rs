@@ -178,7 +178,8 @@ impl<C: 'static> fmt::Debug for Requirement<C> {
 pub(crate) enum Outcome<C> {
     NotPresent,
     Verified(Principal<C>, Vec<Proof>),
-    Refused(Rejection),
+    /// Refused by the mechanism named (its [`Mechanism::name`]).
+    Refused(Rejection, &'static str),
 }
 
 impl<C: Send + Sync + 'static> Requirement<C> {
@@ -232,7 +233,7 @@ impl<C: Send + Sync + 'static> Requirement<C> {
                 ),
                 Node::One(m) => match m.attempt(facts).await {
                     Attempt::NotPresent => Outcome::NotPresent,
-                    Attempt::Refused(r) => Outcome::Refused(r),
+                    Attempt::Refused(r) => Outcome::Refused(r, m.name()),
                     Attempt::Verified(p) => {
                         let proof = Proof { mechanism: m.name(), principal_id: p.id() };
                         Outcome::Verified(p, vec![proof])

@@ -40,6 +40,23 @@ impl Clock for SystemClock {
     }
 }
 
+/// Measures elapsed time for metrics: monotonic natively (`Instant`); the JS clock in
+/// Workers, which advances only across I/O.
+#[derive(Clone, Copy)]
+pub(crate) struct Stopwatch(platform::Mark);
+
+impl Stopwatch {
+    /// Starts measuring.
+    pub(crate) fn start() -> Self {
+        Self(platform::mark())
+    }
+
+    /// Seconds since [`Stopwatch::start`].
+    pub(crate) fn seconds(self) -> f64 {
+        platform::seconds_since(self.0)
+    }
+}
+
 /// The JWKS fetcher a [`GateBuilder`](crate::GateBuilder) uses unless given one: reqwest
 /// natively, the Workers fetch API in Workers; both bounded the same way.
 pub(crate) fn default_fetcher(url: &str) -> Result<Arc<dyn KeyFetcher>, ConfigError> {

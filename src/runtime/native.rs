@@ -14,6 +14,17 @@ use crate::identity::ports::{Background, PureRs256, Rs256Engine, SingleFlight, V
 use crate::identity::token_cache::{CacheValue, TokenCacheConfig, TokenDigest};
 use crate::identity::{DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_JWKS_BYTES, FetchError, FetchedJwks, KeyFetcher};
 
+/// A point in monotonic time (see `runtime::Stopwatch`).
+pub(super) type Mark = std::time::Instant;
+
+pub(super) fn mark() -> Mark {
+    std::time::Instant::now()
+}
+
+pub(super) fn seconds_since(mark: Mark) -> f64 {
+    mark.elapsed().as_secs_f64()
+}
+
 pub(super) fn unix_now() -> u64 {
     // A clock before 1970 is a broken host; 0 makes every token look "not yet valid" rather
     // than valid, which fails closed.

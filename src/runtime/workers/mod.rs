@@ -35,6 +35,19 @@ pub use webcrypto::set_webcrypto;
 
 /// In Workers, `SystemTime::now()` panics; the JS clock (`Date.now()`, milliseconds) is the
 /// wall clock there. Workers only advance it across I/O, which is fine at one-second grain.
+/// A point in time, in milliseconds of the JS clock (see `runtime::Stopwatch`; `Instant`
+/// panics on `wasm32-unknown-unknown`).
+pub(super) type Mark = f64;
+
+pub(super) fn mark() -> Mark {
+    js_sys::Date::now()
+}
+
+pub(super) fn seconds_since(mark: Mark) -> f64 {
+    let elapsed = (js_sys::Date::now() - mark) / 1000.0;
+    if elapsed.is_finite() && elapsed > 0.0 { elapsed } else { 0.0 }
+}
+
 pub(super) fn unix_now() -> u64 {
     let millis = js_sys::Date::now();
     // NaN, negative or absurd values fail closed (0 = 1970: every token is "not yet valid").
