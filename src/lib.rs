@@ -68,6 +68,7 @@
 //! adapter (the Tower layer, the axum extractor, the Workers request adapter) calls.
 
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 #![deny(unreachable_pub)]
 
@@ -128,60 +129,61 @@ pub mod native {
     pub use crate::runtime::native::HttpFetcher;
 }
 
-/// Cloudflare Workers: the same gates, compiled to `wasm32-unknown-unknown` with workers-rs
-/// (feature `workers`).
-///
-/// What changes at the edge, and what this module provides for it:
-/// - **JWKS over the Workers fetch API**: [`WorkersFetcher`] (the [`Gate::builder`] default in a
-///   Workers build), bounded like the native fetcher and checked by the same response rules.
-///   The cache is the same [`JwksCache`](crate::identity::JwksCache); its single-flight runs
-///   without moka, which panics in an isolate. Keep the [`Gate`] in a `static` so the keys live
-///   as long as the isolate (see the example below). A new isolate's first fetch is answered
-///   from the Cache API when another isolate stored a fresh copy there
-///   ([`WorkersFetcher::with_edge_cache`]), so isolates do not each fetch the JWKS.
-/// - **Time**: [`SystemClock`](crate::clock::SystemClock) reads `Date.now()` here;
-///   `SystemTime::now()` panics in a Worker.
-/// - **RS256 through WebCrypto** (`crypto.subtle.verify`), with the pure-Rust check as the
-///   fallback when WebCrypto is unavailable. [`set_webcrypto`] switches it off, to compare.
-/// - **Requests**: [`check`] runs the same pipeline as the Tower layer (select the gate, read
-///   the facts, verify, log) on a `worker::Request`; [`request_facts`] is the request layer
-///   alone. The client certificate comes from the raw `request.cf.tlsClientAuth` object
-///   ([`client_cert`]); client-sent `cf-cert-*` headers are never read here.
-/// - **Secrets**: [`WorkerSecret`] (`env.SECRET`) and [`SecretStoreSecret`] (a Secrets Store
-///   binding's `await get()`), both [`SecretSource`](crate::secrets::SecretSource)s; wrap in
-///   [`PerRequest`](crate::secrets::PerRequest) to read at most once per request.
-///
-/// ```ignore
-/// use std::sync::OnceLock;
-/// use worker::{Context, Env, Request, event};
-/// use ztgate::{AccessConfig, Gate, Policy};
-///
-/// static GATE: OnceLock<Gate> = OnceLock::new();
-///
-/// #[event(fetch)]
-/// async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<http::Response<String>> {
-///     let gate = match GATE.get() {
-///         Some(gate) => gate,
-///         None => {
-///             let team = env.var("ZTGATE_TEAM_DOMAIN")?.to_string();
-///             let config = AccessConfig::new(&team, ["aud-tag"]).map_err(|e| e.to_string())?;
-///             // The JWKS comes from `{team}/cdn-cgi/access/certs` through a WorkersFetcher.
-///             let gate = Gate::builder(config)
-///                 .policy(Policy::new().allow_emails(["alice@example.com"]))
-///                 .build()
-///                 .map_err(|e| e.to_string())?;
-///             GATE.get_or_init(|| gate)
-///         }
-///     };
-///     match ztgate::workers::check(gate, &req).await {
-///         Ok(who) => Ok(http::Response::new(format!("hello {}", who.principal().id()))),
-///         Err(rejection) => Ok(rejection.to_response()),
-///     }
-/// }
-/// ```
-/// `examples/worker/` is a complete Worker with the admin server's routes and configuration.
 #[cfg(feature = "workers")]
 pub mod workers {
+    //! Cloudflare Workers: the same gates, compiled to `wasm32-unknown-unknown` with workers-rs
+    //! (feature `workers`).
+    //!
+    //! What changes at the edge, and what this module provides for it:
+    //! - **JWKS over the Workers fetch API**: [`WorkersFetcher`] (the [`Gate::builder`](crate::Gate::builder) default in a
+    //!   Workers build), bounded like the native fetcher and checked by the same response rules.
+    //!   The cache is the same [`JwksCache`](crate::identity::JwksCache); its single-flight runs
+    //!   without moka, which panics in an isolate. Keep the [`Gate`](crate::Gate) in a `static` so the keys live
+    //!   as long as the isolate (see the example below). A new isolate's first fetch is answered
+    //!   from the Cache API when another isolate stored a fresh copy there
+    //!   ([`WorkersFetcher::with_edge_cache`]), so isolates do not each fetch the JWKS.
+    //! - **Time**: [`SystemClock`](crate::clock::SystemClock) reads `Date.now()` here;
+    //!   `SystemTime::now()` panics in a Worker.
+    //! - **RS256 through WebCrypto** (`crypto.subtle.verify`), with the pure-Rust check as the
+    //!   fallback when WebCrypto is unavailable. [`set_webcrypto`] switches it off, to compare.
+    //! - **Requests**: [`check`] runs the same pipeline as the Tower layer (select the gate, read
+    //!   the facts, verify, log) on a `worker::Request`; [`request_facts`] is the request layer
+    //!   alone. The client certificate comes from the raw `request.cf.tlsClientAuth` object
+    //!   ([`client_cert`]); client-sent `cf-cert-*` headers are never read here.
+    //! - **Secrets**: [`WorkerSecret`] (`env.SECRET`) and [`SecretStoreSecret`] (a Secrets Store
+    //!   binding's `await get()`), both [`SecretSource`](crate::secrets::SecretSource)s; wrap in
+    //!   [`PerRequest`](crate::secrets::PerRequest) to read at most once per request.
+    //!
+    //! ```ignore
+    //! use std::sync::OnceLock;
+    //! use worker::{Context, Env, Request, event};
+    //! use ztgate::{AccessConfig, Gate, Policy};
+    //!
+    //! static GATE: OnceLock<Gate> = OnceLock::new();
+    //!
+    //! #[event(fetch)]
+    //! async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<http::Response<String>> {
+    //!     let gate = match GATE.get() {
+    //!         Some(gate) => gate,
+    //!         None => {
+    //!             let team = env.var("ZTGATE_TEAM_DOMAIN")?.to_string();
+    //!             let config = AccessConfig::new(&team, ["aud-tag"]).map_err(|e| e.to_string())?;
+    //!             // The JWKS comes from `{team}/cdn-cgi/access/certs` through a WorkersFetcher.
+    //!             let gate = Gate::builder(config)
+    //!                 .policy(Policy::new().allow_emails(["alice@example.com"]))
+    //!                 .build()
+    //!                 .map_err(|e| e.to_string())?;
+    //!             GATE.get_or_init(|| gate)
+    //!         }
+    //!     };
+    //!     match ztgate::workers::check(gate, &req).await {
+    //!         Ok(who) => Ok(http::Response::new(format!("hello {}", who.principal().id()))),
+    //!         Err(rejection) => Ok(rejection.to_response()),
+    //!     }
+    //! }
+    //! ```
+    //! `examples/worker/` is a complete Worker with the admin server's routes and configuration.
+
     pub use crate::adapters::workers::{MAX_HEADERS, check, client_cert, headers, request_facts};
     pub use crate::runtime::workers::{SecretStoreSecret, WorkerSecret, WorkersFetcher, set_webcrypto};
 }

@@ -131,7 +131,7 @@ where
 mod tests {
     use std::time::Duration;
 
-    use super::*;
+    use crate::runtime::bounded::*;
     use crate::runtime::flight::{Patience, PollingFlight};
 
     #[derive(Clone, Debug, PartialEq)]

@@ -57,7 +57,7 @@ pub(super) async fn lookup(url: &str, max_bytes: usize, now: u64) -> Lookup {
     };
     let mut response = worker::Response::from(response);
     let fetched_at = response.headers().get(FETCHED_AT).ok().flatten();
-    let doc = match super::read_checked(&mut response, max_bytes).await {
+    let doc = match super::response::read_checked(&mut response, max_bytes).await {
         Ok(doc) => doc,
         Err(_) => return Lookup::Unusable("the stored response breaks the JWKS response rules"),
     };

@@ -17,18 +17,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
-use futures_core::Stream;
 use worker::send::SendFuture;
 
 use super::flight::{Patience, PollingFlight};
 use crate::BoxFuture;
 use crate::error::ConfigError;
-use crate::identity::jwks::{append_capped, check_fetch_config, check_response, network_error};
+use crate::identity::jwks::{check_fetch_config, network_error};
 use crate::identity::ports::{Rs256Engine, SingleFlight};
 use crate::identity::{DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_JWKS_BYTES, FetchError, FetchedJwks, KeyFetcher};
 use crate::secrets::{Secret, SecretError, SecretFuture, SecretSource};
+use response::read_checked;
 
 mod edge_cache;
+mod response;
 mod webcrypto;
 
 pub use webcrypto::set_webcrypto;
@@ -265,27 +266,6 @@ impl WorkersFetcher {
             worker::Fetch::Request(request).send_with_signal(signal).await.map_err(network_error)?;
         read_checked(&mut response, self.max_bytes).await
     }
-}
-
-/// A JWKS response read under the rules every fetcher applies (status, JSON, size cap declared
-/// and while streaming): the network's, and the Cache API's copy alike.
-async fn read_checked(response: &mut worker::Response, max_bytes: usize) -> Result<FetchedJwks, FetchError> {
-    let header = |name: &str| response.headers().get(name).ok().flatten();
-    let (content_type, content_length, cache_control) =
-        (header("content-type"), header("content-length"), header("cache-control"));
-    let max_age = check_response(
-        response.status_code(),
-        content_type.as_deref(),
-        content_length.as_deref(),
-        cache_control.as_deref(),
-        max_bytes,
-    )?;
-    let mut stream = response.stream().map_err(network_error)?;
-    let mut body = Vec::new();
-    while let Some(chunk) = std::future::poll_fn(|cx| std::pin::Pin::new(&mut stream).poll_next(cx)).await {
-        append_capped(&mut body, &chunk.map_err(network_error)?, max_bytes)?;
-    }
-    Ok(FetchedJwks { body, max_age, from_shared_cache: false })
 }
 
 impl KeyFetcher for WorkersFetcher {
