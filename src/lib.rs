@@ -192,7 +192,7 @@ pub mod workers {
 /// stability promise, may change in any release.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::identity::jwks::{KeySet, parse_max_age};
+    pub use crate::identity::jwks::{KeySet, parse_max_age, review_key};
     pub use crate::identity::rs256::Rs256Key;
 }
 

@@ -301,7 +301,6 @@ impl KeySet {
 /// The JWK members ztgate reads. Everything else (`x5c`, `public_cert`, ...) is ignored.
 #[derive(Deserialize)]
 struct RawJwk {
-    kty: String,
     kid: String,
     #[serde(rename = "use", default, deserialize_with = "present")]
     use_: Option<String>,
@@ -320,29 +319,45 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::
 const MAX_KID_BYTES: usize = 256;
 
 fn accept_key(raw: serde_json::Value) -> Option<(String, Rs256Key)> {
-    let jwk: RawJwk = serde_json::from_value(raw).ok()?;
-    if jwk.kty != "RSA" || jwk.kid.is_empty() || jwk.kid.len() > MAX_KID_BYTES {
-        return None;
+    review_key(raw).ok()
+}
+
+/// The key filter, one JWK at a time: the key ztgate would verify with under its `kid`, or
+/// why the key is refused (a short, fixed reason: never text from the document).
+pub fn review_key(raw: serde_json::Value) -> Result<(String, Rs256Key), &'static str> {
+    if raw.get("kty").and_then(serde_json::Value::as_str) != Some("RSA") {
+        return Err("kty is not RSA");
     }
-    if jwk.use_.as_deref().is_some_and(|u| u != "sig") || jwk.alg.as_deref().is_some_and(|a| a != "RS256") {
-        return None;
+    let jwk: RawJwk = serde_json::from_value(raw).map_err(|_| "not an RSA JWK (kid, n, e strings)")?;
+    if jwk.kid.is_empty() || jwk.kid.len() > MAX_KID_BYTES {
+        return Err("kid is empty or too long");
+    }
+    if jwk.use_.as_deref().is_some_and(|u| u != "sig") {
+        return Err("use is not sig");
+    }
+    if jwk.alg.as_deref().is_some_and(|a| a != "RS256") {
+        return Err("alg is not RS256");
     }
     if jwk.key_ops.as_ref().is_some_and(|ops| !ops.iter().any(|op| op == "verify")) {
-        return None;
+        return Err("key_ops does not include verify");
     }
-    let n = URL_SAFE_NO_PAD.decode(&jwk.n).ok()?;
-    let e = URL_SAFE_NO_PAD.decode(&jwk.e).ok()?;
+    let n = URL_SAFE_NO_PAD.decode(&jwk.n).map_err(|_| "n is not base64url")?;
+    let e = URL_SAFE_NO_PAD.decode(&jwk.e).map_err(|_| "e is not base64url")?;
     let n = strip_leading_zeros(&n);
     let e = strip_leading_zeros(&e);
     let n_bits = bit_length(n);
-    if !(2048..=8192).contains(&n_bits) || n[n.len() - 1] & 1 == 0 {
-        return None;
+    if !(2048..=8192).contains(&n_bits) {
+        return Err("modulus is not 2048 to 8192 bits");
+    }
+    if n[n.len() - 1] & 1 == 0 {
+        return Err("modulus is even");
     }
     // e = 1 makes every "signature" its own message; even or huge exponents are not RSA keys.
     if e.is_empty() || e.len() > 4 || e[e.len() - 1] & 1 == 0 || e == [1] {
-        return None;
+        return Err("exponent is not an odd number above 1 of at most 32 bits");
     }
-    Some((jwk.kid, Rs256Key::from_components(n, e)?))
+    let key = Rs256Key::from_components(n, e).ok_or("the RSA backend refuses the key")?;
+    Ok((jwk.kid, key))
 }
 
 fn strip_leading_zeros(b: &[u8]) -> &[u8] {
