@@ -150,6 +150,8 @@ pub mod workers {
     //!   the facts, verify, log) on a `worker::Request`; [`request_facts`] is the request layer
     //!   alone. The client certificate comes from the raw `request.cf.tlsClientAuth` object
     //!   ([`client_cert`]); client-sent `cf-cert-*` headers are never read here.
+    //! - **Logs**: [`ConsoleLog`] writes each `tracing` event as one JSON line to the console,
+    //!   so decisions reach `wrangler tail` and Workers Logs with their fields.
     //! - **Secrets**: [`WorkerSecret`] (`env.SECRET`) and [`SecretStoreSecret`] (a Secrets Store
     //!   binding's `await get()`), both [`SecretSource`](crate::secrets::SecretSource)s; wrap in
     //!   [`PerRequest`](crate::secrets::PerRequest) to read at most once per request.
@@ -185,7 +187,9 @@ pub mod workers {
     //! `examples/worker/` is a complete Worker with the admin server's routes and configuration.
 
     pub use crate::adapters::workers::{MAX_HEADERS, check, client_cert, headers, request_facts};
-    pub use crate::runtime::workers::{SecretStoreSecret, WorkerSecret, WorkersFetcher, set_webcrypto};
+    pub use crate::runtime::workers::{
+        ConsoleLog, SecretStoreSecret, WorkerSecret, WorkersFetcher, set_webcrypto,
+    };
 }
 
 /// Hooks for ztgate's own tests, fuzz targets and benchmarks. **Not part of the API**: no

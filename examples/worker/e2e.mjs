@@ -404,6 +404,32 @@ async function measure(bindings, key) {
   console.log(`e2e: pure-Rust / WebCrypto = ${(pure.check / web.check).toFixed(1)}x`);
 }
 
+// The Worker's decisions reach the console (wrangler tail) as JSON lines, tokens never.
+async function logCases(base, server) {
+  const k1 = jwks.keys[0];
+  const expired = mint(k1, { ...user(), iat: now() - 7200, nbf: now() - 7200, exp: now() - 3600 });
+  const forgedPath = "/admin/x%0A%7B%22outcome%22%3A%22verified%22%7D";
+  await expect("expired token (logged)", await fetch(`${base}${forgedPath}`, { headers: { "cf-access-jwt-assertion": expired } }), 401, { code: "token_expired" });
+  const deadline = Date.now() + 10_000;
+  const decision = () => server.log().split("\n").map((l) => l.slice(l.indexOf("{"))).find((l) => {
+    try {
+      const j = JSON.parse(l);
+      return j.outcome === "refused" && j.code === "token_expired";
+    } catch {
+      return false;
+    }
+  });
+  while (!decision() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+  const line = decision();
+  if (!line) fail(`no JSON decision line for the refused request in the Worker's console:\n${server.log().slice(-2000)}`);
+  const j = JSON.parse(line);
+  if (j.level !== "INFO" || j.layer !== "identity" || typeof j.time !== "string") fail(`decision line lacks level/layer/time: ${line}`);
+  if (server.log().includes(expired) || server.log().includes(expired.split(".")[2])) fail("the token reached the Worker's log");
+  if (server.log().split("\n").some((l) => l.trimStart().startsWith('{"outcome":"verified"'))) fail("attacker text started a log line");
+  passed += 1;
+  console.log(`  ok  decision logged as one JSON line (${line.length} bytes), token absent`);
+}
+
 // --- main ------------------------------------------------------------------------------------
 async function main() {
   jwks.keys.push(makeKey("k1"));
@@ -414,6 +440,8 @@ async function main() {
     ZTGATE_ADMIN_EMAILS: ADMIN,
     ZTGATE_SERVICE_TOKENS: SERVICE,
     ZTGATE_CERTS_URL: `http://127.0.0.1:${jwksPort}/cdn-cgi/access/certs`,
+    // Decisions are logged by the run-local.sh case below; Miniflare cases and timings stay quiet.
+    ZTGATE_LOG: "warn",
   };
   const port = await freePort();
   const base = `http://127.0.0.1:${port}`;
@@ -424,10 +452,12 @@ async function main() {
     ...bindings,
     ZTGATE_CERTS_URL: `${bindings.ZTGATE_CERTS_URL}?run=${crypto.randomUUID()}`,
     ZTGATE_LISTEN: `127.0.0.1:${port}`,
+    ZTGATE_LOG: "info",
   });
   try {
     await waitUp(base, server);
     await accessCases(base);
+    await logCases(base, server);
   } finally {
     server.stop();
   }

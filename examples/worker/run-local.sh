@@ -101,6 +101,13 @@ done < <(env | grep -E '^ZTGATE_[A-Z0-9_]+=' || true)
 
 # No telemetry, no update check, no fetch of Cloudflare's cf.json: only loopback traffic.
 export WRANGLER_SEND_METRICS=false NO_UPDATE_NOTIFIER=1 CLOUDFLARE_CF_FETCH_ENABLED=false
+# The Worker's console.log lines (ZTGATE_LOG=info, the default, or debug: one JSON line per
+# decision) only show at wrangler's `log` level; with ZTGATE_LOG=warn or error, wrangler's own
+# chatter stays hidden too.
+case "${ZTGATE_LOG:-info}" in
+    warn | error | WARN | ERROR) log_level=warn ;;
+    *) log_level=log ;;
+esac
 say "serving on http://${listen}"
 exec wrangler dev --ip "${host}" --port "${port}" --show-interactive-dev-session=false \
-    --log-level warn "${vars[@]}"
+    --log-level "${log_level}" "${vars[@]}"

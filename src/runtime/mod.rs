@@ -21,8 +21,11 @@ use crate::identity::{AccessVerifier, JwksCache, JwksConfig, KeyFetcher, TokenCa
 
 #[cfg(any(feature = "workers", test))]
 mod bounded;
+// The Workers console logger's line format; compiled natively for its tests.
 #[cfg(any(feature = "workers", test))]
 mod flight;
+#[cfg(any(feature = "workers", test))]
+mod json_log;
 #[cfg(feature = "native")]
 pub(crate) mod native;
 #[cfg(feature = "workers")]

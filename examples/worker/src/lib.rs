@@ -13,7 +13,8 @@
 //! `https://acme.cloudflareaccess.com`), `ZTGATE_AUD` (comma-separated AUD tags),
 //! `ZTGATE_ADMIN_EMAILS`, `ZTGATE_SERVICE_TOKENS` (comma-separated), `ZTGATE_CERTS_URL` (JWKS,
 //! default `{team}/cdn-cgi/access/certs`). A missing or bad setting makes every request answer
-//! 500 `not_configured`, naming the variable. `ZTGATE_RS256=pure-rust` verifies signatures
+//! 500 `not_configured`, naming the variable. `ZTGATE_LOG` (`error`, `warn`, `info` — the default, one JSON line per decision on the
+//! console, for `wrangler tail` — or `debug`). `ZTGATE_RS256=pure-rust` verifies signatures
 //! without WebCrypto (to compare the two; both give the same answers); `ZTGATE_BENCH=1` adds
 //! `GET /bench/identity?n=N` (admins only), which repeats the identity check N times.
 //!
@@ -34,6 +35,19 @@ use ztgate::workers::{SecretStoreSecret, WorkerSecret};
 use ztgate::{AccessConfig, Gate, Policy, Principal, Rejection, RoutePolicies, Verified};
 
 /// Built once per isolate, so the JWKS cache lives as long as the isolate does.
+/// The console logger is installed once per isolate, at the level `ZTGATE_LOG` names.
+static LOGGING: std::sync::Once = std::sync::Once::new();
+
+/// `ZTGATE_LOG`: `error`, `warn`, `info` (the default: every decision) or `debug`.
+fn log_level(env: &Env) -> tracing::Level {
+    match setting(env, "ZTGATE_LOG").as_deref().map(str::to_ascii_lowercase).as_deref() {
+        Some("error") => tracing::Level::ERROR,
+        Some("warn") => tracing::Level::WARN,
+        Some("debug") => tracing::Level::DEBUG,
+        _ => tracing::Level::INFO,
+    }
+}
+
 static APP: OnceLock<Result<RoutePolicies, Misconfigured>> = OnceLock::new();
 
 struct Misconfigured {
@@ -49,6 +63,9 @@ impl Misconfigured {
 
 #[event(fetch)]
 async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<http::Response<String>> {
+    LOGGING.call_once(|| {
+        ztgate::workers::ConsoleLog::install(log_level(&env));
+    });
     let policies = match APP.get_or_init(|| policies(&env)) {
         Ok(policies) => policies,
         Err(e) => {

@@ -29,9 +29,11 @@ use crate::secrets::{Secret, SecretError, SecretFuture, SecretSource};
 use response::read_checked;
 
 mod edge_cache;
+mod log;
 mod response;
 mod webcrypto;
 
+pub use log::ConsoleLog;
 pub use webcrypto::set_webcrypto;
 
 /// In Workers, `SystemTime::now()` panics; the JS clock (`Date.now()`, milliseconds) is the
