@@ -54,7 +54,11 @@
 //! | `axum` | no | the `Verified<Principal>` extractor, `IntoResponse` for [`Rejection`] |
 //! | `dev` | no | `ztgate::dev`: a local issuer for dev mode and tests |
 //! | `jwt_simple` | no | RS256 signatures checked by jwt-simple (pure Rust), not jsonwebtoken |
+//! | `cli` | no | the `ztgate` binary: `inspect`, `verify`, `jwks`, `mint-link`, `sign-webhook` |
 //! | `workers` | no | the Cloudflare Workers runtime (wasm32): `ztgate::workers` — Workers fetch for the JWKS, JS clock, RS256 through WebCrypto, `request.cf` client certificates, Worker secrets. Build with `--no-default-features --features workers --target wasm32-unknown-unknown` |
+//!
+//! Counters and histograms go through the [`metrics`](mod@crate::metrics) facade (names and labels in
+//! that module); install any exporter, e.g. Prometheus, in the application.
 //!
 //! Exactly one runtime (`native` or `workers`) and one crypto backend (`aws_lc_rs` or
 //! `rust_crypto`) must be enabled; any other combination is a compile error that says so.
