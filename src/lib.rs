@@ -54,7 +54,8 @@
 //! | `axum` | no | the `Verified<Principal>` extractor, `IntoResponse` for [`Rejection`] |
 //! | `dev` | no | `ztgate::dev`: a local issuer for dev mode and tests |
 //! | `jwt_simple` | no | RS256 signatures checked by jwt-simple (pure Rust), not jsonwebtoken |
-//! | `cli` | no | the `ztgate` binary: `inspect`, `verify`, `jwks`, `mint-link`, `sign-webhook` |
+//! | `config` | no | `ztgate::config`: one TOML file into the builders' types (routes, keys by digest or reference), for reloads |
+//! | `cli` | no | the `ztgate` binary: `inspect`, `verify`, `jwks`, `mint-link`, `sign-webhook`, `check-config` |
 //! | `workers` | no | the Cloudflare Workers runtime (wasm32): `ztgate::workers` — Workers fetch for the JWKS, JS clock, RS256 through WebCrypto, `request.cf` client certificates, Worker secrets. Build with `--no-default-features --features workers --target wasm32-unknown-unknown` |
 //!
 //! Counters and histograms go through the [`metrics`](mod@crate::metrics) facade (names and labels in
@@ -102,6 +103,8 @@ mod principal;
 mod runtime;
 
 pub mod clock;
+#[cfg(feature = "config")]
+pub mod config;
 #[cfg(feature = "dev")]
 pub mod dev;
 pub mod identity;
@@ -113,7 +116,7 @@ pub mod storage;
 // The public interface is:
 pub use adapters::tower::{IdentityService, ResponseFuture};
 pub use error::{ConfigError, Rejection};
-pub use gate::{CachePolicy, Gate, GateBuilder, RoutePolicies, SelectGate};
+pub use gate::{CachePolicy, Gate, GateBuilder, ReloadablePolicies, RoutePolicies, SelectGate};
 pub use identity::access_jwt::AccessConfig;
 pub use identity::policy::Policy;
 pub use principal::{

@@ -263,7 +263,7 @@ impl FileSecret {
         Self { path: path.into() }
     }
 
-    fn read(&self) -> Result<Secret, SecretError> {
+    pub(crate) fn read(&self) -> Result<Secret, SecretError> {
         use std::io::Read as _;
         let what = || self.path.display().to_string();
         let file = std::fs::File::open(&self.path).map_err(|e| match e.kind() {

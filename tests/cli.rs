@@ -15,7 +15,7 @@ use ztgate::identity::webhook::WebhookVerifier;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ztgate");
 /// 40 bytes: long enough for every scheme's minimum. Made up for this test.
-const SECRET: &str = "test-only-secret-0123456789abcdefghijklm";
+const SECRET: &str = "test-only-secret-0123456789abcdefghijklm"; // pragma: allowlist secret
 
 /// Runs the binary with `args`, environment `envs` (nothing else inherited that matters) and
 /// `stdin`.

@@ -36,7 +36,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::gate::pipeline::authenticate_for_response;
-use crate::gate::{Gate, RoutePolicies, SelectGate};
+use crate::gate::{Gate, ReloadablePolicies, RoutePolicies, SelectGate};
 use crate::request::RequestFacts;
 
 impl<S, C: Send + Sync + 'static> Layer<S> for Gate<C> {
@@ -55,8 +55,16 @@ impl<S, C: Send + Sync + 'static> Layer<S> for RoutePolicies<C> {
     }
 }
 
-/// Middleware that verifies identity before calling `S`. Made by a [`Gate`] or
-/// [`RoutePolicies`] as a [`Layer`].
+impl<S, C: Send + Sync + 'static> Layer<S> for ReloadablePolicies<C> {
+    type Service = IdentityService<S, ReloadablePolicies<C>>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        IdentityService { inner, gates: self.clone() }
+    }
+}
+
+/// Middleware that verifies identity before calling `S`. Made by a [`Gate`],
+/// [`RoutePolicies`] or [`ReloadablePolicies`] as a [`Layer`].
 #[derive(Clone, Debug)]
 pub struct IdentityService<S, G> {
     inner: S,

@@ -19,9 +19,11 @@ use crate::principal::{NoClaims, Principal, Verified};
 use crate::request::{RequestFacts, RequestLimits};
 
 pub(crate) mod pipeline;
+mod reload;
 mod routes;
 
 pub use pipeline::SelectGate;
+pub use reload::ReloadablePolicies;
 pub use routes::RoutePolicies;
 
 /// A [`Requirement`] (mechanisms and how they combine) plus request limits: everything needed

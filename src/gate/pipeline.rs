@@ -45,15 +45,18 @@ pub trait SelectGate: Clone + Send + Sync + 'static {
     /// The custom-claims type of the gates.
     type Claims;
 
-    /// The gate for this request, or `None` when no policy is declared for it.
-    fn select(&self, method: &Method, path: &str) -> Option<&Gate<Self::Claims>>;
+    /// The gate for this request, or `None` when no policy is declared for it. Owned (a
+    /// [`Gate`] is one `Arc`), so a selector may hand out a gate it swaps later
+    /// ([`ReloadablePolicies`](crate::ReloadablePolicies)) while requests already in flight
+    /// finish with the one they started with.
+    fn select(&self, method: &Method, path: &str) -> Option<Gate<Self::Claims>>;
 }
 
 impl<C: Send + Sync + 'static> SelectGate for Gate<C> {
     type Claims = C;
 
-    fn select(&self, _method: &Method, _path: &str) -> Option<&Gate<C>> {
-        Some(self)
+    fn select(&self, _method: &Method, _path: &str) -> Option<Gate<C>> {
+        Some(self.clone())
     }
 }
 
@@ -97,7 +100,7 @@ where
     G: SelectGate,
     G::Claims: DeserializeOwned + Send + Sync + 'static,
 {
-    let begun = begin(selector, method, path, extract).map(|(gate, facts)| (gate.clone(), facts));
+    let begun = begin(selector, method, path, extract);
     async move {
         let (gate, facts) = begun?;
         let cache = gate.cache_policy();
@@ -106,12 +109,12 @@ where
 }
 
 /// Select and extract: the synchronous half.
-fn begin<'g, G: SelectGate>(
-    selector: &'g G,
+fn begin<G: SelectGate>(
+    selector: &G,
     method: &Method,
     path: &str,
     extract: impl Extract,
-) -> Result<(&'g Gate<G::Claims>, RequestFacts), Rejection> {
+) -> Result<(Gate<G::Claims>, RequestFacts), Rejection> {
     let Some(gate) = selector.select(method, path) else {
         tracing::warn!(layer = "identity", outcome = "no_policy", method = ?method.as_str(), path = ?truncate(path, MAX_LOGGED_PATH));
         let rejection = Rejection::NoPolicy;
@@ -188,7 +191,7 @@ mod tests {
 
     impl SelectGate for Nothing {
         type Claims = crate::principal::NoClaims;
-        fn select(&self, _: &Method, _: &str) -> Option<&Gate> {
+        fn select(&self, _: &Method, _: &str) -> Option<Gate> {
             None
         }
     }

@@ -126,6 +126,16 @@ impl<C: Send + Sync + 'static> RoutePolicies<C> {
     }
 }
 
+impl<C> RoutePolicies<C> {
+    /// The rules in the order they are tried: method (`"*"` for any), pattern, requirement.
+    /// For operators' tools (print the effective table), not for matching.
+    pub fn rules(&self) -> impl Iterator<Item = (&str, &str, &Requirement<C>)> {
+        self.rules
+            .iter()
+            .map(|r| (r.method.as_ref().map_or("*", Method::as_str), r.source.as_str(), r.gate.requirement()))
+    }
+}
+
 impl<C> Rule<C> {
     fn clone_rule(&self) -> Self {
         Self {
@@ -186,8 +196,8 @@ fn parse_pattern(pattern: &str) -> Result<Vec<Segment>, ConfigError> {
 impl<C: Send + Sync + 'static> SelectGate for RoutePolicies<C> {
     type Claims = C;
 
-    fn select(&self, method: &Method, path: &str) -> Option<&Gate<C>> {
-        self.rules.iter().find(|r| r.matches(method, path)).map(|r| &r.gate)
+    fn select(&self, method: &Method, path: &str) -> Option<Gate<C>> {
+        self.rules.iter().find(|r| r.matches(method, path)).map(|r| r.gate.clone())
     }
 }
 

@@ -513,7 +513,8 @@ fn decode_json<T: DeserializeOwned>(segment: &str, what: &'static str) -> Result
 /// Cloudflare Access JWTs as a [`Mechanism`]: verified by an [`AccessVerifier`], then
 /// authorized by a [`Policy`]. A valid token of someone the policy does not admit is 403.
 pub struct AccessJwt<C = NoClaims> {
-    verifier: AccessVerifier<C>,
+    /// Shared with the mechanisms made by [`AccessJwt::with_policy`].
+    verifier: Arc<AccessVerifier<C>>,
     policy: Policy<C>,
 }
 
@@ -529,7 +530,15 @@ impl<C> AccessJwt<C> {
 
     /// Verifies with `verifier`, admits whom `policy` allows.
     pub fn new(verifier: AccessVerifier<C>, policy: Policy<C>) -> Self {
-        Self { verifier, policy }
+        Self { verifier: Arc::new(verifier), policy }
+    }
+
+    /// The same verifier (its JWKS cache, verified-token cache and counters, all shared) under
+    /// another policy: what a configuration reload that changes only who is allowed builds, so
+    /// no key is fetched and no signature checked again. Tokens cached by the verifier are
+    /// still authorized by the new policy on their next request.
+    pub fn with_policy(&self, policy: Policy<C>) -> Self {
+        Self { verifier: self.verifier.clone(), policy }
     }
 
     /// The verifier (e.g. to warm its key cache).

@@ -81,22 +81,41 @@ impl ApiKeys {
 
     /// Adds (or replaces) the key called `name`.
     pub fn insert(&self, name: &str, key: Secret) -> Result<(), ConfigError> {
-        if name.is_empty()
-            || name.len() > 64
-            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
-        {
-            return Err(ConfigError::new(
-                "api_keys",
-                format!("{name:?} is not a valid key name ([A-Za-z0-9_.-]{{1,64}})"),
-            ));
-        }
+        check_name(name)?;
         if key.len() < MIN_KEY_BYTES || key.len() > MAX_KEY_BYTES {
             return Err(ConfigError::new(
                 "api_keys",
                 format!("the key named {name:?} must be {MIN_KEY_BYTES} to {MAX_KEY_BYTES} bytes long"),
             ));
         }
-        let digest: [u8; 32] = Sha256::digest(key.expose()).into();
+        self.store(name, Sha256::digest(key.expose()).into())
+    }
+
+    /// Adds (or replaces) the key called `name` by its SHA-256 digest alone (64 hex digits,
+    /// e.g. `printf %s "$KEY" | sha256sum`), so a configuration file need not hold the key.
+    /// The key's length cannot be checked from its digest: make keys of at least
+    /// [`ApiKeys::MIN_KEY_BYTES`] random bytes.
+    pub fn insert_digest(&self, name: &str, sha256_hex: &str) -> Result<(), ConfigError> {
+        check_name(name)?;
+        let bad = || {
+            ConfigError::new(
+                "api_keys",
+                format!("the digest of the key named {name:?} is not 64 hex digits (a SHA-256)"),
+            )
+        };
+        let hex = sha256_hex.trim().as_bytes();
+        if hex.len() != 64 {
+            return Err(bad());
+        }
+        let mut digest = [0u8; 32];
+        for (byte, pair) in digest.iter_mut().zip(hex.chunks_exact(2)) {
+            let text = std::str::from_utf8(pair).map_err(|_| bad())?;
+            *byte = u8::from_str_radix(text, 16).map_err(|_| bad())?;
+        }
+        self.store(name, digest)
+    }
+
+    fn store(&self, name: &str, digest: [u8; 32]) -> Result<(), ConfigError> {
         let mut keys = self.keys.write().unwrap_or_else(|p| p.into_inner());
         if keys.iter().any(|k| k.name != name && bool::from(k.digest.ct_eq(&digest))) {
             return Err(ConfigError::new(
@@ -139,6 +158,20 @@ impl ApiKeys {
         }
         bool::from(found).then(|| keys[index as usize].name.clone())
     }
+}
+
+/// Key names are `[A-Za-z0-9_.-]{1,64}`: they appear in logs and principals.
+fn check_name(name: &str) -> Result<(), ConfigError> {
+    if name.is_empty()
+        || name.len() > 64
+        || !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+    {
+        return Err(ConfigError::new(
+            "api_keys",
+            format!("{name:?} is not a valid key name ([A-Za-z0-9_.-]{{1,64}})"),
+        ));
+    }
+    Ok(())
 }
 
 /// API keys from `X-Api-Key` or `Authorization: Bearer`.
@@ -200,6 +233,26 @@ impl<C: Send + Sync + 'static> Mechanism<C> for ApiKeyAuth {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_stored_by_digest_verifies_and_a_bad_digest_is_a_config_error() {
+        let keys = ApiKeys::new();
+        // Some other key's digest: any 64 hex digits.
+        let digest = "0a2aeb0a5ba2a2d2dd6b4c2b8ba1a1e7fb4ec8ca9af1e6e0c8f9c6e4f5b7e3a1"; // pragma: allowlist secret
+        let real: [u8; 32] = Sha256::digest(b"abcdefghijklmnopqrstuvwxyz012345").into(); // pragma: allowlist secret
+        let real_hex: String = real.iter().map(|b| format!("{b:02x}")).collect();
+        keys.insert_digest("ops", &real_hex).unwrap();
+        assert_eq!(keys.verify("abcdefghijklmnopqrstuvwxyz012345").as_deref(), Some("ops")); // pragma: allowlist secret
+        assert_eq!(keys.verify("abcdefghijklmnopqrstuvwxyz01234"), None); // pragma: allowlist secret
+        keys.insert_digest("other", digest).unwrap();
+        assert_eq!(keys.names().len(), 2);
+        for bad in ["", "00", &"g".repeat(64), &format!("{real_hex}00"), "é".repeat(32).as_str()] {
+            assert!(keys.insert_digest("x", bad).is_err(), "{bad:?}");
+        }
+        assert!(keys.insert_digest("bad name", &real_hex).is_err());
+        // The same key under two names is refused, as with plaintext keys.
+        assert!(keys.insert_digest("again", &real_hex).is_err());
+    }
 
     #[test]
     fn keys_with_an_extra_character_or_only_a_prefix_are_refused() {
