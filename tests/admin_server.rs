@@ -1901,3 +1901,296 @@ fn an_invalid_hmac_keys_ttl_or_one_without_a_file_exits_2_naming_it() {
     // Without a file the TTL would silently do nothing: refused.
     assert_secret_config_error("ZTGATE_HMAC_KEYS_TTL", "10s", "");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Configuration file (`ZTGATE_CONFIG`) and reload (SIGHUP, `POST /admin/reload`)
+
+/// A configuration file in the temp dir, rewritten by rename (as an operator's deploy does) and
+/// removed on drop.
+struct ConfigOnDisk(PathBuf);
+
+impl ConfigOnDisk {
+    fn new(text: &str) -> Self {
+        let file = Self(PathBuf::from(format!("{}.toml", TempDb::new().path())));
+        file.write(text);
+        file
+    }
+
+    fn write(&self, text: &str) {
+        let tmp = self.0.with_extension("toml.new");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &self.0).unwrap();
+    }
+
+    fn path(&self) -> String {
+        self.0.to_str().unwrap().to_owned()
+    }
+}
+
+impl Drop for ConfigOnDisk {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// `printf %s KEY | sha256sum`.
+fn sha256_hex(key: &str) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A production configuration file: `admins` admitted by Access, the API keys `keys` (name,
+/// key) by digest, the HMAC ring from the variable `ZTGATE_TEST_HMAC`, and `extra` appended.
+fn config_text(
+    jwks: &JwksServer,
+    db: &TempDb,
+    admins: &[&str],
+    keys: &[(&str, &str)],
+    extra: &str,
+) -> String {
+    let admins: Vec<String> = admins.iter().map(|a| format!("{a:?}")).collect();
+    let mut text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ndb = {db:?}\n\n[access]\nteam_domain = {TEAM:?}\naudiences = [{AUD:?}]\n\
+         certs_url = {url:?}\nallow_emails = [{admins}]\n\n[hmac_keys]\nsecret = {{ env = \"ZTGATE_TEST_HMAC\" }}\n\n[api_keys]\n",
+        db = db.path(),
+        url = jwks.url(),
+        admins = admins.join(", "),
+    );
+    for (name, key) in keys {
+        text.push_str(&format!("{name} = {{ sha256 = \"{}\" }}\n", sha256_hex(key)));
+    }
+    text.push_str(extra);
+    text
+}
+
+/// A server started from `file` alone (plus the HMAC ring's variable and `vars`).
+fn start_from_file(file: &ConfigOnDisk, vars: &[(&'static str, String)]) -> Server {
+    let mut all = vec![("ZTGATE_CONFIG", file.path()), ("ZTGATE_TEST_HMAC", format!("k1:{HMAC_K1}"))];
+    all.extend(vars.iter().cloned());
+    Server::start(&all)
+}
+
+async fn call(server: &Server, method: &str, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut req = http().request(method, server.url(path));
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    req.send().await.unwrap()
+}
+
+async fn whoami_status(server: &Server, email: &str) -> StatusCode {
+    call(server, "GET", "/admin/whoami", &[("Cf-Access-Jwt-Assertion", &user_token(email))]).await.status()
+}
+
+async fn stats_status(server: &Server, key: &str) -> StatusCode {
+    call(server, "GET", "/ops/stats", &[("X-Api-Key", key)]).await.status()
+}
+
+/// Sends SIGHUP and waits until the server logs the `n`-th reload outcome `outcome`.
+fn sighup_and_wait(server: &Server, outcome: &str, n: usize) {
+    let status = Command::new("kill").args(["-HUP", &server.child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server.logs().matches(outcome).count() < n {
+        assert!(Instant::now() < deadline, "no {outcome} #{n} logged:\n{}", server.logs());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One request on an open keep-alive connection: the status code.
+fn healthz_on(stream: &mut std::net::TcpStream) -> u16 {
+    use std::io::Write as _;
+    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "the connection was closed");
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(str::to_owned))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if body.len() >= length {
+                return head[9..12].parse().unwrap();
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_file_alone_runs_production_and_a_set_variable_overrides_it() {
+    let jwks = JwksServer::start(&[key()]).await;
+    let db = TempDb::new();
+    let file = ConfigOnDisk::new(&config_text(&jwks, &db, &[ADMIN], &[("ops", OPS_KEY)], ""));
+    let server = start_from_file(&file, &[]);
+    assert_eq!(whoami_status(&server, ADMIN).await, StatusCode::OK);
+    assert_eq!(whoami_status(&server, "bob@acme.com").await, StatusCode::FORBIDDEN);
+    // The key is in the file only as its digest.
+    assert_eq!(stats_status(&server, OPS_KEY).await, StatusCode::OK);
+    assert_eq!(stats_status(&server, BACKUP_KEY).await, StatusCode::UNAUTHORIZED);
+    drop(server);
+
+    // A variable that is set wins over the file, setting by setting.
+    let server = start_from_file(&file, &[("ZTGATE_ADMIN_EMAILS", "bob@acme.com".into())]);
+    assert_eq!(whoami_status(&server, "bob@acme.com").await, StatusCode::OK);
+    assert_eq!(whoami_status(&server, ADMIN).await, StatusCode::FORBIDDEN);
+    assert_eq!(stats_status(&server, OPS_KEY).await, StatusCode::OK, "the file's keys still apply");
+}
+
+#[test]
+fn a_config_file_with_an_unknown_key_is_refused_at_start_naming_the_key_and_its_line() {
+    let db = TempDb::new();
+    let file = ConfigOnDisk::new(&format!(
+        "[server]\ndb = {:?}\n\n[access]\nteam_domain = {TEAM:?}\naudiences = [{AUD:?}]\nallow_email = [\"a@b.c\"]\n",
+        db.path()
+    ));
+    let (status, stderr) = run_to_exit(&[("ZTGATE_CONFIG", file.path())]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    for needle in ["ZTGATE_CONFIG", "line 7", "allow_email"] {
+        assert!(stderr.contains(needle), "stderr does not say {needle:?}:\n{stderr}");
+    }
+    // A value that fails the variable's check names the variable and the file's key.
+    let file = ConfigOnDisk::new(&format!("[server]\ndb = {:?}\nheader_timeout = \"ten\"\n", db.path()));
+    let (status, stderr) = run_to_exit(&[("ZTGATE_CONFIG", file.path())]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("ZTGATE_HEADER_TIMEOUT") && stderr.contains("server.header_timeout"), "{stderr}");
+}
+
+#[test]
+fn a_secret_written_into_the_config_file_works_with_a_warning_and_is_never_logged() {
+    let db = TempDb::new();
+    let file = ConfigOnDisk::new(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ndb = {:?}\n\n[api_keys]\nops = {{ value = {OPS_KEY:?} }}\n", // pragma: allowlist secret
+        db.path()
+    ));
+    let server = Server::start(&[("ZTGATE_CONFIG", file.path())]);
+    let logs = server.logs();
+    assert!(logs.contains("api_keys.ops: the key is written in the file"), "{logs}");
+    assert!(!logs.contains(OPS_KEY), "the key was logged:\n{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_swaps_admins_and_keys_atomically_keeping_connections_and_the_key_cache() {
+    let jwks = JwksServer::start(&[key()]).await;
+    let db = TempDb::new();
+    let file = ConfigOnDisk::new(&config_text(&jwks, &db, &[ADMIN], &[("ops", OPS_KEY)], ""));
+    let server = start_from_file(&file, &[]);
+    let mut kept_alive = std::net::TcpStream::connect(server.base.trim_start_matches("http://")).unwrap();
+    kept_alive.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(healthz_on(&mut kept_alive), 200);
+    assert_eq!(whoami_status(&server, ADMIN).await, StatusCode::OK);
+    let fetches = jwks.fetches();
+
+    file.write(&config_text(&jwks, &db, &["bob@acme.com"], &[("backup", BACKUP_KEY)], ""));
+    sighup_and_wait(&server, "config_reloaded", 1);
+    assert_eq!(whoami_status(&server, "bob@acme.com").await, StatusCode::OK);
+    assert_eq!(whoami_status(&server, ADMIN).await, StatusCode::FORBIDDEN);
+    assert_eq!(stats_status(&server, OPS_KEY).await, StatusCode::UNAUTHORIZED, "a removed key still works");
+    assert_eq!(stats_status(&server, BACKUP_KEY).await, StatusCode::OK);
+    assert_eq!(healthz_on(&mut kept_alive), 200, "the open connection was dropped");
+    assert_eq!(jwks.fetches(), fetches, "the reload dropped the JWKS cache");
+
+    // A file that fails validation is refused whole: the last good one keeps serving.
+    file.write(&config_text(
+        &jwks,
+        &db,
+        &[ADMIN],
+        &[("ops", OPS_KEY)],
+        "[request]\ntrust_cert_header = true\n",
+    ));
+    sighup_and_wait(&server, "config_reload_failed", 1);
+    assert!(server.logs().contains("trust_cert_header"), "{}", server.logs());
+    assert_eq!(whoami_status(&server, "bob@acme.com").await, StatusCode::OK);
+    assert_eq!(whoami_status(&server, ADMIN).await, StatusCode::FORBIDDEN);
+    assert_eq!(stats_status(&server, BACKUP_KEY).await, StatusCode::OK);
+    assert_eq!(stats_status(&server, OPS_KEY).await, StatusCode::UNAUTHORIZED);
+
+    // Both outcomes are counted.
+    let metrics = call(&server, "GET", "/metrics", &[("X-Api-Key", BACKUP_KEY)]).await.text().await.unwrap();
+    for line in [
+        "ztgate_config_reloads_total{outcome=\"applied\"} 1",
+        "ztgate_config_reloads_total{outcome=\"refused\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing:\n{metrics}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_admin_reload_takes_an_admin_and_an_api_key_and_answers_422_for_a_bad_file() {
+    let jwks = JwksServer::start(&[key()]).await;
+    let db = TempDb::new();
+    let file = ConfigOnDisk::new(&config_text(&jwks, &db, &[ADMIN], &[("ops", OPS_KEY)], ""));
+    let server = start_from_file(&file, &[]);
+    let token = user_token(ADMIN);
+    let res = call(&server, "POST", "/admin/reload", &[("Cf-Access-Jwt-Assertion", &token)]).await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "an admin without an API key reloaded");
+    let res = call(&server, "POST", "/admin/reload", &[("X-Api-Key", OPS_KEY)]).await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "an API key without an admin reloaded");
+
+    let both = [("Cf-Access-Jwt-Assertion", token.as_str()), ("X-Api-Key", OPS_KEY)];
+    file.write(&config_text(&jwks, &db, &[ADMIN, "bob@acme.com"], &[("ops", OPS_KEY)], ""));
+    let res = call(&server, "POST", "/admin/reload", &both).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let body = json_of(res).await;
+    assert_eq!(body["reloaded"], true);
+    assert_eq!(body["kept_key_cache"], true);
+    assert_eq!(whoami_status(&server, "bob@acme.com").await, StatusCode::OK);
+
+    file.write("[access]\nteam_domain = 7\n");
+    let res = call(&server, "POST", "/admin/reload", &both).await;
+    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body = json_of(res).await;
+    assert_eq!(body["code"], "config_invalid");
+    assert!(body["message"].as_str().unwrap().contains("line 2"), "{body}");
+    assert_eq!(
+        whoami_status(&server, "bob@acme.com").await,
+        StatusCode::OK,
+        "the old config stopped serving"
+    );
+
+    // A new team or audience is a new verifier, with caches of its own.
+    let other = config_text(&jwks, &db, &[ADMIN], &[("ops", OPS_KEY)], "").replace(AUD, "aud-other");
+    file.write(&other);
+    let res = call(&server, "POST", "/admin/reload", &both).await;
+    assert_eq!(json_of(res).await["kept_key_cache"], false);
+    assert_eq!(
+        whoami_status(&server, ADMIN).await,
+        StatusCode::UNAUTHORIZED,
+        "a token for the old AUD passed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_in_the_config_file_replace_the_built_in_table_and_deny_what_they_do_not_name() {
+    let jwks = JwksServer::start(&[key()]).await;
+    let db = TempDb::new();
+    let routes = "\n[[routes]]\nmethod = \"GET\"\npath = \"/healthz\"\nrequire = \"public\"\n\n\
+                  [[routes]]\nmethod = \"GET\"\npath = \"/admin/whoami\"\nrequire = { any_of = [\"access\", \"api_key\"] }\n";
+    let file = ConfigOnDisk::new(&config_text(&jwks, &db, &[ADMIN], &[("ops", OPS_KEY)], routes));
+    let server = start_from_file(&file, &[]);
+    let res = call(&server, "GET", "/admin/whoami", &[("X-Api-Key", OPS_KEY)]).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(json_of(res).await["kind"], "api_key");
+    assert_eq!(whoami_status(&server, ADMIN).await, StatusCode::OK);
+    let res = call(&server, "GET", "/admin/notes", &[("Cf-Access-Jwt-Assertion", &user_token(ADMIN))]).await;
+    assert_refused(res, StatusCode::FORBIDDEN, "no_policy").await;
+
+    // A route naming a mechanism the server does not have is refused at start.
+    let bad = ConfigOnDisk::new(&config_text(
+        &jwks,
+        &db,
+        &[ADMIN],
+        &[],
+        "\n[[routes]]\npath = \"/x\"\nrequire = \"acess\"\n",
+    ));
+    drop(server);
+    let (status, stderr) =
+        run_to_exit(&[("ZTGATE_CONFIG", bad.path()), ("ZTGATE_TEST_HMAC", format!("k1:{HMAC_K1}"))]);
+    assert_ne!(status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("acess") && stderr.contains("routes[0]"), "{stderr}");
+}

@@ -1,5 +1,9 @@
-//! Configuration: the `ZTGATE_*` environment variables parsed into [`Settings`], the defaults
-//! for credentials left unset, and the start-up errors ([`EnvError`], [`Fatal`]).
+//! Configuration: the `ZTGATE_*` environment variables and the file `ZTGATE_CONFIG` names,
+//! parsed into [`Settings`]; the defaults for credentials left unset; and the start-up errors
+//! ([`EnvError`], [`Fatal`]).
+//!
+//! A variable that is set wins over the file, setting by setting; the file's values go through
+//! the same checks as the variables', and an error names both the variable and the file's key.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,7 +11,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::Deserialize;
 use ztgate::clock::SystemClock;
+use ztgate::config::{ConfigFile, RouteSpec};
 use ztgate::identity::hmac_token::KeyRingSource;
 use ztgate::identity::webhook::WebhookVerifier;
 use ztgate::identity::{AccessJwt, ApiKeys, TokenCacheConfig};
@@ -34,14 +40,139 @@ const MAX_CONNECTIONS_LIMIT: usize = 65_536;
 const DEFAULT_HMAC_KEYS_TTL: Duration = Duration::from_secs(60);
 const MIN_HMAC_KEYS_TTL: Duration = Duration::from_secs(1);
 
+/// The `[server]` table of the configuration file: this program's own settings, written as
+/// the variables are (`listen = "127.0.0.1:8080"`, `header_timeout = "10s"`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ServerSection {
+    listen: Option<String>,
+    db: Option<String>,
+    header_timeout: Option<String>,
+    body_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    max_connections: Option<u32>,
+    max_body_reads: Option<u32>,
+}
+
+/// The configuration file, as this program reads it.
+pub(crate) type File = ConfigFile<ServerSection>;
+
+/// Where settings come from: the environment first, then the file `ZTGATE_CONFIG` names.
+pub(crate) struct Sources {
+    file: Option<(String, File)>,
+}
+
+impl Sources {
+    /// Reads `ZTGATE_CONFIG` (unset: the environment alone). The file is parsed whole, here:
+    /// an unknown key is an error naming it and its line.
+    pub(crate) fn load() -> Result<Self, EnvError> {
+        let Some(path) = env("ZTGATE_CONFIG")? else { return Ok(Self { file: None }) };
+        if path.is_empty() {
+            return Err(EnvError::new("ZTGATE_CONFIG", "is set but empty"));
+        }
+        let file = File::read(std::path::Path::new(&path))
+            .map_err(|e| EnvError::new("ZTGATE_CONFIG", e.to_string()))?;
+        for warning in file.warnings() {
+            tracing::warn!(target: LOG_TARGET, layer = "config", outcome = "config_warning", warning = ?warning);
+        }
+        Ok(Self { file: Some((path, file)) })
+    }
+
+    /// The parsed file, if there is one.
+    pub(crate) fn file(&self) -> Option<&File> {
+        self.file.as_ref().map(|(_, f)| f)
+    }
+
+    /// The file's route table (empty: the built-in one).
+    pub(crate) fn routes(&self) -> &[RouteSpec] {
+        self.file().map_or(&[], |f| f.routes.as_slice())
+    }
+
+    /// `var` if set, else the file's value for the same setting, written as the variable would be.
+    fn get(&self, var: &'static str) -> Result<Option<String>, EnvError> {
+        match env(var)? {
+            Some(v) => Ok(Some(v)),
+            None => Ok(self.file_value(var).map(|(value, _)| value)),
+        }
+    }
+
+    /// The file's value for the setting `var` names, and its key in the file.
+    fn file_value(&self, var: &str) -> Option<(String, &'static str)> {
+        let file = self.file()?;
+        let server = file.server.as_ref();
+        let access = file.access.as_ref();
+        let list = |v: &[String], key| (!v.is_empty()).then(|| (v.join(","), key));
+        match var {
+            "ZTGATE_LISTEN" => server?.listen.clone().map(|v| (v, "server.listen")),
+            "ZTGATE_DB" => server?.db.clone().map(|v| (v, "server.db")),
+            "ZTGATE_HEADER_TIMEOUT" => server?.header_timeout.clone().map(|v| (v, "server.header_timeout")),
+            "ZTGATE_BODY_TIMEOUT" => server?.body_timeout.clone().map(|v| (v, "server.body_timeout")),
+            "ZTGATE_IDLE_TIMEOUT" => server?.idle_timeout.clone().map(|v| (v, "server.idle_timeout")),
+            "ZTGATE_MAX_CONNECTIONS" => {
+                server?.max_connections.map(|v| (v.to_string(), "server.max_connections"))
+            }
+            "ZTGATE_MAX_BODY_READS" => {
+                server?.max_body_reads.map(|v| (v.to_string(), "server.max_body_reads"))
+            }
+            "ZTGATE_TEAM_DOMAIN" => access.map(|a| (a.team_domain.clone(), "access.team_domain")),
+            "ZTGATE_AUD" => list(&access?.audiences, "access.audiences"),
+            "ZTGATE_CERTS_URL" => access?.certs_url.clone().map(|v| (v, "access.certs_url")),
+            "ZTGATE_ADMIN_EMAILS" => list(&access?.allow_emails, "access.allow_emails"),
+            "ZTGATE_SERVICE_TOKENS" => list(&access?.allow_service_tokens, "access.allow_service_tokens"),
+            "ZTGATE_TOKEN_CACHE_MAX_AGE" => {
+                let a = access?;
+                match (a.token_cache, a.token_cache_max_age) {
+                    (false, _) => Some(("off".to_owned(), "access.token_cache")),
+                    (true, Some(d)) => Some((format!("{}ms", d.as_millis()), "access.token_cache_max_age")),
+                    (true, None) => None,
+                }
+            }
+            "ZTGATE_TRUST_CERT_HEADERS" => {
+                file.request.trust_cert_headers.then(|| ("1".to_owned(), "request.trust_cert_headers"))
+            }
+            _ => None,
+        }
+    }
+
+    /// An error about the setting `var`, saying which key of which file gave the value when the
+    /// variable is unset.
+    fn error(&self, var: &'static str, message: impl Into<String>) -> EnvError {
+        let message = message.into();
+        match (env(var), &self.file, self.file_value(var)) {
+            (Ok(None), Some((path, _)), Some((_, key))) => {
+                EnvError::new(var, format!("{message} (from {key} in {path})"))
+            }
+            _ => EnvError::new(var, message),
+        }
+    }
+}
+
 pub(crate) enum Identity {
     /// Production: Access verification for the configured Cloudflare Access team.
-    Access(Arc<AccessJwt>),
+    Access(AccessSettings),
     /// No team domain: a local issuer, built once the listen address is known.
     Dev,
 }
 
+/// Production Access, as configured: what decides the verifier (and so its key and token
+/// caches), who is admitted, and the mechanism built from both.
+pub(crate) struct AccessSettings {
+    /// Team, audiences, certs URL, token cache: a reload that keeps these keeps the caches.
+    pub(crate) verifier_key: Vec<String>,
+    emails: Vec<String>,
+    service_tokens: Vec<String>,
+    pub(crate) mechanism: Arc<AccessJwt>,
+}
+
+impl AccessSettings {
+    /// Who is admitted, as a policy.
+    pub(crate) fn policy(&self) -> Policy {
+        Policy::new().allow_emails(&self.emails).allow_service_tokens(&self.service_tokens)
+    }
+}
+
 pub(crate) struct Settings {
+    pub(crate) sources: Sources,
     pub(crate) listen: SocketAddr,
     pub(crate) db: PathBuf,
     pub(crate) identity: Identity,
@@ -53,19 +184,20 @@ pub(crate) struct Settings {
 }
 
 /// The routes' credentials as configured, before [`CredentialSettings::resolve`].
+#[derive(Default)]
 pub(crate) struct CredentialSettings {
     /// `None`: unset (dev mode makes a key; production refuses every API key).
-    api_keys: Option<ApiKeys>,
+    pub(crate) api_keys: Option<ApiKeys>,
     /// `None`: unset (a random key per start).
-    hmac_keys: Option<Arc<KeyRingSource>>,
+    pub(crate) hmac_keys: Option<Arc<KeyRingSource>>,
     /// `None`: unset (the webhook route answers 503).
-    webhook: Option<WebhookVerifier>,
-    trust_cert_headers: bool,
+    pub(crate) webhook: Option<WebhookVerifier>,
+    pub(crate) trust_cert_headers: bool,
 }
 
 /// The routes' credentials to run with.
 pub(crate) struct Credentials {
-    pub(crate) api_keys: ApiKeys,
+    pub(crate) api_keys: Arc<ApiKeys>,
     /// Unsubscribe links' keys: the first signs, all verify (re-read from a file if configured).
     pub(crate) ring: Arc<KeyRingSource>,
     /// Without a replay guard yet: that lives in the store.
@@ -74,16 +206,17 @@ pub(crate) struct Credentials {
 }
 
 impl Settings {
-    /// Reads every setting, and the key ring file if one is named (a missing or invalid one is
-    /// an error now, not a 503 later).
-    pub(crate) async fn from_env() -> Result<Self, EnvError> {
-        let listen = env("ZTGATE_LISTEN")?.unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+    /// Reads every setting (the environment, then the file `ZTGATE_CONFIG` names), and the
+    /// key ring if one is named (a missing or invalid one is an error now, not a 503 later).
+    pub(crate) async fn load() -> Result<Self, EnvError> {
+        let src = Sources::load()?;
+        let listen = src.get("ZTGATE_LISTEN")?.unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
         let listen: SocketAddr = listen.parse().map_err(|_| {
-            EnvError::new("ZTGATE_LISTEN", format!("{listen:?} is not an address such as 127.0.0.1:8080"))
+            src.error("ZTGATE_LISTEN", format!("{listen:?} is not an address such as 127.0.0.1:8080"))
         })?;
-        let db = PathBuf::from(env("ZTGATE_DB")?.unwrap_or_else(|| DEFAULT_DB.to_owned()));
-        let identity = match env("ZTGATE_TEAM_DOMAIN")? {
-            Some(team) => Identity::Access(production_access(&team)?),
+        let db = PathBuf::from(src.get("ZTGATE_DB")?.unwrap_or_else(|| DEFAULT_DB.to_owned()));
+        let identity = match src.get("ZTGATE_TEAM_DOMAIN")? {
+            Some(team) => Identity::Access(production_access(&src, &team)?),
             None => {
                 // Half a production configuration without a team domain is a mistake, not a
                 // request for dev mode: refuse rather than start with a local issuer.
@@ -99,9 +232,12 @@ impl Settings {
                 Identity::Dev
             }
         };
-        // Secrets: parse errors name the variable and never repeat its value.
+        // Secrets: parse errors name the variable (or the file's key) and never repeat a value.
         let api_keys = match env("ZTGATE_API_KEYS")? {
-            None => None,
+            None => match src.file() {
+                Some(file) if !file.api_keys.is_empty() => Some(file.api_keys().await.map_err(file_error)?),
+                _ => None,
+            },
             Some(spec) => {
                 let keys = ApiKeys::parse(&spec)?;
                 if keys.names().is_empty() {
@@ -110,9 +246,15 @@ impl Settings {
                 Some(keys)
             }
         };
-        let hmac_keys = hmac_keys().await?;
-        let webhook = env("ZTGATE_WEBHOOK_SECRET")?.map(WebhookVerifier::svix).transpose()?;
-        let trust_cert_headers = match env("ZTGATE_TRUST_CERT_HEADERS")?.as_deref() {
+        let hmac_keys = hmac_keys(&src).await?;
+        let webhook = match env("ZTGATE_WEBHOOK_SECRET")? {
+            Some(secret) => Some(WebhookVerifier::svix(secret)?),
+            None => match src.file().and_then(|f| f.webhook.as_ref()) {
+                Some(section) => Some(section.verifier().await.map_err(file_error)?),
+                None => None,
+            },
+        };
+        let trust_cert_headers = match src.get("ZTGATE_TRUST_CERT_HEADERS")?.as_deref() {
             None | Some("0") => false,
             Some("1") => true,
             Some(other) => {
@@ -124,14 +266,25 @@ impl Settings {
         };
         let credentials = CredentialSettings { api_keys, hmac_keys, webhook, trust_cert_headers };
         let limits = Limits {
-            header_timeout: timeout("ZTGATE_HEADER_TIMEOUT", DEFAULT_HEADER_TIMEOUT)?,
-            body_timeout: timeout("ZTGATE_BODY_TIMEOUT", DEFAULT_BODY_TIMEOUT)?,
-            idle_timeout: timeout("ZTGATE_IDLE_TIMEOUT", DEFAULT_IDLE_TIMEOUT)?,
-            max_connections: count("ZTGATE_MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS, MAX_CONNECTIONS_LIMIT)?,
+            header_timeout: timeout(&src, "ZTGATE_HEADER_TIMEOUT", DEFAULT_HEADER_TIMEOUT)?,
+            body_timeout: timeout(&src, "ZTGATE_BODY_TIMEOUT", DEFAULT_BODY_TIMEOUT)?,
+            idle_timeout: timeout(&src, "ZTGATE_IDLE_TIMEOUT", DEFAULT_IDLE_TIMEOUT)?,
+            max_connections: count(
+                &src,
+                "ZTGATE_MAX_CONNECTIONS",
+                DEFAULT_MAX_CONNECTIONS,
+                MAX_CONNECTIONS_LIMIT,
+            )?,
         };
-        let max_body_reads = count("ZTGATE_MAX_BODY_READS", DEFAULT_MAX_BODY_READS, limits.max_connections)?;
-        Ok(Self { listen, db, identity, credentials, limits, max_body_reads })
+        let max_body_reads =
+            count(&src, "ZTGATE_MAX_BODY_READS", DEFAULT_MAX_BODY_READS, limits.max_connections)?;
+        Ok(Self { sources: src, listen, db, identity, credentials, limits, max_body_reads })
     }
+}
+
+/// An error of the file's secrets or routes (the variable at fault is the file's).
+pub(crate) fn file_error(e: ConfigError) -> EnvError {
+    EnvError::new("ZTGATE_CONFIG", e.to_string())
 }
 
 impl CredentialSettings {
@@ -182,7 +335,7 @@ impl CredentialSettings {
             );
         }
         let credentials = Credentials {
-            api_keys,
+            api_keys: Arc::new(api_keys),
             ring,
             webhook: self.webhook,
             trust_cert_headers: self.trust_cert_headers,
@@ -192,8 +345,9 @@ impl CredentialSettings {
 }
 
 /// The key ring: fixed by `ZTGATE_HMAC_KEYS`, or read from `ZTGATE_HMAC_KEYS_FILE` now and
-/// again once per `ZTGATE_HMAC_KEYS_TTL` (never both); `None` when neither is set.
-async fn hmac_keys() -> Result<Option<Arc<KeyRingSource>>, EnvError> {
+/// again once per `ZTGATE_HMAC_KEYS_TTL` (never both), else the file's `[hmac_keys]`; `None`
+/// when none is set.
+async fn hmac_keys(src: &Sources) -> Result<Option<Arc<KeyRingSource>>, EnvError> {
     let fixed = env("ZTGATE_HMAC_KEYS")?;
     let file = env("ZTGATE_HMAC_KEYS_FILE")?;
     let ttl = env("ZTGATE_HMAC_KEYS_TTL")?.is_some();
@@ -214,6 +368,7 @@ async fn hmac_keys() -> Result<Option<Arc<KeyRingSource>>, EnvError> {
                 return Err(EnvError::new("ZTGATE_HMAC_KEYS_FILE", "is set but empty"));
             }
             let ttl = duration(
+                src,
                 "ZTGATE_HMAC_KEYS_TTL",
                 DEFAULT_HMAC_KEYS_TTL,
                 MIN_HMAC_KEYS_TTL..=MAX_TIMEOUT,
@@ -221,7 +376,12 @@ async fn hmac_keys() -> Result<Option<Arc<KeyRingSource>>, EnvError> {
             )?;
             Ok(Some(load_ring(FileSecret::new(path), ttl, "ZTGATE_HMAC_KEYS_FILE").await?))
         }
-        (None, None) => Ok(None),
+        (None, None) => match src.file().and_then(|f| f.hmac_keys.as_ref()) {
+            Some(section) => {
+                Ok(Some(Arc::new(section.key_ring(Arc::new(SystemClock)).await.map_err(file_error)?)))
+            }
+            None => Ok(None),
+        },
     }
 }
 
@@ -240,51 +400,67 @@ async fn load_ring(
     }
 }
 
-fn production_access(team: &str) -> Result<Arc<AccessJwt>, EnvError> {
+fn production_access(src: &Sources, team: &str) -> Result<AccessSettings, EnvError> {
     if !team.starts_with("https://") {
-        return Err(EnvError::new(
+        return Err(src.error(
             "ZTGATE_TEAM_DOMAIN",
             format!("{team:?} must start with https://, e.g. https://acme.cloudflareaccess.com"),
         ));
     }
-    let audiences = list("ZTGATE_AUD")?;
+    let audiences = list(src, "ZTGATE_AUD")?;
     if audiences.is_empty() {
-        return Err(EnvError::new("ZTGATE_AUD", "is required: the Access application's AUD tag(s)"));
+        return Err(src.error("ZTGATE_AUD", "is required: the Access application's AUD tag(s)"));
     }
-    let emails = list("ZTGATE_ADMIN_EMAILS")?;
+    let emails = list(src, "ZTGATE_ADMIN_EMAILS")?;
     if let Some(bad) = emails.iter().find(|e| !e.contains('@')) {
-        return Err(EnvError::new("ZTGATE_ADMIN_EMAILS", format!("{bad:?} is not an email address")));
+        return Err(src.error("ZTGATE_ADMIN_EMAILS", format!("{bad:?} is not an email address")));
     }
-    let service_tokens = list("ZTGATE_SERVICE_TOKENS")?;
+    let service_tokens = list(src, "ZTGATE_SERVICE_TOKENS")?;
     if emails.is_empty() && service_tokens.is_empty() {
         return Err(EnvError::new(
             "ZTGATE_ADMIN_EMAILS",
             "nobody would be allowed in: set ZTGATE_ADMIN_EMAILS and/or ZTGATE_SERVICE_TOKENS",
         ));
     }
-    let mut builder = Gate::builder(AccessConfig::new(team, audiences)?)
-        .policy(Policy::new().allow_emails(emails).allow_service_tokens(service_tokens));
-    if let Some(url) = env("ZTGATE_CERTS_URL")? {
-        builder = builder.certs_url(url);
+    let certs_url = src.get("ZTGATE_CERTS_URL")?;
+    let token_cache_setting = src.get("ZTGATE_TOKEN_CACHE_MAX_AGE")?;
+    let mut builder =
+        Gate::builder(AccessConfig::new(team, audiences.clone()).map_err(|e| src_config_error(src, e))?)
+            .policy(Policy::new().allow_emails(&emails).allow_service_tokens(&service_tokens));
+    if let Some(url) = &certs_url {
+        builder = builder.certs_url(url.as_str());
     }
-    Ok(Arc::new(builder.token_cache(token_cache()?).build_mechanism()?))
+    let mechanism = Arc::new(
+        builder.token_cache(token_cache(src)?).build_mechanism().map_err(|e| src_config_error(src, e))?,
+    );
+    let mut verifier_key = vec![team.to_owned(), certs_url.unwrap_or_default()];
+    verifier_key.push(token_cache_setting.unwrap_or_default());
+    verifier_key.extend(audiences);
+    Ok(AccessSettings { verifier_key, emails, service_tokens, mechanism })
+}
+
+/// ztgate's error about one of its settings, naming the variable (and the file's key).
+fn src_config_error(src: &Sources, e: ConfigError) -> EnvError {
+    let var = EnvError::from(e.clone()).var;
+    src.error(var, e.to_string())
 }
 
 /// `ZTGATE_TOKEN_CACHE_MAX_AGE`: how long a verified Access token is answered without a new
 /// signature check (1 s to 10 min, default 60 s; never past the token's `exp`), or `off`.
-fn token_cache() -> Result<TokenCacheConfig, EnvError> {
+fn token_cache(src: &Sources) -> Result<TokenCacheConfig, EnvError> {
     const NAME: &str = "ZTGATE_TOKEN_CACHE_MAX_AGE";
-    if env(NAME)?.as_deref() == Some("off") {
+    if src.get(NAME)?.as_deref() == Some("off") {
         return Ok(TokenCacheConfig::disabled());
     }
     let range = Duration::from_secs(1)..=TokenCacheConfig::MAX_MAX_AGE;
     let max_age = duration(
+        src,
         NAME,
         TokenCacheConfig::DEFAULT_MAX_AGE,
         range,
         "a duration such as 60s (from 1s to 600s), or off",
     )?;
-    TokenCacheConfig::default().with_max_age(max_age).map_err(|e| EnvError::new(NAME, e.to_string()))
+    TokenCacheConfig::default().with_max_age(max_age).map_err(|e| src.error(NAME, e.to_string()))
 }
 
 /// The value of `name`: unset → `None`; set → trimmed (empty counts as set, so it can be
@@ -298,19 +474,26 @@ fn env(name: &'static str) -> Result<Option<String>, EnvError> {
 }
 
 /// A timeout: whole seconds (`10` or `10s`) or milliseconds (`1500ms`), from 100 ms to 1 h.
-fn timeout(name: &'static str, default: Duration) -> Result<Duration, EnvError> {
-    duration(name, default, MIN_TIMEOUT..=MAX_TIMEOUT, "a timeout such as 10s or 500ms (from 100ms to 3600s)")
+fn timeout(src: &Sources, name: &'static str, default: Duration) -> Result<Duration, EnvError> {
+    duration(
+        src,
+        name,
+        default,
+        MIN_TIMEOUT..=MAX_TIMEOUT,
+        "a timeout such as 10s or 500ms (from 100ms to 3600s)",
+    )
 }
 
 /// A duration: whole seconds (`10` or `10s`) or milliseconds (`1500ms`), within `range`;
 /// `what` describes the accepted values in the error.
 fn duration(
+    src: &Sources,
     name: &'static str,
     default: Duration,
     range: std::ops::RangeInclusive<Duration>,
     what: &str,
 ) -> Result<Duration, EnvError> {
-    let Some(value) = env(name)? else { return Ok(default) };
+    let Some(value) = src.get(name)? else { return Ok(default) };
     let (digits, unit) = match value.strip_suffix("ms") {
         Some(digits) => (digits, Duration::from_millis(1)),
         None => (value.strip_suffix('s').unwrap_or(&value), Duration::from_secs(1)),
@@ -321,22 +504,23 @@ fn duration(
         .map(|n| unit * n);
     match parsed {
         Some(d) if range.contains(&d) => Ok(d),
-        _ => Err(EnvError::new(name, format!("{value:?} is not {what}"))),
+        _ => Err(src.error(name, format!("{value:?} is not {what}"))),
     }
 }
 
 /// A count from 1 to `max`.
-fn count(name: &'static str, default: usize, max: usize) -> Result<usize, EnvError> {
-    let Some(value) = env(name)? else { return Ok(default) };
+fn count(src: &Sources, name: &'static str, default: usize, max: usize) -> Result<usize, EnvError> {
+    let Some(value) = src.get(name)? else { return Ok(default) };
     match value.parse::<usize>() {
         Ok(n) if (1..=max).contains(&n) && value.bytes().all(|b| b.is_ascii_digit()) => Ok(n),
-        _ => Err(EnvError::new(name, format!("{value:?} is not a whole number from 1 to {max}"))),
+        _ => Err(src.error(name, format!("{value:?} is not a whole number from 1 to {max}"))),
     }
 }
 
 /// A comma-separated list; empty items are dropped.
-fn list(name: &'static str) -> Result<Vec<String>, EnvError> {
-    Ok(env(name)?
+fn list(src: &Sources, name: &'static str) -> Result<Vec<String>, EnvError> {
+    Ok(src
+        .get(name)?
         .map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect())
         .unwrap_or_default())
 }

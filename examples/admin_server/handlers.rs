@@ -129,7 +129,8 @@ pub(crate) async fn mint_unsubscribe_link(
         Some(t) => t,
     };
     // The current ring (re-read once per TTL when it comes from a file); logged by the source.
-    let ring = app.ring.ring().await.map_err(|_| Rejection::NotConfigured { what: "HMAC key ring" })?;
+    let ring =
+        app.live.get().ring.ring().await.map_err(|_| Rejection::NotConfigured { what: "HMAC key ring" })?;
     let now = unix_now();
     let token = ring.mint(UNSUBSCRIBE, &email, now, Duration::from_secs(ttl)).map_err(|e| match e {
         // The subject is the client's: a line break in it is refused, never signed.
@@ -402,7 +403,8 @@ pub(crate) async fn inbound_webhook(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    let Some(verifier) = &app.webhooks else {
+    let live = app.live.get();
+    let Some(verifier) = &live.webhooks else {
         return Err(Rejection::NotConfigured { what: "webhook secret" }.into());
     };
     let limit = verifier.max_body_bytes();
@@ -411,6 +413,24 @@ pub(crate) async fn inbound_webhook(
     let message = verifier.verify(&headers, &body, unix_now()).await?;
     app.store.record_webhook(&message, body.len()).await?;
     Ok(Json(json!({ "id": message.id() })))
+}
+
+/// Reads the configuration again and swaps it in (see `reload.rs`): 200 with what changed, or
+/// 422 `config_invalid` with why, the running configuration untouched.
+pub(crate) async fn reload_config(
+    State(app): State<AppState>,
+    who: Verified<Principal>,
+) -> Result<Json<Value>, ApiError> {
+    tracing::info!(target: LOG_TARGET, layer = "storage", outcome = "reload_requested", principal = ?who.id());
+    match app.reloader.reload("http").await {
+        Ok(done) => Ok(Json(json!({
+            "reloaded": true,
+            "routes": done.routes,
+            "kept_key_cache": done.kept_key_cache,
+            "needs_restart": done.needs_restart,
+        }))),
+        Err(why) => Err(ApiError::ConfigInvalid(why)),
+    }
 }
 
 /// Reads a body chunk by chunk, refusing it (413) as soon as it passes `limit`, whatever its
@@ -438,6 +458,8 @@ pub(crate) enum ApiError {
     NotFound(&'static str),
     MethodNotAllowed,
     Rejected(Rejection),
+    /// A reload refused: the configuration's error (never a secret).
+    ConfigInvalid(String),
     Storage,
     Internal,
 }
@@ -487,6 +509,7 @@ impl IntoResponse for ApiError {
                 (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed here".to_owned())
             }
             Self::Rejected(rejection) => return rejection.into_response(),
+            Self::ConfigInvalid(why) => (StatusCode::UNPROCESSABLE_ENTITY, "config_invalid", why),
             // Already logged where it happened; the client learns nothing about the database.
             Self::Storage => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "storage_error", "the store failed".to_owned())

@@ -76,6 +76,7 @@
 mod config;
 mod dev;
 mod handlers;
+mod reload;
 mod routes;
 mod serve;
 mod store;
@@ -87,6 +88,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{EnvError, Fatal, Identity, Settings};
 use crate::dev::DevIssuer;
+use crate::reload::Reloader;
 use crate::store::Store;
 
 /// The target of every log line, whichever module logs it: the example's name.
@@ -106,7 +108,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run() -> Result<(), Fatal> {
-    let settings = Settings::from_env().await?;
+    let mut settings = Settings::load().await?;
     let store = Store::open(&settings.db)?;
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
@@ -114,21 +116,23 @@ async fn run() -> Result<(), Fatal> {
     let addr = listener.local_addr().map_err(|e| Fatal::Runtime(e.to_string()))?;
 
     // Dev mode needs the bound address: the issuer and the JWKS URL are this server itself.
-    let (access, dev) = match settings.identity {
-        Identity::Access(access) => (access, None),
+    let (access, dev) = match &settings.identity {
+        Identity::Access(access) => (access.mechanism.clone(), None),
         Identity::Dev => {
             let dev = DevIssuer::new(addr)?;
             (dev.access()?, Some(dev))
         }
     };
     // Unset credentials get their defaults, with a warning (dev mode: a random API key).
-    let (credentials, dev_api_key) = settings.credentials.resolve(dev.is_some()).await?;
+    let credentials = std::mem::take(&mut settings.credentials);
+    let (credentials, dev_api_key) = credentials.resolve(dev.is_some()).await?;
     // ztgate records through the `metrics` facade; this process exports Prometheus text.
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .map_err(|e| Fatal::Runtime(format!("metrics recorder: {e}")))?;
-    let app =
-        routes::app(access.clone(), credentials, store, dev.as_ref(), settings.max_body_reads, metrics)?;
+    let reloader = Reloader::start(&settings, access.clone(), credentials, store.clone())
+        .map_err(|e| Fatal::Runtime(format!("route policies: {e}")))?;
+    let app = routes::app(reloader.clone(), store, dev.as_ref(), settings.max_body_reads, metrics);
 
     if let Some(dev) = &dev {
         dev.announce(dev_api_key.as_deref());
@@ -138,16 +142,32 @@ async fn run() -> Result<(), Fatal> {
 
     // Warm the key cache once the server is up (in dev mode the JWKS is served by this very
     // listener). A failure is only logged: requests then get 503 until keys are reachable.
-    tokio::spawn(async move {
-        match access.verifier().keys().refresh().await {
-            Ok(n) => tracing::info!(layer = "identity", outcome = "jwks_warm", keys = n),
-            Err(e) => tracing::warn!(layer = "identity", outcome = "jwks_warm_failed", error = ?e),
-        }
-    });
+    reload::warm(access);
+    reload_on_sighup(reloader)?;
 
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
     serve::serve(listener, app, settings.limits, shutdown).await;
+    Ok(())
+}
+
+/// SIGHUP reloads the configuration (as `POST /admin/reload` does); the outcome is logged.
+#[cfg(unix)]
+fn reload_on_sighup(reloader: std::sync::Arc<Reloader>) -> Result<(), Fatal> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups =
+        signal(SignalKind::hangup()).map_err(|e| Fatal::Runtime(format!("SIGHUP handler: {e}")))?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            // Logged and counted by `reload`; the server goes on with the old one on failure.
+            let _ = reloader.reload("sighup").await;
+        }
+    });
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn reload_on_sighup(_: std::sync::Arc<Reloader>) -> Result<(), Fatal> {
     Ok(())
 }

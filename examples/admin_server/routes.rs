@@ -13,18 +13,19 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 use tokio::sync::Semaphore;
 use ztgate::clock::SystemClock;
+use ztgate::config::{Mechanisms, RouteSpec};
 use ztgate::identity::hmac_token::{KeyRingSource, SignedTokenAuth, TokenSource};
-use ztgate::identity::webhook::WebhookVerifier;
 use ztgate::identity::{AccessJwt, ApiKeyAuth, ApiKeys, ClientCertAuth, Requirement};
 use ztgate::request::RequestLimits;
 use ztgate::{ConfigError, RoutePolicies};
 
-use crate::config::{Credentials, Fatal};
 use crate::dev::{CERTS_PATH, DevIssuer};
 use crate::handlers::{
     create_note, delete_note, healthz, inbound_webhook, list_notes, method_not_allowed, metrics_text,
-    mint_unsubscribe_link, mtls_whoami, not_found, ops_stats, unsubscribe, unsubscribe_preview, whoami,
+    mint_unsubscribe_link, mtls_whoami, not_found, ops_stats, reload_config, unsubscribe,
+    unsubscribe_preview, whoami,
 };
+use crate::reload::{Live, Reloader};
 use crate::store::Store;
 
 const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -36,34 +37,24 @@ const UNSUBSCRIBE_TOKEN_PARAM: &str = "token";
 #[derive(Clone)]
 pub(crate) struct AppState {
     pub(crate) store: Store,
-    pub(crate) ring: Arc<KeyRingSource>,
-    pub(crate) webhooks: Option<WebhookVerifier>,
+    /// The HMAC key ring and the webhook verifier in force (a reload swaps them).
+    pub(crate) live: Live,
     /// Renders what the process's `metrics` recorder holds, as Prometheus text.
     pub(crate) metrics: PrometheusHandle,
+    pub(crate) reloader: Arc<Reloader>,
 }
 
 /// The whole app: every route (the dev JWKS too when `dev` is given) and both fallbacks, under
-/// one policies layer. At most `max_body_reads` webhook bodies are read at once.
+/// the reloader's policies layer. At most `max_body_reads` webhook bodies are read at once.
 pub(crate) fn app(
-    access: Arc<AccessJwt>,
-    credentials: Credentials,
+    reloader: Arc<Reloader>,
     store: Store,
     dev: Option<&DevIssuer>,
     max_body_reads: usize,
     metrics: PrometheusHandle,
-) -> Result<Router, Fatal> {
-    // The replay guard lives in the same SQLite file: a replay is refused across restarts.
-    let webhooks = credentials.webhook.map(|verifier| verifier.with_replay_guard(store.replay_guard()));
-    let ring = credentials.ring;
-    let policies = route_policies(
-        access,
-        Arc::new(credentials.api_keys),
-        ring.clone(),
-        dev.is_some(),
-        credentials.trust_cert_headers,
-    )
-    .map_err(|e| Fatal::Runtime(format!("route policies: {e}")))?;
-    let state = AppState { store, ring, webhooks, metrics };
+) -> Router {
+    let policies = reloader.policies();
+    let state = AppState { store, live: reloader.live(), metrics, reloader };
 
     let mut app = Router::new()
         .route("/healthz", get(healthz))
@@ -71,6 +62,7 @@ pub(crate) fn app(
         .route("/admin/notes", get(list_notes).post(create_note))
         .route("/admin/notes/{id}", delete(delete_note))
         .route("/admin/unsubscribe-links", post(mint_unsubscribe_link))
+        .route("/admin/reload", post(reload_config))
         .route("/ops/stats", get(ops_stats))
         .route("/metrics", get(metrics_text))
         .route("/mtls/whoami", get(mtls_whoami))
@@ -94,12 +86,11 @@ pub(crate) fn app(
     }
     // The policies layer goes on last, over every route and both fallbacks: nothing is
     // reachable without a declared policy.
-    Ok(app
-        .fallback(not_found)
+    app.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(policies))
+        .layer(policies)
 }
 
 /// The webhook body is read before anything proves who sent it (the signature covers it), up
@@ -120,15 +111,20 @@ async fn limit_body_reads(State(permits): State<Arc<Semaphore>>, req: Request, n
 }
 
 /// Every route's requirement, first match wins; whatever matches no rule is 403 `no_policy`.
-fn route_policies(
+/// `file_routes`, when not empty, replace the built-in table (below); they name the
+/// mechanisms `access`, `api_key`, `client_cert`, `unsubscribe_token` and `public`. Dev mode's
+/// JWKS route is declared public first either way.
+pub(crate) fn route_policies(
     access: Arc<AccessJwt>,
     api_keys: Arc<ApiKeys>,
     ring: Arc<KeyRingSource>,
     dev: bool,
     trust_cert_headers: bool,
+    file_routes: &[RouteSpec],
 ) -> Result<RoutePolicies, ConfigError> {
     let access = Requirement::mechanism(access);
     let api_key = Requirement::mechanism(ApiKeyAuth::new(api_keys));
+    let client_cert = Requirement::mechanism(ClientCertAuth::new());
     let unsubscribe_token = Requirement::mechanism(SignedTokenAuth::from_source(
         ring,
         UNSUBSCRIBE,
@@ -136,15 +132,30 @@ fn route_policies(
         Arc::new(SystemClock),
     ));
     let limits = RequestLimits { trust_client_cert_headers: trust_cert_headers, ..Default::default() };
-    let mut policies = RoutePolicies::with_limits(limits)
-        .route("GET", "/healthz", Requirement::public())?
-        .route("HEAD", "/healthz", Requirement::public())?;
+    let mut policies = RoutePolicies::with_limits(limits);
     if dev {
         policies = policies.route("GET", CERTS_PATH, Requirement::public())?;
     }
+    if !file_routes.is_empty() {
+        let mechanisms = Mechanisms::new()
+            .with("access", access)
+            .with("api_key", api_key)
+            .with("client_cert", client_cert)
+            .with("unsubscribe_token", unsubscribe_token);
+        for (i, route) in file_routes.iter().enumerate() {
+            let at = format!("routes[{i}] ({} {})", route.method, route.path);
+            policies =
+                policies.route(&route.method, &route.path, mechanisms.resolve(&route.require, &at)?)?;
+        }
+        return Ok(policies);
+    }
     policies
+        .route("GET", "/healthz", Requirement::public())?
+        .route("HEAD", "/healthz", Requirement::public())?
         // Before the broader /admin rules: the first match wins.
         .route("DELETE", "/admin/notes/{id}", Requirement::all_of([access.clone(), api_key.clone()]))?
+        // A reload changes who gets in: an admin with an API key, as for deletions.
+        .route("POST", "/admin/reload", Requirement::all_of([access.clone(), api_key.clone()]))?
         .route("GET", "/admin/whoami", access.clone())?
         .route("GET", "/admin/notes", access.clone())?
         .route("POST", "/admin/notes", access.clone())?
@@ -154,7 +165,7 @@ fn route_policies(
         .route("*", "/admin/{*rest}", access)?
         .route("GET", "/ops/stats", api_key.clone())?
         .route("GET", "/metrics", api_key)?
-        .route("GET", "/mtls/whoami", Requirement::mechanism(ClientCertAuth::new()))?
+        .route("GET", "/mtls/whoami", client_cert)?
         // RFC 8058: GET only shows what would happen; the one-click POST unsubscribes. The
         // link's token is verified on both.
         .route("GET", "/api/unsubscribe", unsubscribe_token.clone())?

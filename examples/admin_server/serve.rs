@@ -77,7 +77,7 @@ const ENFILE: i32 = 23;
 
 /// The connection limits, from `ZTGATE_HEADER_TIMEOUT`, `ZTGATE_BODY_TIMEOUT`,
 /// `ZTGATE_IDLE_TIMEOUT` and `ZTGATE_MAX_CONNECTIONS`.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Limits {
     pub(crate) header_timeout: Duration,
     pub(crate) body_timeout: Duration,

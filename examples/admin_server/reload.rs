@@ -1,0 +1,250 @@
+//! Configuration reload (SIGHUP, `POST /admin/reload`): the settings are read again (the
+//! environment, then the file `ZTGATE_CONFIG` names), and the route table, the API keys, the
+//! HMAC key ring and the webhook secret are swapped at once. Connections stay open; the Access
+//! verifier, with its JWKS and verified-token caches, is kept whenever the team, audiences,
+//! certs URL and token cache are unchanged (only who is admitted changed). A configuration that
+//! fails any check is refused whole and the running one keeps serving (logged
+//! `config_reload_failed`, counted in `ztgate_config_reloads_total{outcome="refused"}`).
+//!
+//! The listen address, the database, the connection limits, and switching between dev mode and
+//! production take a restart: a reload that changes them applies the rest and says so.
+
+use std::sync::{Arc, RwLock};
+
+use ztgate::config::RouteSpec;
+use ztgate::identity::hmac_token::KeyRingSource;
+use ztgate::identity::webhook::WebhookVerifier;
+use ztgate::identity::{AccessJwt, ApiKeys};
+use ztgate::{ReloadablePolicies, RoutePolicies};
+
+use crate::LOG_TARGET;
+use crate::config::{CredentialSettings, Credentials, Identity, Settings};
+use crate::routes::route_policies;
+use crate::serve::Limits;
+use crate::store::Store;
+
+/// Counter of reloads, labelled `outcome` (`applied` or `refused`).
+pub(crate) const CONFIG_RELOADS: &str = "ztgate_config_reloads_total";
+
+/// The keys the handlers read, swapped whole by a reload.
+pub(crate) struct LiveKeys {
+    /// Unsubscribe links' keys: the first signs, all verify.
+    pub(crate) ring: Arc<KeyRingSource>,
+    /// With the store's replay guard; `None`: the webhook route answers 503.
+    pub(crate) webhooks: Option<WebhookVerifier>,
+}
+
+/// What the handlers hold: the keys in force now.
+#[derive(Clone)]
+pub(crate) struct Live(Arc<RwLock<Arc<LiveKeys>>>);
+
+impl Live {
+    fn new(keys: LiveKeys) -> Self {
+        Self(Arc::new(RwLock::new(Arc::new(keys))))
+    }
+
+    /// The keys in force now (a request keeps the ones it started with).
+    pub(crate) fn get(&self) -> Arc<LiveKeys> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set(&self, keys: LiveKeys) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+    }
+}
+
+/// What a reload keeps from the running configuration.
+struct Running {
+    /// The production verifier's settings and the mechanism that owns its caches.
+    verifier: Option<(Vec<String>, Arc<AccessJwt>)>,
+    /// Kept when a reload leaves `ZTGATE_API_KEYS` unset (dev mode's random key stays valid).
+    api_keys: Arc<ApiKeys>,
+    /// Kept when a reload names no key ring (links signed with the random one stay valid).
+    ring: Arc<KeyRingSource>,
+}
+
+/// Settings only a restart changes.
+#[derive(PartialEq)]
+struct Fixed {
+    listen: std::net::SocketAddr,
+    db: std::path::PathBuf,
+    limits: Limits,
+    max_body_reads: usize,
+}
+
+/// The result of a reload that was applied.
+pub(crate) struct Reloaded {
+    /// Rules in the new route table.
+    pub(crate) routes: usize,
+    /// Whether the Access verifier (and its caches) was kept.
+    pub(crate) kept_key_cache: bool,
+    /// What changed but takes a restart.
+    pub(crate) needs_restart: Vec<&'static str>,
+}
+
+/// Reloads the configuration; one reload at a time.
+pub(crate) struct Reloader {
+    store: Store,
+    /// Dev mode's Access mechanism (the local issuer): kept for the process's life.
+    dev: Option<Arc<AccessJwt>>,
+    fixed: Fixed,
+    policies: ReloadablePolicies,
+    live: Live,
+    running: tokio::sync::Mutex<Running>,
+}
+
+impl Reloader {
+    /// The first configuration, assembled: the reloader, the policies layer for the router
+    /// and the keys for the handlers. `access` is the dev mechanism in dev mode.
+    pub(crate) fn start(
+        settings: &Settings,
+        access: Arc<AccessJwt>,
+        credentials: Credentials,
+        store: Store,
+    ) -> Result<Arc<Self>, String> {
+        let dev = matches!(settings.identity, Identity::Dev);
+        let verifier = match &settings.identity {
+            Identity::Access(a) => Some((a.verifier_key.clone(), access.clone())),
+            Identity::Dev => None,
+        };
+        let (table, keys, api_keys, ring) =
+            assemble(settings.sources.routes(), access.clone(), credentials, dev, &store)?;
+        Ok(Arc::new(Self {
+            dev: dev.then_some(access),
+            fixed: fixed(settings),
+            policies: ReloadablePolicies::new(table),
+            live: Live::new(keys),
+            running: tokio::sync::Mutex::new(Running { verifier, api_keys, ring }),
+            store,
+        }))
+    }
+
+    /// The layer to put over the router.
+    pub(crate) fn policies(&self) -> ReloadablePolicies {
+        self.policies.clone()
+    }
+
+    /// The keys the handlers read.
+    pub(crate) fn live(&self) -> Live {
+        self.live.clone()
+    }
+
+    /// Reads the configuration again and swaps it in, or refuses it whole.
+    pub(crate) async fn reload(&self, trigger: &'static str) -> Result<Reloaded, String> {
+        let mut running = self.running.lock().await;
+        let result = self.try_reload(&mut running).await;
+        match &result {
+            Ok(done) => {
+                metrics::counter!(CONFIG_RELOADS, "outcome" => "applied").increment(1);
+                tracing::info!(
+                    target: LOG_TARGET,
+                    layer = "config",
+                    outcome = "config_reloaded",
+                    trigger,
+                    routes = done.routes,
+                    kept_key_cache = done.kept_key_cache,
+                    needs_restart = ?done.needs_restart,
+                );
+            }
+            Err(why) => {
+                metrics::counter!(CONFIG_RELOADS, "outcome" => "refused").increment(1);
+                tracing::warn!(target: LOG_TARGET, layer = "config", outcome = "config_reload_failed", trigger, reason = ?why);
+            }
+        }
+        result
+    }
+
+    async fn try_reload(&self, running: &mut Running) -> Result<Reloaded, String> {
+        let settings = Settings::load().await.map_err(|e| e.to_string())?;
+        let now = fixed(&settings);
+        let Settings { sources, identity, credentials, .. } = settings;
+        let (access, kept_key_cache, verifier) = match (&identity, &self.dev, &running.verifier) {
+            (Identity::Dev, Some(dev), _) => (dev.clone(), true, None),
+            (Identity::Access(new), None, Some((key, base))) if *key == new.verifier_key => {
+                (Arc::new(base.with_policy(new.policy())), true, Some((key.clone(), base.clone())))
+            }
+            (Identity::Access(new), None, _) => {
+                let base = new.mechanism.clone();
+                (base.clone(), false, Some((new.verifier_key.clone(), base)))
+            }
+            (Identity::Dev, None, _) => {
+                return Err("ZTGATE_TEAM_DOMAIN: is now unset; switching to dev mode takes a restart".into());
+            }
+            (Identity::Access(_), Some(_), _) => {
+                return Err("ZTGATE_TEAM_DOMAIN: is now set; leaving dev mode takes a restart".into());
+            }
+        };
+        let CredentialSettings { api_keys, hmac_keys, webhook, trust_cert_headers } = credentials;
+        let api_keys = match api_keys {
+            Some(keys) => Arc::new(keys),
+            // Dev mode's random key was printed at start: it stays valid.
+            None if self.dev.is_some() => running.api_keys.clone(),
+            None => {
+                tracing::warn!(target: LOG_TARGET, "no API keys are configured: API-key routes refuse every request");
+                Arc::new(ApiKeys::new())
+            }
+        };
+        // A ring made up at start (none configured) stays, so the links it signed stay valid.
+        let ring = hmac_keys.unwrap_or_else(|| running.ring.clone());
+        let credentials = Credentials { api_keys, ring, webhook, trust_cert_headers };
+        let dev = self.dev.is_some();
+        let (table, keys, api_keys, ring) =
+            assemble(sources.routes(), access.clone(), credentials, dev, &self.store)?;
+        let routes = table.rules().count();
+        let mut needs_restart = Vec::new();
+        for (changed, what) in [
+            (now.listen != self.fixed.listen, "listen"),
+            (now.db != self.fixed.db, "db"),
+            (now.limits != self.fixed.limits, "connection limits"),
+            (now.max_body_reads != self.fixed.max_body_reads, "max_body_reads"),
+        ] {
+            if changed {
+                needs_restart.push(what);
+            }
+        }
+        // Everything checked: swap it all in.
+        self.policies.replace(table);
+        self.live.set(keys);
+        if !kept_key_cache {
+            warm(access);
+        }
+        *running = Running { verifier, api_keys, ring };
+        Ok(Reloaded { routes, kept_key_cache, needs_restart })
+    }
+}
+
+/// The route table and the handlers' keys, from one configuration.
+fn assemble(
+    routes: &[RouteSpec],
+    access: Arc<AccessJwt>,
+    credentials: Credentials,
+    dev: bool,
+    store: &Store,
+) -> Result<(RoutePolicies, LiveKeys, Arc<ApiKeys>, Arc<KeyRingSource>), String> {
+    // The replay guard lives in the same SQLite file: a replay is refused across restarts.
+    let webhooks = credentials.webhook.map(|verifier| verifier.with_replay_guard(store.replay_guard()));
+    let (api_keys, ring) = (credentials.api_keys, credentials.ring);
+    let table =
+        route_policies(access, api_keys.clone(), ring.clone(), dev, credentials.trust_cert_headers, routes)
+            .map_err(|e| format!("ZTGATE_CONFIG: {e}"))?;
+    Ok((table, LiveKeys { ring: ring.clone(), webhooks }, api_keys, ring))
+}
+
+fn fixed(settings: &Settings) -> Fixed {
+    Fixed {
+        listen: settings.listen,
+        db: settings.db.clone(),
+        limits: settings.limits,
+        max_body_reads: settings.max_body_reads,
+    }
+}
+
+/// Fetches a new verifier's keys in the background, as at start.
+pub(crate) fn warm(access: Arc<AccessJwt>) {
+    tokio::spawn(async move {
+        match access.verifier().keys().refresh().await {
+            Ok(n) => tracing::info!(layer = "identity", outcome = "jwks_warm", keys = n),
+            Err(e) => tracing::warn!(layer = "identity", outcome = "jwks_warm_failed", error = ?e),
+        }
+    });
+}
