@@ -336,3 +336,305 @@ async fn sign_webhook_headers_pass_the_receivers_verifier_for_every_scheme() {
             .await;
     assert_one_line_error(&out);
 }
+
+/// A directory of the test's own under the system temp dir, removed when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("ztgate-cli-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    /// Writes `text` to `file` in the directory; its path as a string.
+    fn write(&self, file: &str, text: &str) -> String {
+        let path = self.0.join(file);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_owned()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The hex SHA-256 of `key`, as `printf %s "$KEY" | sha256sum` prints it.
+fn sha256_hex(key: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// An API key given by digest in the configuration files below. Made up for this test.
+const DIGEST_KEY: &str = "digest-only-key-0123456789abcdefghij"; // pragma: allowlist secret
+
+/// A file with every section: Access at `certs_url`, a key by digest, one by variable and one
+/// written in the file (SECRET, which must never be printed), the ring and the webhook secret
+/// by variable, an application's `[server]` table, and three routes.
+fn full_config(certs_url: &str) -> String {
+    let digest = sha256_hex(DIGEST_KEY);
+    format!(
+        r#"
+[access]
+team_domain = "{TEAM}"
+audiences = ["{AUD}"]
+certs_url = "{certs_url}"
+allow_emails = ["alice@example.com"]
+allow_email_domains = ["ops.example.com"]
+
+[api_keys]
+ops = {{ sha256 = "{digest}" }}
+deploy = {{ env = "ZTGATE_TEST_DEPLOY_KEY" }}
+legacy = {{ value = "{SECRET}" }}
+
+[hmac_keys]
+secret = {{ env = "ZTGATE_TEST_RING" }}
+ttl = "5m"
+
+[webhook]
+scheme = "github"
+secret = {{ env = "ZTGATE_TEST_HOOK" }}
+
+[server]
+listen = "127.0.0.1:8080"
+database = {{ path = "/var/lib/admin/notes.db" }}
+
+[[routes]]
+method = "GET"
+path = "/healthz"
+require = "public"
+
+[[routes]]
+method = "POST"
+path = "/admin/notes"
+require = {{ all_of = ["access", "api_key"] }}
+
+[[routes]]
+path = "/admin/{{*rest}}"
+require = {{ any_of = ["access", "signed_link"] }}
+"#
+    )
+}
+
+#[tokio::test]
+async fn check_config_prints_the_effective_configuration_in_order_and_never_a_written_secret() {
+    let dir = TempDir::new("check-valid");
+    let path = dir.write("ztgate.toml", &full_config("http://127.0.0.1:9/certs"));
+    let out = run(&["check-config", &path], &[], "").await;
+    assert_eq!(out.status.code(), Some(0), "stdout: {}\nstderr: {}", stdout(&out), stderr(&out));
+    let text = stdout(&out);
+    for secret in [SECRET, &sha256_hex(DIGEST_KEY)] {
+        assert!(!text.contains(secret) && !stderr(&out).contains(secret), "{text}");
+    }
+    for expected in [
+        format!("  team_domain: {TEAM}"),
+        format!("  audiences: {AUD}"),
+        "  certs_url: http://127.0.0.1:9/certs".to_owned(),
+        "  token_cache: on, a verified token answered for up to 60s".to_owned(),
+        "  allow_emails: alice@example.com".to_owned(),
+        "  allow_email_domains: ops.example.com".to_owned(),
+        "  deploy: env ZTGATE_TEST_DEPLOY_KEY".to_owned(),
+        "  legacy: <redacted>".to_owned(),
+        format!("  ops: sha256:{}", &sha256_hex(DIGEST_KEY)[..8]),
+        "hmac_keys: ring from env ZTGATE_TEST_RING, read again every 300s".to_owned(),
+        "webhook: github, secret from env ZTGATE_TEST_HOOK".to_owned(),
+        "trust_cert_headers: false".to_owned(),
+        "server: application settings, not checked by ztgate".to_owned(),
+        "application mechanisms (assumed, not checked by ztgate): signed_link".to_owned(),
+        "warning: api_keys.legacy: the key is written in the file".to_owned(),
+    ] {
+        assert!(text.contains(&expected), "missing {expected:?} in {text}");
+    }
+    let routes: Vec<&str> = text.lines().filter(|l| l.contains(" -> ")).collect();
+    assert_eq!(
+        routes,
+        [
+            "  GET /healthz -> public",
+            "  POST /admin/notes -> all_of(access, api_key)",
+            "  * /admin/{*rest} -> any_of(access, signed_link)",
+        ]
+    );
+    assert!(text.ends_with("valid\n"), "{text}");
+    assert!(!text.contains("error:"), "{text}");
+
+    // References are read only when asked, and then reported without their values.
+    let ring = format!("2026-12:{SECRET}");
+    let deploy = "deploy-key-from-the-environment-0123"; // pragma: allowlist secret
+    let envs =
+        [("ZTGATE_TEST_DEPLOY_KEY", deploy), ("ZTGATE_TEST_RING", &ring), ("ZTGATE_TEST_HOOK", SECRET)];
+    let out = run(&["check-config", "--resolve-secrets", &path], &envs, "").await;
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    let text = stdout(&out);
+    for line in ["  api_keys.deploy: ok", "  hmac_keys.secret: ok", "  webhook.secret: ok"] {
+        assert!(text.contains(line), "missing {line:?} in {text}");
+    }
+    assert!(!text.contains(SECRET) && !text.contains(deploy), "{text}");
+
+    let out = run(&["check-config", "--resolve-secrets", &path], &envs[..1], "").await;
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let text = stdout(&out);
+    assert!(text.contains("error: hmac_keys.secret: ") && text.contains("ZTGATE_TEST_RING"), "{text}");
+    assert!(text.contains("error: webhook.secret: "), "{text}");
+    assert!(!text.contains(deploy), "{text}");
+}
+
+#[tokio::test]
+async fn check_config_refuses_a_misspelt_key_naming_it_and_its_line_with_exit_2() {
+    let dir = TempDir::new("check-typo");
+    let text = format!(
+        "[access]\nteam_domain = \"{TEAM}\"\naudiences = [\"{AUD}\"]\nallow_email = [\"alice@example.com\"]\n"
+    );
+    let path = dir.write("typo.toml", &text);
+    let out = run(&["check-config", &path], &[], "").await;
+    assert_one_line_error(&out);
+    let err = stderr(&out);
+    assert!(err.starts_with(&format!("ztgate: {path}: line 4, column 1: ")), "{err}");
+    assert!(err.contains("allow_email"), "{err}");
+
+    // The line of a misspelt secret is not quoted, so the secret is not either.
+    let path = dir.write("secret.toml", &format!("[api_keys]\nops = {{ valeu = \"{SECRET}\" }}\n"));
+    let out = run(&["--json", "check-config", &path], &[], "").await;
+    assert_one_line_error(&out);
+    assert!(stderr(&out).contains("line 2") && stderr(&out).contains("valeu"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains(SECRET), "{}", stderr(&out));
+
+    let out = run(&["check-config", &dir.0.join("missing.toml").to_string_lossy()], &[], "").await;
+    assert_one_line_error(&out);
+}
+
+#[tokio::test]
+async fn check_config_exits_1_for_a_route_the_router_refuses_and_says_which() {
+    let dir = TempDir::new("check-route");
+    let text = "[[routes]]\npath = \"/healthz\"\nrequire = \"public\"\n\n[[routes]]\nmethod = \"GET\"\npath = \"/a/{*rest}/b\"\nrequire = \"access\"\n";
+    let path = dir.write("routes.toml", text);
+    let out = run(&["check-config", &path], &[], "").await;
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", stderr(&out));
+    assert!(out.stderr.is_empty(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let errors: Vec<&str> = text.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(errors.len(), 1, "{text}");
+    assert!(
+        errors[0].contains("routes[1] (GET /a/{*rest}/b)") && errors[0].contains("must be last"),
+        "{text}"
+    );
+    assert!(
+        text.contains("warning: routes require \"access\" but the file has no [access] section"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn check_config_json_carries_validity_errors_warnings_routes_and_keys() {
+    let dir = TempDir::new("check-json");
+    let path = dir.write("ztgate.toml", &full_config("http://127.0.0.1:9/certs"));
+    let out = run(&["--json", "check-config", &path], &[], "").await;
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let raw = stdout(&out);
+    assert!(!raw.contains(SECRET) && raw.ends_with('\n') && raw.matches('\n').count() == 1, "{raw}");
+    let doc: Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(doc["valid"], true);
+    assert_eq!(doc["errors"], json!([]));
+    assert_eq!(doc["warnings"].as_array().unwrap().len(), 1, "{doc}");
+    assert_eq!(
+        doc["routes"][1],
+        json!({"method": "POST", "path": "/admin/notes", "require": "all_of(access, api_key)"})
+    );
+    assert_eq!(doc["routes"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        doc["api_keys"],
+        json!([
+            {"name": "deploy", "kind": "env", "source": "env ZTGATE_TEST_DEPLOY_KEY"},
+            {"name": "legacy", "kind": "value", "source": "<redacted>"},
+            {"name": "ops", "kind": "sha256", "source": format!("sha256:{}", &sha256_hex(DIGEST_KEY)[..8])},
+        ])
+    );
+    assert_eq!(doc["access"]["team_domain"], TEAM);
+    assert_eq!(doc["access"]["token_cache"], json!({"enabled": true, "max_age_secs": 60}));
+    assert_eq!(doc["hmac_keys"], json!({"secret": "env ZTGATE_TEST_RING", "ttl_secs": 300})); // pragma: allowlist secret
+    assert_eq!(doc["webhook"], json!({"scheme": "github", "secret": "env ZTGATE_TEST_HOOK"})); // pragma: allowlist secret
+    assert_eq!(doc["application_mechanisms"], json!(["signed_link"]));
+    assert_eq!(doc["server"], true);
+    assert_eq!(doc["secrets_resolved"], false);
+
+    // A failed check: valid false, each failure in `errors`, exit 1.
+    let bad = full_config("http://example.com/certs").replace("ttl = \"5m\"", "ttl = \"2h\"");
+    let path = dir.write("bad.toml", &bad);
+    let out = run(&["--json", "check-config", &path], &[], "").await;
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", stderr(&out));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["valid"], false);
+    let errors: Vec<&str> = doc["errors"].as_array().unwrap().iter().map(|e| e.as_str().unwrap()).collect();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(errors[0].starts_with("access: ") && errors[0].contains("certs_url"), "{errors:?}");
+    assert!(errors[1].contains("hmac_keys.ttl"), "{errors:?}");
+}
+
+#[tokio::test]
+async fn verify_and_inspect_take_the_application_from_a_config_file_and_flags_override_it() {
+    let key = key("k1");
+    let server = JwksServer::start(&[&key]).await;
+    let dir = TempDir::new("verify-config");
+    let path = dir.write("ztgate.toml", &full_config(&server.url()));
+    let token = user_token(&key, AUD, 600);
+    let out = run(&["verify", "--config", &path, "-"], &[], &token).await;
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(stdout(&out), "valid: user:alice@example.com\n");
+    assert_eq!(server.fetches(), 1);
+
+    let out = run(&["--json", "verify", "--config", &path, "--aud", "another-app", "-"], &[], &token).await;
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", stderr(&out));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["reason"], "token audience does not match this application");
+
+    let out = run(&["inspect", "--config", &path, "-"], &[], &token).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert!(stdout(&out).contains("ok   aud") && !stdout(&out).contains("FAIL"), "{}", stdout(&out));
+
+    // A file without [access] cannot say which application.
+    let path = dir.write("no-access.toml", "[[routes]]\npath = \"/\"\nrequire = \"public\"\n");
+    let out = run(&["verify", "--config", &path, "-"], &[], &token).await;
+    assert_one_line_error(&out);
+    assert!(stderr(&out).contains("no [access] section"), "{}", stderr(&out));
+}
+
+#[tokio::test]
+async fn mint_link_reads_the_key_ring_a_config_file_names() {
+    let dir = TempDir::new("mint-config");
+    let ring = format!("2026-12:{SECRET}");
+    let ring_file = dir.write("ring", &ring);
+    let by_env = dir.write("env.toml", &full_config("http://127.0.0.1:9/certs"));
+    let by_file = dir.write("file.toml", &format!("[hmac_keys]\nsecret = {{ file = \"{ring_file}\" }}\n"));
+    let args = |config: &str| {
+        [
+            "mint-link",
+            "--config",
+            config,
+            "--purpose",
+            "unsubscribe",
+            "--subject",
+            "alice@example.com",
+            "--ttl",
+            "1h",
+        ]
+        .map(str::to_owned)
+    };
+    for (config, envs) in [(&by_env, vec![("ZTGATE_TEST_RING", ring.as_str())]), (&by_file, vec![])] {
+        let args = args(config);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = run(&args, &envs, "").await;
+        assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+        let token = stdout(&out).trim().to_owned();
+        let verified = KeyRing::parse(&ring).unwrap().verify(&token, "unsubscribe", now()).unwrap();
+        assert_eq!(verified.subject, "alice@example.com");
+    }
+
+    // The variable the file names is unset: one line naming it, never the ring.
+    let args = args(&by_env);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run(&args, &[("ZTGATE_HMAC_KEYS", &ring)], "").await;
+    assert_one_line_error(&out);
+    assert!(stderr(&out).contains("ZTGATE_TEST_RING") && !stderr(&out).contains(SECRET), "{}", stderr(&out));
+}

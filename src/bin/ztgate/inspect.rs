@@ -6,14 +6,14 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Map, Value, json};
 use ztgate::AccessConfig;
 
-use crate::{AppArgs, Failure, Report, TokenArg, input, time};
+use crate::{AppArgs, Failure, Report, TokenArg, check, input, time};
 
 /// The largest token the middleware reads (the `Cf-Access-Jwt-Assertion` cap), in bytes.
 const MAX_TOKEN_LEN: usize = 16 * 1024;
 
 pub(crate) fn run(app: &AppArgs, token: &TokenArg) -> Result<Report, Failure> {
     let token = input::token(token)?;
-    let config = app_config(app)?;
+    let (config, _) = app_config(app)?;
     let now = ztgate::clock::unix_now() as i64;
     let decoded = decode(&token)?;
     let checks = config.as_ref().map(|c| checks(c, &decoded, now)).unwrap_or_default();
@@ -21,14 +21,25 @@ pub(crate) fn run(app: &AppArgs, token: &TokenArg) -> Result<Report, Failure> {
 }
 
 /// The `AccessConfig` from `--team` and `--aud`, when both are given (one without the other is
-/// a usage error: half a configuration would check half the rules).
-pub(crate) fn app_config(app: &AppArgs) -> Result<Option<AccessConfig>, Failure> {
-    match (&app.team, app.aud.is_empty()) {
-        (None, true) => Ok(None),
-        (Some(team), false) => Ok(Some(AccessConfig::new(team.as_str(), &app.aud)?)),
-        (Some(_), true) => Err(Failure("--team needs at least one --aud".into())),
-        (None, false) => Err(Failure("--aud needs --team".into())),
-    }
+/// a usage error: half a configuration would check half the rules), each taken from the
+/// `--config` file's `[access]` section when not given; with the file's `certs_url`, if any.
+pub(crate) fn app_config(app: &AppArgs) -> Result<(Option<AccessConfig>, Option<String>), Failure> {
+    let Some(path) = &app.config else {
+        let config = match (&app.team, app.aud.is_empty()) {
+            (None, true) => None,
+            (Some(team), false) => Some(AccessConfig::new(team.as_str(), &app.aud)?),
+            (Some(_), true) => return Err(Failure("--team needs at least one --aud".into())),
+            (None, false) => return Err(Failure("--aud needs --team".into())),
+        };
+        return Ok((config, None));
+    };
+    let access = check::load(path)?
+        .access
+        .ok_or_else(|| Failure(format!("{}: no [access] section", path.display())))?;
+    let team = app.team.as_deref().unwrap_or(&access.team_domain);
+    let auds = if app.aud.is_empty() { &access.audiences } else { &app.aud };
+    let config = AccessConfig::new(team, auds).map_err(|e| Failure(format!("{}: {e}", path.display())))?;
+    Ok((Some(config), access.certs_url))
 }
 
 /// A token split and decoded, nothing verified.
@@ -176,7 +187,7 @@ fn report(t: &Decoded, checks: &[Check], checked: bool, now: i64) -> Report {
             }
         }
     } else {
-        line("checks: pass --team and --aud to see which would fail".into());
+        line("checks: pass --team and --aud (or --config) to see which would fail".into());
     }
     let failures: Vec<Value> = checks
         .iter()

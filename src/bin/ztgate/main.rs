@@ -1,11 +1,16 @@
 //! `ztgate`: the operator's tool. Decode a Cloudflare Access token and say which checks it
 //! would fail, verify one exactly as the middleware does, review a JWKS, mint an HMAC link,
-//! sign a webhook the way a sender would.
+//! sign a webhook the way a sender would, check a configuration file.
 //!
 //! Tokens and secrets are read from stdin (`-`) or an environment variable (`--token-env`,
 //! `--secret-env`, `--keys-env`), so they need never appear on a command line (shell history,
 //! `ps`). Every error is one line on stderr. Exit codes: 0 success or valid, 1 refused (or a
 //! check failed), 2 usage, input or network error. `--json` prints one JSON document on stdout.
+//!
+//! `check-config FILE` prints a `ztgate::config` file's effective settings (secrets redacted),
+//! its warnings and every check that needs no network (`--resolve-secrets` reads references).
+//! `--config FILE` gives `inspect` and `verify` the file's `[access]` application (flags
+//! override it) and `mint-link` its `[hmac_keys]` ring.
 //!
 //! ```text
 //! ztgate inspect --team https://acme.cloudflareaccess.com --aud TAG - < token.txt
@@ -13,9 +18,12 @@
 //! ztgate jwks https://acme.cloudflareaccess.com/cdn-cgi/access/certs
 //! ZTGATE_HMAC_KEYS=... ztgate mint-link --purpose unsubscribe --subject alice@example.com --ttl 7d
 //! ztgate sign-webhook --scheme github --secret-env HOOK_SECRET - < body.json
+//! ztgate check-config --resolve-secrets ztgate.toml
+//! ztgate verify --config ztgate.toml --token-env CF_TOKEN
 //! ```
 #![forbid(unsafe_code)]
 
+mod check;
 mod input;
 mod inspect;
 mod jwks;
@@ -23,6 +31,7 @@ mod sign;
 mod time;
 mod verify;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -48,7 +57,7 @@ impl<E: std::fmt::Display> From<E> for Failure {
 #[command(
     name = "ztgate",
     version,
-    about = "Inspect and verify Cloudflare Access tokens, review JWKS, mint HMAC links, sign webhooks"
+    about = "Inspect and verify Cloudflare Access tokens, review JWKS, mint HMAC links, sign webhooks, check configuration files"
 )]
 struct Cli {
     /// Print one JSON document on stdout instead of text.
@@ -78,11 +87,15 @@ pub(crate) struct AppArgs {
     /// An Application Audience (AUD) tag to accept; repeat for several.
     #[arg(long, value_name = "TAG")]
     aud: Vec<String>,
+    /// Take the team, audiences (and, for verify, the certs URL) from this configuration
+    /// file's [access] section; --team, --aud and --certs-url override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Decode a token without trusting it; with --team/--aud, say which checks would fail.
+    /// Decode a token without trusting it; with --team/--aud (or --config), say which checks would fail.
     Inspect {
         #[command(flatten)]
         app: AppArgs,
@@ -119,6 +132,9 @@ enum Command {
         /// The environment variable holding the key ring (`kid:secret,...`, signing key first).
         #[arg(long, value_name = "VAR", default_value = "ZTGATE_HMAC_KEYS")]
         keys_env: String,
+        /// Read the key ring from this configuration file's [hmac_keys] secret instead.
+        #[arg(long, value_name = "FILE", conflicts_with = "keys_env")]
+        config: Option<PathBuf>,
     },
     /// Print the headers a webhook sender would send for BODY, to test receivers.
     SignWebhook {
@@ -137,6 +153,16 @@ enum Command {
         /// The body, or `-` to read it from stdin.
         #[arg(value_name = "BODY|-")]
         body: String,
+    },
+    /// Read a configuration file, print its effective settings (secrets redacted) and warnings,
+    /// and check what needs no network (exit 0 valid, 1 a check failed, 2 unreadable).
+    CheckConfig {
+        /// The TOML file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Also read each secret reference (env, file) and check it; values are never printed.
+        #[arg(long)]
+        resolve_secrets: bool,
     },
 }
 
@@ -165,12 +191,17 @@ fn main() -> ExitCode {
         Command::Inspect { app, token } => inspect::run(&app, &token),
         Command::Verify { app, certs_url, token } => verify::run(&app, certs_url.as_deref(), &token),
         Command::Jwks { source } => jwks::run(&source),
-        Command::MintLink { purpose, subject, ttl, keys_env } => {
-            sign::mint_link(&purpose, &subject, ttl, &keys_env)
+        Command::MintLink { purpose, subject, ttl, keys_env, config } => {
+            let keys = match &config {
+                Some(path) => sign::Keys::Config(path),
+                None => sign::Keys::Env(&keys_env),
+            };
+            sign::mint_link(&purpose, &subject, ttl, keys)
         }
         Command::SignWebhook { scheme, secret_env, id, timestamp, body } => {
             sign::sign_webhook(scheme, &secret_env, id, timestamp, &body)
         }
+        Command::CheckConfig { file, resolve_secrets } => check::run(&file, resolve_secrets),
     };
     match result {
         Ok(report) => {
@@ -189,6 +220,6 @@ fn main() -> ExitCode {
 }
 
 /// `why` on one line: control characters (a newline from an error chain) become spaces.
-fn one_line(why: &str) -> String {
+pub(crate) fn one_line(why: &str) -> String {
     why.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
 }

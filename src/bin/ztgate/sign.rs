@@ -1,21 +1,47 @@
 //! `ztgate mint-link` and `ztgate sign-webhook`: what a sender produces, to test receivers.
 
+use std::path::Path;
+use std::sync::Arc;
+
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
 use serde_json::json;
 use sha2::Sha256;
+use ztgate::clock::SystemClock;
 use ztgate::identity::hmac_token::KeyRing;
 
-use crate::{Failure, Report, Scheme, input};
+use crate::{Failure, Report, Scheme, check, input};
+
+/// Where `mint-link` reads the key ring.
+pub(crate) enum Keys<'a> {
+    /// This environment variable.
+    Env(&'a str),
+    /// This configuration file's `[hmac_keys].secret` reference.
+    Config(&'a Path),
+}
 
 pub(crate) fn mint_link(
     purpose: &str,
     subject: &str,
     ttl: std::time::Duration,
-    keys_env: &str,
+    keys: Keys<'_>,
 ) -> Result<Report, Failure> {
-    let ring = KeyRing::parse(&input::env(keys_env)?).map_err(|e| Failure(format!("{keys_env}: {e}")))?;
+    let ring = match keys {
+        Keys::Env(var) => {
+            Arc::new(KeyRing::parse(&input::env(var)?).map_err(|e| Failure(format!("{var}: {e}")))?)
+        }
+        Keys::Config(path) => {
+            let file = check::load(path)?;
+            let section = file
+                .hmac_keys
+                .ok_or_else(|| Failure(format!("{}: no [hmac_keys] section", path.display())))?;
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime
+                .block_on(async { section.key_ring(Arc::new(SystemClock)).await?.ring().await })
+                .map_err(|e| Failure(format!("{}: {e}", path.display())))?
+        }
+    };
     let now = ztgate::clock::unix_now();
     let token = ring.mint(purpose, subject, now, ttl)?;
     let expires = now + ttl.as_secs();

@@ -13,8 +13,9 @@ use crate::{AppArgs, Failure, Report, TokenArg, input, inspect};
 
 pub(crate) fn run(app: &AppArgs, certs_url: Option<&str>, token: &TokenArg) -> Result<Report, Failure> {
     let token = input::token(token)?;
-    let config = inspect::app_config(app)?.ok_or_else(|| Failure("verify needs --team and --aud".into()))?;
-    let url = certs_url.map_or_else(|| config.default_certs_url(), str::to_owned);
+    let (config, file_url) = inspect::app_config(app)?;
+    let config = config.ok_or_else(|| Failure("verify needs --team and --aud, or --config".into()))?;
+    let url = certs_url.map(str::to_owned).or(file_url).unwrap_or_else(|| config.default_certs_url());
     let fetcher = HttpFetcher::new(&url)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let fetcher = Arc::new(fetcher);
