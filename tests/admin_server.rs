@@ -2194,3 +2194,32 @@ async fn routes_in_the_config_file_replace_the_built_in_table_and_deny_what_they
     assert_ne!(status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("acess") && stderr.contains("routes[0]"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_config_file_starts_the_server_and_its_routes_hold() {
+    let jwks = JwksServer::start(&[key()]).await;
+    let db = TempDb::new();
+    let example = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/admin_server/ztgate.example.toml");
+    // The file's secrets are references: give them values; point it at the test team.
+    let server = Server::start(&[
+        ("ZTGATE_CONFIG", example.to_str().unwrap().to_owned()),
+        ("ZTGATE_LISTEN", "127.0.0.1:0".into()),
+        ("ZTGATE_DB", db.path()),
+        ("ZTGATE_TEAM_DOMAIN", TEAM.into()),
+        ("ZTGATE_AUD", AUD.into()),
+        ("ZTGATE_CERTS_URL", jwks.url()),
+        ("ZTGATE_ADMIN_EMAILS", ADMIN.into()),
+        ("BACKUP_API_KEY", BACKUP_KEY.into()),
+        ("UNSUBSCRIBE_KEYS", format!("k1:{HMAC_K1}")),
+        ("SVIX_WEBHOOK_SECRET", webhook_secret()),
+    ]);
+    assert_eq!(call(&server, "GET", "/healthz", &[]).await.status(), StatusCode::OK);
+    assert_eq!(whoami_status(&server, ADMIN).await, StatusCode::OK);
+    let res = call(&server, "GET", "/ops/stats", &[("Cf-Access-Jwt-Assertion", &user_token(ADMIN))]).await;
+    assert_refused(res, StatusCode::UNAUTHORIZED, "missing_credential").await;
+    // The key given by reference to a variable.
+    assert_eq!(stats_status(&server, BACKUP_KEY).await, StatusCode::OK);
+    // Not in the file's table (the built-in one has it).
+    let res = call(&server, "GET", "/mtls/whoami", &[]).await;
+    assert_refused(res, StatusCode::FORBIDDEN, "no_policy").await;
+}

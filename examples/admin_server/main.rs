@@ -25,6 +25,7 @@
 //! | any other `/admin` path | an Access admin (so unknown admin paths are 401 before 404) |
 //! | `GET /ops/stats` | an API key |
 //! | `GET /metrics` (Prometheus text: `ztgate_decisions_total`... see `ztgate::metrics`) | an API key |
+//! | `POST /admin/reload` | an Access admin **and** an API key: reads the configuration again (as SIGHUP does) |
 //! | `GET /mtls/whoami` | a client certificate Cloudflare verified and found unrevoked |
 //! | `GET`/`POST /api/unsubscribe?token=..` | an HMAC-signed token for purpose `unsubscribe`; GET only shows what would happen, the RFC 8058 one-click POST (`List-Unsubscribe=One-Click`) unsubscribes |
 //! | `POST /webhooks/inbound` | public at the gate; the handler verifies the Svix signature (it needs the body) and refuses replays |
@@ -38,10 +39,11 @@
 //! cargo run --example admin_server
 //! ```
 //!
-//! Production mode is configured by environment:
+//! Production mode is configured by environment, by a file, or both:
 //!
 //! | variable | meaning |
 //! |---|---|
+//! | `ZTGATE_CONFIG` | a TOML file (`ztgate.example.toml` beside this file shows every key): `[server]` holds the settings below by their lower-case names (`listen`, `db`, `header_timeout`...), `[access]`, `[api_keys]` (by SHA-256 digest or reference), `[hmac_keys]`, `[webhook]`, `[request]` and `[[routes]]` are `ztgate::config`'s. A variable that is set wins over the file, setting by setting |
 //! | `ZTGATE_LISTEN` | address to listen on (default `127.0.0.1:8080`) |
 //! | `ZTGATE_TEAM_DOMAIN` | e.g. `https://acme.cloudflareaccess.com`, the exact `iss`; unset = dev mode |
 //! | `ZTGATE_CERTS_URL` | JWKS URL (default `{team}/cdn-cgi/access/certs`) |
@@ -70,8 +72,16 @@
 //! `ZTGATE_HMAC_KEYS` that takes a restart; with `ZTGATE_HMAC_KEYS_FILE`, rewrite the file
 //! (write a new one, then rename it over the old) and the new key signs within the TTL.
 //!
-//! Invalid configuration exits with status 2 and names the variable, never repeating a
-//! secret. Logs go to stderr (`RUST_LOG`, default `info`) and never contain a credential.
+//! **Reload.** SIGHUP, or `POST /admin/reload`, reads the variables and the file again and
+//! swaps the route table, API keys, HMAC ring and webhook secret at once (`reload.rs`);
+//! connections stay open, and the JWKS and token caches stay when the Access application is
+//! unchanged. A file that fails any check is refused whole and the running configuration keeps
+//! serving: 422 `config_invalid`, the log line `config_reload_failed`, and the counter
+//! `ztgate_config_reloads_total{outcome="refused"}` (`applied` for the others). The listen
+//! address, database and connection limits take a restart.
+//!
+//! Invalid configuration exits with status 2 and names the variable (and, for a value from
+//! the file, its key), never repeating a secret. Logs go to stderr (`RUST_LOG`, default `info`) and never contain a credential.
 
 mod config;
 mod dev;

@@ -75,9 +75,11 @@ fn newest_mtime(path: &Path) -> SystemTime {
     }
     match std::fs::read_dir(path) {
         Ok(entries) => {
-            entries.flatten().map(|e| newest_mtime(&e.path())).max().unwrap_or(UNIX_EPOCH).max(modified(path))
+            entries.flatten().map(|e| newest_mtime(&e.path())).max().unwrap_or(UNIX_EPOCH)
         }
-        Err(_) => modified(path),
+        // Only Rust sources rebuild the binary (the example's TOML file does not).
+        Err(_) if path.extension().is_some_and(|e| e == "rs") => modified(path),
+        Err(_) => UNIX_EPOCH,
     }
 }
 
