@@ -13,6 +13,7 @@
 //! use ztgate::identity::{ApiKeyAuth, Requirement};
 //! use std::sync::Arc;
 //!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let text = r#"
 //! [access]
 //! team_domain = "https://acme.cloudflareaccess.com"
@@ -32,7 +33,6 @@
 //! path = "/admin/{*rest}"
 //! require = { all_of = ["access", "api_key"] }
 //! "#;
-//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let file: ConfigFile = ConfigFile::from_toml(text)?;
 //! let access = file.access.as_ref().unwrap().builder()?.build_mechanism()?;
 //! let keys = Arc::new(file.api_keys().await?);
