@@ -21,7 +21,7 @@
 //! allow_emails = ["alice@acme.com"]
 //!
 //! [api_keys]
-//! # printf %s "$KEY" | sha256sum
+//! ## printf %s "$KEY" | sha256sum
 //! ops = { sha256 = "5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8" } # pragma: allowlist secret
 //!
 //! [[routes]]
