@@ -1,9 +1,11 @@
 //! The Tower layer: [`Gate`] and [`RoutePolicies`] as middleware.
 //!
 //! The [`IdentityService`] runs the gate before the inner service. On success it inserts the
-//! [`Verified<Principal<C>>`](crate::Verified) into the request extensions and calls the inner
-//! service; on failure it answers with the [`Rejection`](crate::Rejection)'s response and the
-//! inner service never sees the request.
+//! [`Verified<Principal<C>>`](crate::Verified) into the request extensions, removes the
+//! identity headers a client could have forged (and sets ztgate's own, if asked: the selected
+//! gate's [`HeaderHygiene`](crate::HeaderHygiene)), and calls the inner service; on failure it
+//! answers with the [`Rejection`](crate::Rejection)'s response and the inner service never sees
+//! the request. The request layer reads the credentials before anything is removed.
 //!
 //! The inner service's response to a verified request gets `Cache-Control: private, no-store`
 //! unless the handler set its own, so no shared cache keeps a response meant for one caller (or
@@ -102,13 +104,16 @@ where
         });
         Box::pin(async move {
             match checked.await {
-                Ok((verified, cache)) => {
+                Ok((verified, gate)) => {
+                    // The facts were read and verified: only now may the headers go.
+                    let trusted_cert_hop = gate.limits().trust_client_cert_headers;
+                    gate.header_hygiene().apply(req.headers_mut(), trusted_cert_hop, &verified);
                     req.extensions_mut().insert(verified);
                     let mut response = inner.call(req).await?;
-                    cache.apply(response.headers_mut());
+                    gate.cache_policy().apply(response.headers_mut());
                     Ok(response)
                 }
-                Err(rejection) => Ok(rejection.to_response()),
+                Err((rejection, _)) => Ok(rejection.to_response()),
             }
         })
     }

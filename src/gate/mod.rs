@@ -1,6 +1,7 @@
 //! The gate: [`Gate`] (a requirement plus request limits), [`GateBuilder`] (the Cloudflare
 //! Access gate in five lines), [`RoutePolicies`] (per-route gates, deny by default), and the
-//! one pipeline every inbound adapter runs ([`pipeline`]).
+//! one pipeline every inbound adapter runs ([`pipeline`]). What the Tower layer does around
+//! the pipeline is set on the gate too: [`CachePolicy`], [`HeaderHygiene`].
 
 use std::fmt;
 use std::sync::Arc;
@@ -18,10 +19,12 @@ use crate::identity::{
 use crate::principal::{NoClaims, Principal, Verified};
 use crate::request::{RequestFacts, RequestLimits};
 
+mod forwarding;
 pub(crate) mod pipeline;
 mod reload;
 mod routes;
 
+pub use forwarding::HeaderHygiene;
 pub use pipeline::SelectGate;
 pub use reload::ReloadablePolicies;
 pub use routes::RoutePolicies;
@@ -33,11 +36,13 @@ pub use routes::RoutePolicies;
 /// requirement (any-of, all-of, API keys, mTLS, public...).
 ///
 /// Cheap to clone (one `Arc`); clones share the JWKS cache. A `Gate` is itself the Tower
-/// [`Layer`](tower_layer::Layer): `router.layer(gate)`. As a layer it marks the responses to
-/// the requests it verified `Cache-Control: private, no-store` (see [`CachePolicy`]).
+/// [`Layer`](tower_layer::Layer): `router.layer(gate)`. As a layer it removes identity headers
+/// a client could forge from the requests it verified (see [`HeaderHygiene`]) and marks the
+/// responses to them `Cache-Control: private, no-store` (see [`CachePolicy`]).
 pub struct Gate<C = NoClaims> {
     inner: Arc<GateInner<C>>,
     cache: CachePolicy,
+    hygiene: HeaderHygiene,
 }
 
 /// What the Tower layer does to the `Cache-Control` header of a response to a request it
@@ -96,7 +101,7 @@ struct GateInner<C> {
 
 impl<C> Clone for Gate<C> {
     fn clone(&self) -> Self {
-        Self { inner: self.inner.clone(), cache: self.cache }
+        Self { inner: self.inner.clone(), cache: self.cache, hygiene: self.hygiene.clone() }
     }
 }
 
@@ -105,6 +110,7 @@ impl<C: 'static> fmt::Debug for Gate<C> {
         f.debug_struct("Gate")
             .field("requirement", &self.inner.requirement)
             .field("cache", &self.cache)
+            .field("hygiene", &self.hygiene)
             .finish()
     }
 }
@@ -197,6 +203,21 @@ impl<C> Gate<C> {
     pub fn cache_policy(&self) -> CachePolicy {
         self.cache
     }
+
+    /// What the Tower layer removes from (and, if asked, adds to) the headers of a request
+    /// this gate verified, before the inner service sees it (default: [`HeaderHygiene::new`],
+    /// client-sent identity headers removed). E.g.
+    /// `gate.with_header_hygiene(HeaderHygiene::new().forward_verified_identity())` in front
+    /// of an upstream that reads `X-Ztgate-Principal`.
+    pub fn with_header_hygiene(mut self, hygiene: HeaderHygiene) -> Self {
+        self.hygiene = hygiene;
+        self
+    }
+
+    /// The [`HeaderHygiene`] the Tower layer applies for this gate.
+    pub fn header_hygiene(&self) -> &HeaderHygiene {
+        &self.hygiene
+    }
 }
 
 impl<C: Send + Sync + 'static> Gate<C> {
@@ -207,6 +228,7 @@ impl<C: Send + Sync + 'static> Gate<C> {
         Self {
             inner: Arc::new(GateInner { requirement, limits, declared_headers }),
             cache: CachePolicy::default(),
+            hygiene: HeaderHygiene::default(),
         }
     }
 }

@@ -27,7 +27,7 @@ use std::future::Future;
 use http::Method;
 use serde::de::DeserializeOwned;
 
-use super::{CachePolicy, Gate};
+use super::Gate;
 use crate::error::Rejection;
 use crate::identity::mechanism::Outcome;
 use crate::metrics::{self, Mechanisms};
@@ -82,29 +82,34 @@ where
     G::Claims: DeserializeOwned + Send + Sync + 'static,
 {
     let checked = authenticate_for_response(selector, method, path, extract);
-    async move { checked.await.map(|(verified, _)| verified) }
+    async move { checked.await.map(|(verified, _)| verified).map_err(|(rejection, _)| rejection) }
 }
 
-/// What the Tower layer needs of a verified request: the proof, and how to mark the response.
-pub(crate) type ForResponse<C> = (Verified<Principal<C>>, CachePolicy);
+/// What the Tower layer needs of a request: the proof or the refusal, each with the gate that
+/// decided (none when no policy matched or the request layer refused), whose settings say how to
+/// treat the request and the response ([`CachePolicy`](super::CachePolicy),
+/// [`HeaderHygiene`](super::HeaderHygiene)).
+pub(crate) type ForResponse<C> = Result<(Verified<Principal<C>>, Gate<C>), (Rejection, Option<Gate<C>>)>;
 
-/// [`authenticate`], also giving the selected gate's [`CachePolicy`], for an adapter that
-/// answers with the inner service's response (the Tower layer).
+/// [`authenticate`], also giving the selected gate, for an adapter that answers with the inner
+/// service's response (the Tower layer).
 pub(crate) fn authenticate_for_response<G>(
     selector: &G,
     method: &Method,
     path: &str,
     extract: impl Extract,
-) -> impl Future<Output = Result<ForResponse<G::Claims>, Rejection>> + Send + 'static
+) -> impl Future<Output = ForResponse<G::Claims>> + Send + 'static
 where
     G: SelectGate,
     G::Claims: DeserializeOwned + Send + Sync + 'static,
 {
     let begun = begin(selector, method, path, extract);
     async move {
-        let (gate, facts) = begun?;
-        let cache = gate.cache_policy();
-        check(&gate, &facts).await.map(|verified| (verified, cache))
+        let (gate, facts) = begun.map_err(|rejection| (rejection, None))?;
+        match check(&gate, &facts).await {
+            Ok(verified) => Ok((verified, gate)),
+            Err(rejection) => Err((rejection, Some(gate))),
+        }
     }
 }
 

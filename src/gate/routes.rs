@@ -10,6 +10,9 @@
 //! normalization: a path the patterns do not recognise (`//`, `%2F`, a trailing `/`) matches
 //! nothing and is denied.
 //!
+//! Every rule's gate removes client-sent identity headers before the handler runs
+//! ([`HeaderHygiene`], set for the whole table with [`RoutePolicies::with_header_hygiene`]).
+//!
 //! ```
 //! use std::sync::Arc;
 //! use ztgate::identity::{ApiKeyAuth, ApiKeys, Requirement};
@@ -30,8 +33,8 @@ use std::sync::Arc;
 
 use http::Method;
 
-use super::Gate;
 use super::pipeline::SelectGate;
+use super::{Gate, HeaderHygiene};
 use crate::error::ConfigError;
 use crate::identity::Requirement;
 use crate::principal::NoClaims;
@@ -55,11 +58,12 @@ struct Rule<C> {
 pub struct RoutePolicies<C = NoClaims> {
     rules: Arc<Vec<Rule<C>>>,
     limits: RequestLimits,
+    hygiene: HeaderHygiene,
 }
 
 impl<C> Clone for RoutePolicies<C> {
     fn clone(&self) -> Self {
-        Self { rules: self.rules.clone(), limits: self.limits.clone() }
+        Self { rules: self.rules.clone(), limits: self.limits.clone(), hygiene: self.hygiene.clone() }
     }
 }
 
@@ -90,16 +94,45 @@ impl Default for RoutePolicies<NoClaims> {
 impl<C: Send + Sync + 'static> RoutePolicies<C> {
     /// No rules, with explicit request limits (shared by every rule's gate).
     pub fn with_limits(limits: RequestLimits) -> Self {
-        Self { rules: Arc::new(Vec::new()), limits }
+        Self { rules: Arc::new(Vec::new()), limits, hygiene: HeaderHygiene::default() }
+    }
+
+    /// The [`HeaderHygiene`] of every rule's gate, those declared before this call and after
+    /// (default: [`HeaderHygiene::new`], client-sent identity headers removed). One setting
+    /// for the table, because what a client may forge does not depend on the route.
+    pub fn with_header_hygiene(mut self, hygiene: HeaderHygiene) -> Self {
+        let rules = self
+            .rules
+            .iter()
+            .map(|r| Rule { gate: r.gate.clone().with_header_hygiene(hygiene.clone()), ..r.clone_rule() })
+            .collect();
+        self.rules = Arc::new(rules);
+        self.hygiene = hygiene;
+        self
+    }
+
+    /// The [`HeaderHygiene`] every rule's gate applies.
+    pub fn header_hygiene(&self) -> &HeaderHygiene {
+        &self.hygiene
     }
 
     /// Declares `requirement` for `method` (`"GET"`, ..., or `"*"` for any) on `pattern`.
     pub fn route(
-        mut self,
+        self,
         method: &str,
         pattern: &str,
         requirement: Requirement<C>,
     ) -> Result<Self, ConfigError> {
+        let gate = self.gate_for(requirement);
+        self.push_rule(method, pattern, gate)
+    }
+
+    /// A rule's gate: the table's limits and header hygiene.
+    fn gate_for(&self, requirement: Requirement<C>) -> Gate<C> {
+        Gate::with_claims(requirement, self.limits.clone()).with_header_hygiene(self.hygiene.clone())
+    }
+
+    fn push_rule(mut self, method: &str, pattern: &str, gate: Gate<C>) -> Result<Self, ConfigError> {
         let method = match method {
             "*" => None,
             m => Some(
@@ -108,12 +141,7 @@ impl<C: Send + Sync + 'static> RoutePolicies<C> {
             ),
         };
         let parsed = parse_pattern(pattern)?;
-        let rule = Rule {
-            method,
-            pattern: parsed,
-            source: pattern.to_owned(),
-            gate: Gate::with_claims(requirement, self.limits.clone()),
-        };
+        let rule = Rule { method, pattern: parsed, source: pattern.to_owned(), gate };
         match Arc::get_mut(&mut self.rules) {
             Some(rules) => rules.push(rule),
             None => {
