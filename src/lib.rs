@@ -117,7 +117,7 @@ pub mod storage;
 pub use adapters::tower::{IdentityService, ResponseFuture};
 pub use error::{ConfigError, Rejection};
 pub use gate::{CachePolicy, Gate, GateBuilder, ReloadablePolicies, RoutePolicies, SelectGate};
-pub use gate::HeaderHygiene;
+pub use gate::{HeaderHygiene, LoginRedirect};
 pub use identity::access_jwt::AccessConfig;
 pub use identity::policy::Policy;
 pub use principal::{

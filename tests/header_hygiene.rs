@@ -1,10 +1,11 @@
-//! Header hygiene, through real HTTP on loopback: an axum app whose
+//! Header hygiene and the login redirect, through real HTTP on loopback: an axum app whose
 //! handler echoes every header it receives, behind the ztgate layer.
 //!
 //! The threat: a handler, or an upstream behind a reverse proxy, that reads identity from
 //! headers (`Cf-Access-Authenticated-User-Email`, `cf-cert-*`, `X-Ztgate-*`) believes whoever
 //! wrote them. The layer removes what a client could have forged, and sets ztgate's own only
-//! from what it verified.
+//! from what it verified. A browser without a credential is sent to the Access login page of
+//! the configured host, never one taken from the request.
 
 mod common;
 
@@ -15,13 +16,20 @@ use axum::Router;
 use axum::http::HeaderMap;
 use common::*;
 use http::HeaderName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use ztgate::dev::{DevKey, service_claims, user_claims};
 use ztgate::identity::{ApiKeyAuth, ApiKeys, Attempt, ClientCertAuth, Mechanism, Requirement};
 use ztgate::native::HttpFetcher;
 use ztgate::request::{RequestFacts, RequestLimits};
-use ztgate::{AccessConfig, BoxFuture, CustomPrincipal, Gate, HeaderHygiene, Principal, RoutePolicies};
+use ztgate::{
+    AccessConfig, BoxFuture, CustomPrincipal, Gate, HeaderHygiene, LoginRedirect, Principal, RoutePolicies,
+};
 
 const API_KEY: &str = "0123456789abcdef0123456789"; // pragma: allowlist secret
+const APP_HOST: &str = "admin.acme.com";
+const BROWSER: &str = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,*/*;q=0.8";
+const LOGIN: &str =
+    "https://acme-test.cloudflareaccess.com/cdn-cgi/access/login/admin.acme.com?redirect_url=";
 const FINGERPRINT: &str = "ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12cd34ef56ab12"; // pragma: allowlist secret
 
 /// What the handler saw: every header name with all its values, in order.
@@ -51,7 +59,7 @@ async fn serve_app(app: Router) -> String {
     format!("http://{addr}")
 }
 
-/// A client (redirects shown, not followed).
+/// A client that shows redirects instead of following them.
 fn client() -> reqwest::Client {
     reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
 }
@@ -317,4 +325,146 @@ async fn opting_out_keeps_access_headers_but_never_forged_ztgate_headers() {
     assert_eq!(values(&seen, "cf-cert-verified"), ["SUCCESS"]);
     assert_eq!(values(&seen, "x-ztgate-principal"), Vec::<String>::new());
     assert_eq!(values(&seen, "x-ztgate-anything-else"), Vec::<String>::new());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Login redirect.
+// ---------------------------------------------------------------------------------------------
+
+fn login() -> LoginRedirect {
+    LoginRedirect::new(TEAM, APP_HOST).unwrap()
+}
+
+/// Status, `Location` and `Cache-Control` of the answer.
+async fn answer(request: reqwest::RequestBuilder) -> (u16, Option<String>, Option<String>) {
+    let response = request.send().await.unwrap();
+    let header =
+        |name| response.headers().get(name).map(|v: &http::HeaderValue| v.to_str().unwrap().to_owned());
+    (response.status().as_u16(), header("location"), header("cache-control"))
+}
+
+fn redirected_to(target: &str) -> (u16, Option<String>, Option<String>) {
+    (302, Some(format!("{LOGIN}{target}")), Some("no-store".to_owned()))
+}
+
+fn refused(status: u16) -> (u16, Option<String>, Option<String>) {
+    (status, None, Some("no-store".to_owned()))
+}
+
+#[tokio::test]
+async fn browser_without_a_credential_is_sent_to_the_access_login_for_the_same_page() {
+    let issuer = Issuer::start().await;
+    let base = serve!(issuer.gate().with_login_redirect(login())).await;
+    let client = client();
+    let page = format!("{base}/admin/reports?week=12&q=a%20b");
+    let expected = "https%3A%2F%2Fadmin.acme.com%2Fadmin%2Freports%3Fweek%3D12%26q%3Da%2520b";
+    assert_eq!(answer(client.get(&page).header("accept", BROWSER)).await, redirected_to(expected));
+    assert_eq!(answer(client.head(&page).header("accept", BROWSER)).await, redirected_to(expected));
+    // The request's Host names nothing: the login page and the way back are configuration.
+    let evil_host = client.get(&page).header("accept", BROWSER).header("host", "evil.example");
+    assert_eq!(answer(evil_host).await, redirected_to(expected));
+}
+
+#[tokio::test]
+async fn protocol_relative_path_redirects_to_the_application_root_not_another_host() {
+    let base = serve!(Gate::new(api_key()).with_login_redirect(login())).await;
+    let root = "https%3A%2F%2Fadmin.acme.com%2F";
+    for path in ["//evil.com", "//evil.com/x?y=1", "/%2F%2Fevil.com", "/%5Cevil.com"] {
+        let request = client().get(format!("{base}{path}")).header("accept", BROWSER);
+        assert_eq!(answer(request).await, redirected_to(root), "{path}");
+    }
+    // A backslash cannot be sent through a URL library (it reads it as `/`): send it raw.
+    let raw = raw_get(&base, "/\\evil.com").await.to_ascii_lowercase();
+    assert!(raw.starts_with("http/1.1 302 found\r\n"), "{raw}");
+    assert!(raw.contains(&format!("\r\nlocation: {LOGIN}{root}\r\n").to_ascii_lowercase()), "{raw}");
+    // A target too long to send back: the root.
+    let long = client().get(format!("{base}/{}", "a".repeat(2100))).header("accept", BROWSER);
+    assert_eq!(answer(long).await, redirected_to(root));
+}
+
+/// `GET {path}` with a browser's `Accept`, as raw HTTP/1.1 bytes; the response head.
+async fn raw_get(base: &str, path: &str) -> String {
+    let addr = base.strip_prefix("http://").unwrap();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head =
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/html\r\nConnection: close\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    stream.read_to_end(&mut out).await.unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `curl`, `fetch` and SDKs send `*/*` or ask for JSON: they get the 401 they can act on.
+#[tokio::test]
+async fn api_clients_without_a_credential_get_401_not_a_login_page() {
+    let issuer = Issuer::start().await;
+    let base = serve!(issuer.gate().with_login_redirect(login())).await;
+    let client = client();
+    let url = format!("{base}/admin/whoami");
+    for accept in [Some("application/json"), Some("*/*"), Some("text/*"), Some("text/html;q=0"), None] {
+        let mut request = client.get(&url);
+        if let Some(accept) = accept {
+            request = request.header("accept", accept);
+        }
+        assert_eq!(answer(request).await, refused(401), "{accept:?}");
+    }
+}
+
+/// A bad credential is not a missing one: the browser learns why (401), and a token that
+/// will never verify cannot bounce between the app and the login page forever.
+#[tokio::test]
+async fn browser_with_an_invalid_or_expired_token_gets_401_not_a_redirect() {
+    let issuer = Issuer::start().await;
+    let base = serve!(issuer.gate().with_login_redirect(login())).await;
+    let client = client();
+    let expired = issuer.key.sign(&user_claims(TEAM, AUD, "alice@acme.com", NOW - 3600, 60));
+    let other_key = key("k1").sign(&user_claims(TEAM, AUD, "alice@acme.com", NOW, 60));
+    let mallory = issuer.key.sign(&user_claims(TEAM, AUD, "mallory@acme.com", NOW, 60));
+    for (token, status) in [(expired, 401), (other_key, 401), ("not.a.jwt".to_owned(), 401), (mallory, 403)] {
+        let request = client
+            .get(format!("{base}/admin/whoami"))
+            .header("accept", BROWSER)
+            .header("cf-access-jwt-assertion", token);
+        assert_eq!(answer(request).await, refused(status));
+    }
+    let cookie = client
+        .get(format!("{base}/admin/whoami"))
+        .header("accept", BROWSER)
+        .header("cookie", "CF_Authorization=garbage");
+    assert_eq!(answer(cookie).await, refused(401));
+}
+
+/// A redirected POST would lose its body or be replayed by the browser after login.
+#[tokio::test]
+async fn browser_post_without_a_credential_gets_401_not_a_redirect() {
+    let issuer = Issuer::start().await;
+    let base = serve!(issuer.gate().with_login_redirect(login())).await;
+    let client = client();
+    for request in [
+        client.post(format!("{base}/admin/notes")),
+        client.put(format!("{base}/admin/notes")),
+        client.delete(format!("{base}/admin/notes/1")),
+    ] {
+        assert_eq!(answer(request.header("accept", BROWSER)).await, refused(401));
+    }
+}
+
+/// Only the routes declared with a login redirect redirect; the default is the 401.
+#[tokio::test]
+async fn login_redirect_applies_only_where_declared() {
+    let issuer = Issuer::start().await;
+    let policies = RoutePolicies::new()
+        .route_with_login_redirect("GET", "/admin/{*rest}", issuer.access(), login())
+        .unwrap()
+        .route("GET", "/api/{*rest}", issuer.access())
+        .unwrap();
+    let base = serve!(policies).await;
+    let client = client();
+    let browse = |path: &str| client.get(format!("{base}{path}")).header("accept", BROWSER);
+    assert_eq!(answer(browse("/admin/x")).await, redirected_to("https%3A%2F%2Fadmin.acme.com%2Fadmin%2Fx"));
+    assert_eq!(answer(browse("/api/x")).await, refused(401));
+    assert_eq!(answer(browse("/undeclared")).await, refused(403));
+    let gate_default = serve!(issuer.gate()).await;
+    let request = client.get(format!("{gate_default}/admin/x")).header("accept", BROWSER);
+    assert_eq!(answer(request).await, refused(401));
 }

@@ -7,6 +7,9 @@
 //! answers with the [`Rejection`](crate::Rejection)'s response and the inner service never sees
 //! the request. The request layer reads the credentials before anything is removed.
 //!
+//! A refusal for want of any credential becomes a redirect to the Access login page instead,
+//! for a browser on a gate with a [`LoginRedirect`](crate::LoginRedirect).
+//!
 //! The inner service's response to a verified request gets `Cache-Control: private, no-store`
 //! unless the handler set its own, so no shared cache keeps a response meant for one caller (or
 //! carrying a credential); the selected gate's [`CachePolicy`](crate::CachePolicy) can force
@@ -113,7 +116,13 @@ where
                     gate.cache_policy().apply(response.headers_mut());
                     Ok(response)
                 }
-                Err((rejection, _)) => Ok(rejection.to_response()),
+                Err((rejection, gate)) => {
+                    let login = gate
+                        .as_ref()
+                        .and_then(Gate::login_redirect)
+                        .and_then(|login| login.respond(&rejection, req.method(), req.uri(), req.headers()));
+                    Ok(login.unwrap_or_else(|| rejection.to_response()))
+                }
             }
         })
     }

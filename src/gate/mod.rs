@@ -1,7 +1,7 @@
 //! The gate: [`Gate`] (a requirement plus request limits), [`GateBuilder`] (the Cloudflare
 //! Access gate in five lines), [`RoutePolicies`] (per-route gates, deny by default), and the
 //! one pipeline every inbound adapter runs ([`pipeline`]). What the Tower layer does around
-//! the pipeline is set on the gate too: [`CachePolicy`], [`HeaderHygiene`].
+//! the pipeline is set on the gate too: [`CachePolicy`], [`HeaderHygiene`], [`LoginRedirect`].
 
 use std::fmt;
 use std::sync::Arc;
@@ -20,11 +20,13 @@ use crate::principal::{NoClaims, Principal, Verified};
 use crate::request::{RequestFacts, RequestLimits};
 
 mod forwarding;
+mod login;
 pub(crate) mod pipeline;
 mod reload;
 mod routes;
 
 pub use forwarding::HeaderHygiene;
+pub use login::LoginRedirect;
 pub use pipeline::SelectGate;
 pub use reload::ReloadablePolicies;
 pub use routes::RoutePolicies;
@@ -37,12 +39,14 @@ pub use routes::RoutePolicies;
 ///
 /// Cheap to clone (one `Arc`); clones share the JWKS cache. A `Gate` is itself the Tower
 /// [`Layer`](tower_layer::Layer): `router.layer(gate)`. As a layer it removes identity headers
-/// a client could forge from the requests it verified (see [`HeaderHygiene`]) and marks the
-/// responses to them `Cache-Control: private, no-store` (see [`CachePolicy`]).
+/// a client could forge from the requests it verified (see [`HeaderHygiene`]), marks the
+/// responses to them `Cache-Control: private, no-store` (see [`CachePolicy`]), and can send a
+/// browser without a credential to the Access login page (see [`LoginRedirect`]).
 pub struct Gate<C = NoClaims> {
     inner: Arc<GateInner<C>>,
     cache: CachePolicy,
     hygiene: HeaderHygiene,
+    login: Option<LoginRedirect>,
 }
 
 /// What the Tower layer does to the `Cache-Control` header of a response to a request it
@@ -101,7 +105,12 @@ struct GateInner<C> {
 
 impl<C> Clone for Gate<C> {
     fn clone(&self) -> Self {
-        Self { inner: self.inner.clone(), cache: self.cache, hygiene: self.hygiene.clone() }
+        Self {
+            inner: self.inner.clone(),
+            cache: self.cache,
+            hygiene: self.hygiene.clone(),
+            login: self.login.clone(),
+        }
     }
 }
 
@@ -111,6 +120,7 @@ impl<C: 'static> fmt::Debug for Gate<C> {
             .field("requirement", &self.inner.requirement)
             .field("cache", &self.cache)
             .field("hygiene", &self.hygiene)
+            .field("login", &self.login)
             .finish()
     }
 }
@@ -218,6 +228,20 @@ impl<C> Gate<C> {
     pub fn header_hygiene(&self) -> &HeaderHygiene {
         &self.hygiene
     }
+
+    /// Send a browser that arrives with no credential (a `GET` or `HEAD` accepting
+    /// `text/html`) to the Access login page instead of answering 401 (Tower layer only; off
+    /// by default). See [`LoginRedirect`] for exactly when, and why it cannot be an open
+    /// redirect.
+    pub fn with_login_redirect(mut self, login: LoginRedirect) -> Self {
+        self.login = Some(login);
+        self
+    }
+
+    /// The [`LoginRedirect`] the Tower layer uses for this gate, if any.
+    pub fn login_redirect(&self) -> Option<&LoginRedirect> {
+        self.login.as_ref()
+    }
 }
 
 impl<C: Send + Sync + 'static> Gate<C> {
@@ -229,6 +253,7 @@ impl<C: Send + Sync + 'static> Gate<C> {
             inner: Arc::new(GateInner { requirement, limits, declared_headers }),
             cache: CachePolicy::default(),
             hygiene: HeaderHygiene::default(),
+            login: None,
         }
     }
 }

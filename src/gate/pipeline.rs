@@ -88,7 +88,7 @@ where
 /// What the Tower layer needs of a request: the proof or the refusal, each with the gate that
 /// decided (none when no policy matched or the request layer refused), whose settings say how to
 /// treat the request and the response ([`CachePolicy`](super::CachePolicy),
-/// [`HeaderHygiene`](super::HeaderHygiene)).
+/// [`HeaderHygiene`](super::HeaderHygiene), [`LoginRedirect`](super::LoginRedirect)).
 pub(crate) type ForResponse<C> = Result<(Verified<Principal<C>>, Gate<C>), (Rejection, Option<Gate<C>>)>;
 
 /// [`authenticate`], also giving the selected gate, for an adapter that answers with the inner

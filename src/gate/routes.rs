@@ -11,7 +11,9 @@
 //! nothing and is denied.
 //!
 //! Every rule's gate removes client-sent identity headers before the handler runs
-//! ([`HeaderHygiene`], set for the whole table with [`RoutePolicies::with_header_hygiene`]).
+//! ([`HeaderHygiene`], set for the whole table with [`RoutePolicies::with_header_hygiene`]);
+//! a rule declared with [`RoutePolicies::route_with_login_redirect`] sends browsers without a
+//! credential to the Access login page.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -34,7 +36,7 @@ use std::sync::Arc;
 use http::Method;
 
 use super::pipeline::SelectGate;
-use super::{Gate, HeaderHygiene};
+use super::{Gate, HeaderHygiene, LoginRedirect};
 use crate::error::ConfigError;
 use crate::identity::Requirement;
 use crate::principal::NoClaims;
@@ -124,6 +126,21 @@ impl<C: Send + Sync + 'static> RoutePolicies<C> {
         requirement: Requirement<C>,
     ) -> Result<Self, ConfigError> {
         let gate = self.gate_for(requirement);
+        self.push_rule(method, pattern, gate)
+    }
+
+    /// Declares a rule like [`RoutePolicies::route`] whose browsers without a credential are
+    /// sent to the Access login page instead of a 401 (see [`LoginRedirect`]). For routes
+    /// people open in a browser and that accept an Access credential; API routes keep
+    /// [`RoutePolicies::route`].
+    pub fn route_with_login_redirect(
+        self,
+        method: &str,
+        pattern: &str,
+        requirement: Requirement<C>,
+        login: LoginRedirect,
+    ) -> Result<Self, ConfigError> {
+        let gate = self.gate_for(requirement).with_login_redirect(login);
         self.push_rule(method, pattern, gate)
     }
 
