@@ -58,7 +58,10 @@
 //! | `access.certs_url` | string | JWKS URL (default `{team_domain}/cdn-cgi/access/certs`) |
 //! | `access.token_cache` | bool | the verified-token cache (default `true`) |
 //! | `access.token_cache_max_age` | duration | how long a verified token is answered without a new signature check (default 60 s, at most 10 min) |
-//! | `access.allow_emails`, `access.allow_email_domains`, `access.allow_service_tokens` | strings | who the Access mechanism admits ([`Policy`]) |
+//! | `access.allow_emails`, `access.allow_email_domains`, `access.allow_service_tokens`, `access.allow_groups` | strings | who the Access mechanism admits ([`Policy`]; groups from the user's Access identity) |
+//! | `access.require_auth_method` | strings | the login's `amr` must contain one (`hwk`, `mfa`...) |
+//! | `access.max_session_age` | duration | older logins are 401 `session_too_old` |
+//! | `access.identity_url` | string | where identities are fetched (default `{team_domain}/cdn-cgi/access/get-identity`) |
 //! | `api_keys.<name>` | `{ sha256 = "<hex>" }`, `{ env = "VAR" }`, `{ file = "path" }` or `{ value = ".." }` | one API key per name |
 //! | `hmac_keys.secret` | secret reference | the key ring, `kid:secret,...`, signing key first |
 //! | `hmac_keys.ttl` | duration | how long a read ring is used before the secret is read again (default 60 s) |
@@ -161,6 +164,17 @@ pub struct AccessSection {
     /// Service-token common names admitted.
     #[serde(default)]
     pub allow_service_tokens: Vec<String>,
+    /// Identity provider groups whose members are admitted (by id, name or email).
+    #[serde(default)]
+    pub allow_groups: Vec<String>,
+    /// The login must have used one of these methods (`amr`: `hwk`, `mfa`, `swk`...).
+    #[serde(default)]
+    pub require_auth_method: Vec<String>,
+    /// Logins older than this are 401 `session_too_old`.
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub max_session_age: Option<Duration>,
+    /// Where users' identities are fetched (default `{team_domain}/cdn-cgi/access/get-identity`).
+    pub identity_url: Option<String>,
 }
 
 fn yes() -> bool {
@@ -173,12 +187,21 @@ impl AccessSection {
         AccessConfig::new(self.team_domain.as_str(), self.audiences.iter().map(String::as_str))
     }
 
-    /// Who is admitted. Empty lists admit nobody ([`ConfigFile::warnings`] says so).
+    /// Who is admitted, and what their login must show. Empty lists admit nobody
+    /// ([`ConfigFile::warnings`] says so).
     pub fn policy(&self) -> Policy {
-        Policy::new()
+        let mut policy = Policy::new()
             .allow_emails(&self.allow_emails)
             .allow_email_domains(&self.allow_email_domains)
             .allow_service_tokens(&self.allow_service_tokens)
+            .allow_groups(&self.allow_groups);
+        if !self.require_auth_method.is_empty() {
+            policy = policy.require_auth_method(&self.require_auth_method);
+        }
+        if let Some(age) = self.max_session_age {
+            policy = policy.max_session_age(age);
+        }
+        policy
     }
 
     /// The verified-token cache as configured.
@@ -203,6 +226,9 @@ impl AccessSection {
         if let Some(url) = &self.certs_url {
             builder = builder.certs_url(url.as_str());
         }
+        if let Some(url) = &self.identity_url {
+            builder = builder.identity_url(url.as_str());
+        }
         Ok(builder)
     }
 
@@ -215,6 +241,7 @@ impl AccessSection {
             && self.certs_url == other.certs_url
             && self.token_cache == other.token_cache
             && self.token_cache_max_age == other.token_cache_max_age
+            && self.identity_url == other.identity_url
     }
 }
 

@@ -114,6 +114,18 @@ pub fn user_claims(iss: &str, aud: &str, email: &str, now: u64, ttl_secs: u64) -
     })
 }
 
+/// What Cloudflare's `get-identity` answers for a login of `email`: its identity provider
+/// `groups` (names), how it logged in (`amr`, e.g. `["hwk"]`) and a device that passed the
+/// posture rule `dev-posture` through WARP. Serve it from a local endpoint and point
+/// `GateBuilder::identity_url` there.
+pub fn identity_json(email: &str, groups: &[&str], amr: &[&str]) -> Value {
+    json!({
+        "email": email, "groups": groups, "amr": amr, "idp": {"id": "dev-idp", "type": "onetimepin"},
+        "devicePosture": {"dev-posture": {"success": true, "rule_name": "dev device", "type": "warp"}},
+        "is_warp": true, "is_gateway": false, "device_id": "dev-device", "user_uuid": format!("uuid-{email}"),
+    })
+}
+
 /// Claims of a Cloudflare Access service-token token (`sub` is empty, no email).
 pub fn service_claims(iss: &str, aud: &str, common_name: &str, now: u64, ttl_secs: u64) -> Value {
     json!({

@@ -51,6 +51,9 @@ pub(crate) struct Spec {
     retry_after: Option<Duration>,
 }
 
+/// When to retry after the identity endpoint failed (its fetch is bounded by seconds).
+const IDENTITY_RETRY_AFTER: Duration = Duration::from_secs(5);
+
 const CHALLENGE: &str = "Bearer realm=\"ztgate\"";
 const INVALID_TOKEN_CHALLENGE: &str = "Bearer realm=\"ztgate\", error=\"invalid_token\"";
 
@@ -120,6 +123,13 @@ pub enum TokenError {
     LifetimeTooLong,
     /// A claim of the wrong type, a duplicate claim, or neither `email` nor `common_name`.
     Claims(String),
+    /// A `type` claim other than `app`: an organization token (`org`, Cloudflare's own login
+    /// session) or another kind, never valid for an application.
+    TokenType,
+    /// The user's Access identity, which a policy rule needs, could not be had (why, for the
+    /// log; never a token): 503 `identity_unavailable`, like
+    /// [`Rejection::IdentityUnavailable`].
+    IdentityUnavailable(String),
     /// No keys could be obtained (the 503 case).
     KeysUnavailable {
         /// When a retry makes sense.
@@ -132,6 +142,9 @@ impl TokenError {
         let invalid = Spec::new(401, "invalid_token").invalid_token();
         match self {
             Self::Expired => Spec::new(401, "token_expired").invalid_token(),
+            Self::IdentityUnavailable(_) => {
+                Spec::new(503, "identity_unavailable").retry_after(IDENTITY_RETRY_AFTER)
+            }
             Self::KeysUnavailable { retry_after } => {
                 Spec::new(503, "keys_unavailable").retry_after(*retry_after)
             }
@@ -146,6 +159,7 @@ impl TokenError {
             | Self::NotYetValid
             | Self::IssuedInFuture
             | Self::LifetimeTooLong
+            | Self::TokenType
             | Self::Claims(_) => invalid,
         }
     }
@@ -167,7 +181,9 @@ impl fmt::Display for TokenError {
             Self::IssuedInFuture => f.write_str("token was issued in the future"),
             Self::LifetimeTooLong => f.write_str("token lifetime exceeds the maximum accepted"),
             Self::Claims(e) => write!(f, "token claims are invalid: {e}"),
+            Self::TokenType => f.write_str("token is not an application token (type is not app)"),
             Self::KeysUnavailable { .. } => f.write_str("signing keys are unavailable"),
+            Self::IdentityUnavailable(why) => write!(f, "the Access identity is unavailable: {why}"),
         }
     }
 }
@@ -314,6 +330,19 @@ rejections! {
                 what: &'static str,
             } => 503, "state_unavailable";
                 "the {what} is unavailable; try again shortly";
+            /// The Access identity (groups, login method, device posture) a rule needs could not be
+            /// had from the team's `get-identity` endpoint: refused rather than decided without
+            /// it. Rules that do not need it still pass.
+            IdentityUnavailable {
+                /// Sent as `Retry-After`.
+                retry_after: Duration,
+            } => 503, "identity_unavailable", retry_after(retry_after);
+                "the caller's Access identity is unavailable; try again shortly";
+            /// The login behind a valid token is older than the route allows
+            /// ([`Policy::max_session_age`](crate::Policy::max_session_age)): 401, so a browser
+            /// goes back through the Access login.
+            SessionTooOld => 401, "session_too_old", invalid_token;
+                "the login is older than this endpoint allows: sign in again";
             /// A handler asked for a `Verified` principal but the identity layer did not run:
             /// a wiring bug, refused rather than served.
             LayerMissing => 500, "identity_layer_missing";
@@ -326,6 +355,9 @@ impl From<TokenError> for Rejection {
     fn from(e: TokenError) -> Self {
         match e {
             TokenError::KeysUnavailable { retry_after } => Self::KeysUnavailable { retry_after },
+            TokenError::IdentityUnavailable(_) => {
+                Self::IdentityUnavailable { retry_after: IDENTITY_RETRY_AFTER }
+            }
             other => Self::InvalidToken(other),
         }
     }
@@ -393,6 +425,8 @@ mod tests {
             Rejection::KeysUnavailable { retry_after: after },
             Rejection::NotConfigured { what: "webhook secret" },
             Rejection::StateUnavailable { what: "replay store" },
+            Rejection::IdentityUnavailable { retry_after: after },
+            Rejection::SessionTooOld,
             Rejection::LayerMissing,
         ]
     }
@@ -423,6 +457,8 @@ mod tests {
                 "keys_unavailable",
                 "not_configured",
                 "state_unavailable",
+                "identity_unavailable",
+                "session_too_old",
                 "identity_layer_missing",
             ]
         );
@@ -435,7 +471,8 @@ mod tests {
             let challenged = response.headers().contains_key(header::WWW_AUTHENTICATE);
             assert_eq!(challenged, response.status() == StatusCode::UNAUTHORIZED, "{r:?}");
             let retry = response.headers().get(header::RETRY_AFTER).map(|v| v.to_str().unwrap().to_owned());
-            assert_eq!(retry.is_some(), r.code() == "keys_unavailable", "{r:?}");
+            let retries = ["keys_unavailable", "identity_unavailable"];
+            assert_eq!(retry.is_some(), retries.contains(&r.code()), "{r:?}");
             if let Some(retry) = retry {
                 assert_eq!(retry, "7");
             }

@@ -121,8 +121,8 @@ pub use gate::{HeaderHygiene, LoginRedirect};
 pub use identity::access_jwt::AccessConfig;
 pub use identity::policy::Policy;
 pub use principal::{
-    AccessUser, ApiKeyPrincipal, ClientCertPrincipal, CustomPrincipal, NoClaims, Principal, Proof,
-    ServiceToken, SignedTokenPrincipal, Verified,
+    AccessIdentity, AccessUser, ApiKeyPrincipal, ClientCertPrincipal, CustomPrincipal, Group,
+    IdentityProvider, NoClaims, PostureCheck, Principal, Proof, ServiceToken, SignedTokenPrincipal, Verified,
 };
 
 /// A boxed, sendable future: what the ports ([`identity::KeyFetcher`],
@@ -134,7 +134,7 @@ pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a
 /// defaults [`Gate::builder`] already picks.
 #[cfg(feature = "native")]
 pub mod native {
-    pub use crate::runtime::native::HttpFetcher;
+    pub use crate::runtime::native::{HttpFetcher, HttpIdentityFetcher};
 }
 
 #[cfg(feature = "workers")]
@@ -196,7 +196,7 @@ pub mod workers {
 
     pub use crate::adapters::workers::{MAX_HEADERS, check, client_cert, headers, request_facts};
     pub use crate::runtime::workers::{
-        ConsoleLog, SecretStoreSecret, WorkerSecret, WorkersFetcher, set_webcrypto,
+        ConsoleLog, SecretStoreSecret, WorkerSecret, WorkersFetcher, WorkersIdentityFetcher, set_webcrypto,
     };
 }
 

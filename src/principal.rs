@@ -1,7 +1,9 @@
 //! Who is calling, once proven: [`Principal`] and the proof wrapper [`Verified`].
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Deref;
+use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer};
 
@@ -92,8 +94,164 @@ pub struct AccessUser<C = NoClaims> {
     pub country: Option<String>,
     /// The `identity_nonce` claim, if present. Redacted from `Debug`.
     pub identity_nonce: Option<String>,
+    /// The `iat` claim: when Access issued the token, which is when the user logged in (or
+    /// last re-authenticated). See [`Policy::max_session_age`](crate::Policy::max_session_age).
+    pub issued_at: Option<u64>,
+    /// The `exp` claim.
+    pub expires_at: u64,
+    /// The user's Access identity (groups, login method, device posture), when it was fetched:
+    /// a policy rule needed it, or the gate enriches every user
+    /// ([`GateBuilder::enrich_identity`](crate::GateBuilder::enrich_identity)).
+    pub identity: Option<Arc<AccessIdentity>>,
     /// Extra claims, deserialized from the whole claim set into the caller's type.
     pub custom: C,
+}
+
+impl<C> AccessUser<C> {
+    /// Whether the fetched identity lists `group` (by id, name or email); `false` without one.
+    pub fn in_group(&self, group: &str) -> bool {
+        self.identity.as_ref().is_some_and(|i| i.in_group(group))
+    }
+}
+
+/// What Cloudflare Access knows of a logged-in user beyond the application token: the identity
+/// `{team}/cdn-cgi/access/get-identity` returns for that token. Only the fields ztgate's rules
+/// read are kept; the others (IP, geography, device sessions...) are ignored.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[non_exhaustive]
+pub struct AccessIdentity {
+    /// The identity's email (checked against the token's).
+    #[serde(default)]
+    pub email: Option<String>,
+    /// Groups from the identity provider: strings for some providers, `{id, name, email}`
+    /// objects for others, both kept as [`Group`].
+    #[serde(default)]
+    pub groups: Vec<Group>,
+    /// How the user logged in (RFC 8176 values: `pwd`, `mfa`, `hwk`, `swk`, `otp`...).
+    #[serde(default)]
+    pub amr: Vec<String>,
+    /// The identity provider that logged the user in.
+    #[serde(default)]
+    pub idp: Option<IdentityProvider>,
+    /// Device posture results by rule id.
+    #[serde(default, rename = "devicePosture")]
+    pub device_posture: BTreeMap<String, PostureCheck>,
+    /// The request came through the WARP client.
+    #[serde(default)]
+    pub is_warp: bool,
+    /// WARP with Gateway, in the team's Zero Trust organisation.
+    #[serde(default)]
+    pub is_gateway: bool,
+    /// The WARP device's id.
+    #[serde(default)]
+    pub device_id: Option<String>,
+}
+
+impl AccessIdentity {
+    /// Whether one of the groups has `group` as its id, name or email.
+    pub fn in_group(&self, group: &str) -> bool {
+        self.groups.iter().any(|g| g.is(group))
+    }
+
+    /// Whether the login used one of `methods` (`amr` values, exact).
+    pub fn used_auth_method(&self, methods: &[String]) -> bool {
+        self.amr.iter().any(|m| methods.contains(m))
+    }
+
+    /// Whether the device posture rule `rule_id` ran and passed.
+    pub fn passes_posture(&self, rule_id: &str) -> bool {
+        self.device_posture.get(rule_id).is_some_and(|c| c.success)
+    }
+}
+
+/// An identity provider group.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Group {
+    /// The group's id at the provider (objects only).
+    pub id: Option<String>,
+    /// The group's name (a string entry is a name).
+    pub name: Option<String>,
+    /// The group's email (some providers).
+    pub email: Option<String>,
+}
+
+impl Group {
+    /// Whether `want` is this group's id, name or email (exact; ids are case-sensitive).
+    pub fn is(&self, want: &str) -> bool {
+        [&self.id, &self.name, &self.email].into_iter().any(|v| v.as_deref() == Some(want))
+    }
+}
+
+impl<'de> Deserialize<'de> for Group {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Object {
+            #[serde(default)]
+            id: Option<String>,
+            #[serde(default)]
+            name: Option<String>,
+            #[serde(default)]
+            email: Option<String>,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Name(String),
+            Object(Object),
+        }
+        Ok(match Either::deserialize(d)? {
+            Either::Name(name) => Group { id: None, name: Some(name), email: None },
+            Either::Object(o) => Group { id: o.id, name: o.name, email: o.email },
+        })
+    }
+}
+
+/// The identity provider of a login.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct IdentityProvider {
+    /// The provider's id in the Zero Trust organisation.
+    pub id: Option<String>,
+    /// Its kind (`okta`, `azureAD`, `onetimepin`...).
+    pub kind: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for IdentityProvider {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Object {
+            #[serde(default)]
+            id: Option<String>,
+            #[serde(default, rename = "type")]
+            kind: Option<String>,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Id(String),
+            Object(Object),
+        }
+        Ok(match Either::deserialize(d)? {
+            Either::Id(id) => IdentityProvider { id: Some(id), kind: None },
+            Either::Object(o) => IdentityProvider { id: o.id, kind: o.kind },
+        })
+    }
+}
+
+/// One device posture rule's result.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[non_exhaustive]
+pub struct PostureCheck {
+    /// Whether the device passed the rule.
+    #[serde(default)]
+    pub success: bool,
+    /// The rule's name.
+    #[serde(default)]
+    pub rule_name: Option<String>,
+    /// The rule's kind (`file`, `os_version`, `warp`...).
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
 }
 
 impl<C: fmt::Debug> fmt::Debug for AccessUser<C> {
@@ -103,6 +261,9 @@ impl<C: fmt::Debug> fmt::Debug for AccessUser<C> {
             .field("sub", &self.sub)
             .field("country", &self.country)
             .field("identity_nonce", &self.identity_nonce.as_ref().map(|_| "<redacted>"))
+            .field("issued_at", &self.issued_at)
+            .field("expires_at", &self.expires_at)
+            .field("identity", &self.identity)
             .field("custom", &self.custom)
             .finish()
     }

@@ -376,7 +376,11 @@ async fn dev_mode_prints_a_curl_line_whose_token_is_accepted_as_dev_user() {
 
     let res = http().get(url).header("Cf-Access-Jwt-Assertion", token).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
-    assert_eq!(json_of(res).await, json!({ "kind": "user", "email": "dev@localhost" }));
+    // Dev mode admits by group: the dev user's identity came from this server's get-identity.
+    assert_eq!(
+        json_of(res).await,
+        json!({ "kind": "user", "email": "dev@localhost", "groups": ["ztgate-dev-admins"] })
+    );
 
     // Verification went through the JWKS this server publishes, as in production.
     let jwks = json_of(http().get(server.url("/cdn-cgi/access/certs")).send().await.unwrap()).await;
@@ -2222,4 +2226,79 @@ async fn the_example_config_file_starts_the_server_and_its_routes_hold() {
     // Not in the file's table (the built-in one has it).
     let res = call(&server, "GET", "/mtls/whoami", &[]).await;
     assert_refused(res, StatusCode::FORBIDDEN, "no_policy").await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Access in depth: groups, login method, session age (ZTGATE_ADMIN_GROUPS...)
+
+/// A `get-identity` endpoint on loopback answering `identity` for every login.
+async fn identity_server(identity: Value) -> JwksServer {
+    JwksServer::start_with_body(identity.to_string()).await
+}
+
+fn identity_url(server: &JwksServer) -> String {
+    server.url_for("/cdn-cgi/access/get-identity")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_groups_alone_admit_members_and_refuse_the_rest() {
+    let id = identity_server(ztgate::dev::identity_json("bob@acme.com", &["ops"], &["pwd"])).await;
+    let url = identity_url(&id);
+    let p = Production::start_with(&[
+        ("ZTGATE_ADMIN_EMAILS", None),
+        ("ZTGATE_SERVICE_TOKENS", None),
+        ("ZTGATE_ADMIN_GROUPS", Some("ops, security")),
+        ("ZTGATE_IDENTITY_URL", Some(&url)),
+    ])
+    .await;
+    let res = p.get("/admin/whoami", Some(&user_token("bob@acme.com"))).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(json_of(res).await["groups"], json!(["ops"]));
+    // Alice's identity lists no admin group.
+    id.set_body(ztgate::dev::identity_json(ADMIN, &["staff"], &["pwd"]).to_string());
+    assert_refused(
+        p.get("/admin/whoami", Some(&user_token(ADMIN))).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+    // The identity endpoint down: a group decision cannot be made.
+    id.set_mode(common::Mode::Status(502));
+    let res = p.get("/admin/whoami", Some(&user_token("carol@acme.com"))).await;
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(res.headers().contains_key("retry-after"));
+    assert_eq!(json_of(res).await["code"], "identity_unavailable");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_required_auth_method_refuses_a_password_login() {
+    let id = identity_server(ztgate::dev::identity_json(ADMIN, &[], &["pwd"])).await;
+    let url = identity_url(&id);
+    let p = Production::start_with(&[
+        ("ZTGATE_REQUIRE_AUTH_METHOD", Some("hwk")),
+        ("ZTGATE_IDENTITY_URL", Some(&url)),
+    ])
+    .await;
+    assert_refused(
+        p.get("/admin/whoami", Some(&user_token(ADMIN))).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+    id.set_body(ztgate::dev::identity_json("bob@acme.com", &[], &["hwk", "mfa"]).to_string());
+    assert_eq!(p.get("/admin/whoami", Some(&user_token("bob@acme.com"))).await.status(), StatusCode::OK);
+    // A service token has no login to check: it is judged by its list alone.
+    assert_eq!(p.get("/admin/whoami", Some(&service_token(SERVICE))).await.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_older_than_the_max_session_age_is_401_session_too_old() {
+    let p = Production::start_with(&[("ZTGATE_MAX_SESSION_AGE", Some("3600"))]).await;
+    let stale = key().sign(&user_claims(TEAM, AUD, ADMIN, now() - 2 * 3600, 3 * 3600));
+    assert_refused(p.get("/admin/whoami", Some(&stale)).await, StatusCode::UNAUTHORIZED, "session_too_old")
+        .await;
+    assert_eq!(p.get("/admin/whoami", Some(&user_token(ADMIN))).await.status(), StatusCode::OK);
+    let db = TempDb::new();
+    let vars = with(production_config(), "ZTGATE_DB", Some(&db.path()));
+    assert_config_error(&with(vars, "ZTGATE_MAX_SESSION_AGE", Some("soon")), "ZTGATE_MAX_SESSION_AGE");
 }

@@ -197,6 +197,23 @@ async fn inspect_flags_alg_none_a_service_token_and_a_lifetime_beyond_the_maximu
 }
 
 #[tokio::test]
+async fn inspect_flags_an_organization_token() {
+    let key = key("k1");
+    let mut claims = user_claims(TEAM, AUD, "a@example.com", now(), 60);
+    claims["type"] = json!("org");
+    let out = run(&["inspect", "--team", TEAM, "--aud", AUD, "-"], &[], &key.sign(&claims)).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(stdout(&out).contains("FAIL type: type is \"org\""), "{}", stdout(&out));
+    let out = run(
+        &["inspect", "--team", TEAM, "--aud", AUD, "-"],
+        &[],
+        &key.sign(&user_claims(TEAM, AUD, "a@example.com", now(), 60)),
+    )
+    .await;
+    assert!(stdout(&out).contains("ok   type"), "{}", stdout(&out));
+}
+
+#[tokio::test]
 async fn inspect_escapes_control_characters_so_a_claim_cannot_rewrite_the_terminal() {
     let key = key("k1");
     let mut claims = user_claims(TEAM, AUD, "alice@example.com", now(), 60);

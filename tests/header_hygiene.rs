@@ -284,6 +284,33 @@ async fn forwarded_identity_headers_are_the_verified_ones_not_the_clients() {
     assert_eq!(values(&seen_both, "x-ztgate-principal"), ["user:alice@acme.com"]);
 }
 
+#[tokio::test]
+async fn forwarded_groups_are_the_identity_endpoints_not_the_clients() {
+    let issuer = Issuer::start().await;
+    let identity = ztgate::dev::identity_json("alice@acme.com", &["ops", "staff"], &["hwk"]).to_string();
+    let id = JwksServer::start_with_body(identity).await;
+    let access = Gate::builder(AccessConfig::new(TEAM, [AUD]).unwrap())
+        .fetcher(Arc::new(HttpFetcher::new(&issuer.jwks.url()).unwrap()))
+        .identity_url(id.url_for("/cdn-cgi/access/get-identity"))
+        .clock(clock())
+        .policy(ztgate::Policy::new().allow_groups(["ops"]))
+        .build()
+        .unwrap();
+    let base = serve!(access.with_header_hygiene(HeaderHygiene::new().forward_verified_identity())).await;
+    let request = forge(client().get(format!("{base}/admin")))
+        .header("x-ztgate-groups", r#"["admins"]"#)
+        .header("cf-access-jwt-assertion", issuer.alice());
+    let with_identity = seen(request).await;
+    assert_eq!(values(&with_identity, "x-ztgate-groups"), [r#"["ops","staff"]"#]);
+    // Without a fetched identity (a route that needed none), no groups header at all.
+    let plain =
+        serve!(issuer.gate().with_header_hygiene(HeaderHygiene::new().forward_verified_identity())).await;
+    let request = forge(client().get(format!("{plain}/admin")))
+        .header("x-ztgate-groups", r#"["admins"]"#)
+        .header("cf-access-jwt-assertion", issuer.alice());
+    assert_eq!(values(&seen(request).await, "x-ztgate-groups"), Vec::<String>::new());
+}
+
 /// A mechanism of your own proves an id with a line break in it. Set as is, it would split
 /// the header (or panic building it); it arrives percent-encoded instead, one value.
 #[derive(Debug)]

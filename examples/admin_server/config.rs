@@ -119,6 +119,12 @@ impl Sources {
             "ZTGATE_CERTS_URL" => access?.certs_url.clone().map(|v| (v, "access.certs_url")),
             "ZTGATE_ADMIN_EMAILS" => list(&access?.allow_emails, "access.allow_emails"),
             "ZTGATE_SERVICE_TOKENS" => list(&access?.allow_service_tokens, "access.allow_service_tokens"),
+            "ZTGATE_ADMIN_GROUPS" => list(&access?.allow_groups, "access.allow_groups"),
+            "ZTGATE_REQUIRE_AUTH_METHOD" => list(&access?.require_auth_method, "access.require_auth_method"),
+            "ZTGATE_MAX_SESSION_AGE" => {
+                access?.max_session_age.map(|d| (format!("{}s", d.as_secs()), "access.max_session_age"))
+            }
+            "ZTGATE_IDENTITY_URL" => access?.identity_url.clone().map(|v| (v, "access.identity_url")),
             "ZTGATE_TOKEN_CACHE_MAX_AGE" => {
                 let a = access?;
                 match (a.token_cache, a.token_cache_max_age) {
@@ -157,17 +163,43 @@ pub(crate) enum Identity {
 /// Production Access, as configured: what decides the verifier (and so its key and token
 /// caches), who is admitted, and the mechanism built from both.
 pub(crate) struct AccessSettings {
-    /// Team, audiences, certs URL, token cache: a reload that keeps these keeps the caches.
+    /// Team, audiences, certs URL, identity URL, token cache: a reload that keeps these keeps
+    /// the caches.
     pub(crate) verifier_key: Vec<String>,
+    who: Admins,
+    pub(crate) mechanism: Arc<AccessJwt>,
+}
+
+/// Who is admitted, and what their login must show.
+#[derive(Clone)]
+struct Admins {
     emails: Vec<String>,
     service_tokens: Vec<String>,
-    pub(crate) mechanism: Arc<AccessJwt>,
+    groups: Vec<String>,
+    auth_methods: Vec<String>,
+    max_session_age: Option<Duration>,
+}
+
+impl Admins {
+    fn policy(&self) -> Policy {
+        let mut policy = Policy::new()
+            .allow_emails(&self.emails)
+            .allow_service_tokens(&self.service_tokens)
+            .allow_groups(&self.groups);
+        if !self.auth_methods.is_empty() {
+            policy = policy.require_auth_method(&self.auth_methods);
+        }
+        if let Some(age) = self.max_session_age {
+            policy = policy.max_session_age(age);
+        }
+        policy
+    }
 }
 
 impl AccessSettings {
     /// Who is admitted, as a policy.
     pub(crate) fn policy(&self) -> Policy {
-        Policy::new().allow_emails(&self.emails).allow_service_tokens(&self.service_tokens)
+        self.who.policy()
     }
 }
 
@@ -220,8 +252,16 @@ impl Settings {
             None => {
                 // Half a production configuration without a team domain is a mistake, not a
                 // request for dev mode: refuse rather than start with a local issuer.
-                for var in ["ZTGATE_AUD", "ZTGATE_CERTS_URL", "ZTGATE_ADMIN_EMAILS", "ZTGATE_SERVICE_TOKENS"]
-                {
+                for var in [
+                    "ZTGATE_AUD",
+                    "ZTGATE_CERTS_URL",
+                    "ZTGATE_ADMIN_EMAILS",
+                    "ZTGATE_SERVICE_TOKENS",
+                    "ZTGATE_ADMIN_GROUPS",
+                    "ZTGATE_REQUIRE_AUTH_METHOD",
+                    "ZTGATE_MAX_SESSION_AGE",
+                    "ZTGATE_IDENTITY_URL",
+                ] {
                     if env(var)?.is_some() {
                         return Err(EnvError::new(
                             "ZTGATE_TEAM_DOMAIN",
@@ -416,27 +456,45 @@ fn production_access(src: &Sources, team: &str) -> Result<AccessSettings, EnvErr
         return Err(src.error("ZTGATE_ADMIN_EMAILS", format!("{bad:?} is not an email address")));
     }
     let service_tokens = list(src, "ZTGATE_SERVICE_TOKENS")?;
-    if emails.is_empty() && service_tokens.is_empty() {
+    let groups = list(src, "ZTGATE_ADMIN_GROUPS")?;
+    if emails.is_empty() && service_tokens.is_empty() && groups.is_empty() {
         return Err(EnvError::new(
             "ZTGATE_ADMIN_EMAILS",
-            "nobody would be allowed in: set ZTGATE_ADMIN_EMAILS and/or ZTGATE_SERVICE_TOKENS",
+            "nobody would be allowed in: set ZTGATE_ADMIN_EMAILS, ZTGATE_ADMIN_GROUPS and/or ZTGATE_SERVICE_TOKENS",
         ));
     }
+    let auth_methods = list(src, "ZTGATE_REQUIRE_AUTH_METHOD")?;
+    let max_session_age = match src.get("ZTGATE_MAX_SESSION_AGE")? {
+        None => None,
+        Some(_) => Some(duration(
+            src,
+            "ZTGATE_MAX_SESSION_AGE",
+            Duration::ZERO,
+            Duration::from_secs(60)..=ztgate::AccessConfig::MAX_LIFETIME,
+            "a session age in seconds such as 43200 (from 60s to 31 days)",
+        )?),
+    };
+    let who = Admins { emails, service_tokens, groups, auth_methods, max_session_age };
     let certs_url = src.get("ZTGATE_CERTS_URL")?;
+    let identity_url = src.get("ZTGATE_IDENTITY_URL")?;
     let token_cache_setting = src.get("ZTGATE_TOKEN_CACHE_MAX_AGE")?;
     let mut builder =
         Gate::builder(AccessConfig::new(team, audiences.clone()).map_err(|e| src_config_error(src, e))?)
-            .policy(Policy::new().allow_emails(&emails).allow_service_tokens(&service_tokens));
+            .policy(who.policy());
     if let Some(url) = &certs_url {
         builder = builder.certs_url(url.as_str());
+    }
+    if let Some(url) = &identity_url {
+        builder = builder.identity_url(url.as_str());
     }
     let mechanism = Arc::new(
         builder.token_cache(token_cache(src)?).build_mechanism().map_err(|e| src_config_error(src, e))?,
     );
-    let mut verifier_key = vec![team.to_owned(), certs_url.unwrap_or_default()];
+    let mut verifier_key =
+        vec![team.to_owned(), certs_url.unwrap_or_default(), identity_url.unwrap_or_default()];
     verifier_key.push(token_cache_setting.unwrap_or_default());
     verifier_key.extend(audiences);
-    Ok(AccessSettings { verifier_key, emails, service_tokens, mechanism })
+    Ok(AccessSettings { verifier_key, who, mechanism })
 }
 
 /// ztgate's error about one of its settings, naming the variable (and the file's key).
@@ -552,6 +610,7 @@ impl From<ConfigError> for EnvError {
             "team_domain" => "ZTGATE_TEAM_DOMAIN",
             "audiences" => "ZTGATE_AUD",
             "certs_url" => "ZTGATE_CERTS_URL",
+            "identity_url" => "ZTGATE_IDENTITY_URL",
             "policy" => "ZTGATE_ADMIN_EMAILS",
             "api_keys" => "ZTGATE_API_KEYS", // pragma: allowlist secret
             "hmac_keys" => "ZTGATE_HMAC_KEYS",

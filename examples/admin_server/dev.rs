@@ -1,14 +1,17 @@
 //! Offline dev mode (no `ZTGATE_TEAM_DOMAIN`): this process is its own Access issuer, with a
-//! signing key made at start-up and its JWKS served at [`CERTS_PATH`], and makes a random API
-//! key named `dev`.
+//! signing key made at start-up and its JWKS served at [`CERTS_PATH`], its own `get-identity`
+//! endpoint at [`IDENTITY_PATH`] (the dev user is in the group [`DEV_GROUP`], which is what
+//! admits them: the group check runs for real), and makes a random API key named `dev`.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest as _, Sha256};
 use ztgate::clock::unix_now;
-use ztgate::dev::{DevKey, jwks_json, user_claims};
+use ztgate::dev::{DevKey, identity_json, jwks_json, user_claims};
 use ztgate::identity::hmac_token::KeyRing;
 use ztgate::identity::{AccessJwt, ApiKeys};
 use ztgate::secrets::Secret;
@@ -18,6 +21,9 @@ use crate::LOG_TARGET;
 use crate::config::{EnvError, Fatal};
 
 pub(crate) const CERTS_PATH: &str = "/cdn-cgi/access/certs";
+pub(crate) const IDENTITY_PATH: &str = "/cdn-cgi/access/get-identity";
+/// The group dev mode admits; the dev user's identity lists it.
+pub(crate) const DEV_GROUP: &str = "ztgate-dev-admins";
 const DEV_AUD: &str = "ztgate-dev";
 const DEV_EMAIL: &str = "dev@localhost";
 const DEV_TOKEN_TTL: Duration = Duration::from_secs(12 * 3600);
@@ -90,7 +96,8 @@ impl DevIssuer {
         Ok(Arc::new(
             Gate::builder(AccessConfig::new(&self.origin, [DEV_AUD])?)
                 .certs_url(format!("{}{CERTS_PATH}", self.origin))
-                .policy(Policy::new().allow_emails([DEV_EMAIL]))
+                .identity_url(format!("{}{IDENTITY_PATH}", self.origin))
+                .policy(Policy::new().allow_groups([DEV_GROUP]))
                 .build_mechanism()?,
         ))
     }
@@ -100,6 +107,18 @@ impl DevIssuer {
         let token =
             self.key.sign(&user_claims(&self.origin, DEV_AUD, DEV_EMAIL, now, DEV_TOKEN_TTL.as_secs()));
         format!("curl -H 'Cf-Access-Jwt-Assertion: {token}' {}/admin/whoami", self.origin)
+    }
+
+    /// What this issuer's `get-identity` answers for the `CF_Authorization` cookie `cookies`
+    /// holds: the identity of the token's email, in [`DEV_GROUP`] if it is the dev user. The
+    /// token is not checked here (the gate verified it before asking); `None` without one.
+    pub(crate) fn identity(cookies: &str) -> Option<String> {
+        let token = cookies.split(';').find_map(|c| c.trim().strip_prefix("CF_Authorization="))?;
+        let payload = URL_SAFE_NO_PAD.decode(token.split('.').nth(1)?).ok()?;
+        let claims: serde_json::Value = serde_json::from_slice(&payload).ok()?;
+        let email = claims["email"].as_str()?;
+        let groups: &[&str] = if email == DEV_EMAIL { &[DEV_GROUP] } else { &[] };
+        Some(identity_json(email, groups, &["otp"]).to_string())
     }
 
     /// The JWKS of the dev signing key, served at [`CERTS_PATH`].

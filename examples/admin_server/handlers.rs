@@ -41,7 +41,15 @@ pub(crate) async fn method_not_allowed() -> ApiError {
 
 pub(crate) async fn whoami(who: Verified<Principal>) -> Json<Value> {
     Json(match who.principal() {
-        Principal::User(user) => json!({ "kind": "user", "email": user.email }),
+        // Groups when the gate fetched the user's Access identity (a group rule needed it).
+        Principal::User(user) => match &user.identity {
+            Some(identity) => {
+                let groups: Vec<&str> =
+                    identity.groups.iter().filter_map(|g| g.name.as_deref().or(g.id.as_deref())).collect();
+                json!({ "kind": "user", "email": user.email, "groups": groups })
+            }
+            None => json!({ "kind": "user", "email": user.email }),
+        },
         Principal::Service(service) => json!({ "kind": "service", "common_name": service.common_name }),
         other => json!({ "kind": other.kind(), "id": other.id() }),
     })

@@ -32,8 +32,10 @@
 //! | anything else | nobody: 403 `no_policy` |
 //!
 //! Run it with no configuration for **dev mode**: it makes a signing key, serves its own
-//! JWKS, verifies against it over HTTP exactly as in production, makes a random API key named
-//! `dev`, and prints `curl` lines with a token for `dev@localhost` and with that key.
+//! JWKS and `get-identity` endpoint, verifies against them over HTTP exactly as in production
+//! (the dev user is admitted as a member of the group `ztgate-dev-admins`, so the group check
+//! runs for real), makes a random API key named `dev`, and prints `curl` lines with a token for
+//! `dev@localhost` and with that key.
 //!
 //! ```text
 //! cargo run --example admin_server
@@ -51,6 +53,10 @@
 //! | `ZTGATE_AUD` | comma-separated Access AUD tags (required) |
 //! | `ZTGATE_ADMIN_EMAILS` | comma-separated emails allowed in |
 //! | `ZTGATE_SERVICE_TOKENS` | comma-separated service-token common names allowed in |
+//! | `ZTGATE_ADMIN_GROUPS` | comma-separated identity provider groups (id, name or email): a member of any is an admin, like a listed email. Groups alone are a valid configuration |
+//! | `ZTGATE_REQUIRE_AUTH_METHOD` | comma-separated `amr` values: an admin's login must have used one (`hwk`: a hardware key) |
+//! | `ZTGATE_MAX_SESSION_AGE` | a login older than this (seconds, `iat`) is 401 `session_too_old`, so the browser signs in again |
+//! | `ZTGATE_IDENTITY_URL` | where users' Access identities (groups, `amr`) are fetched, when a rule needs one (default `{team}/cdn-cgi/access/get-identity`; `http://` on loopback) |
 //! | `ZTGATE_DB` | SQLite file (default `ztgate-admin.sqlite`) |
 //! | `ZTGATE_API_KEYS` | comma-separated `name:secret` API keys (secrets of 16+ bytes); unset = API-key routes refuse everyone (dev mode: one random key named `dev`) |
 //! | `ZTGATE_HMAC_KEYS` | comma-separated `kid:secret` keys for unsubscribe links (secrets of 32+ bytes): the first signs, all verify; unset = a random key per start, so links die with the process |

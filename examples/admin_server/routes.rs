@@ -19,7 +19,7 @@ use ztgate::identity::{AccessJwt, ApiKeyAuth, ApiKeys, ClientCertAuth, Requireme
 use ztgate::request::RequestLimits;
 use ztgate::{ConfigError, RoutePolicies};
 
-use crate::dev::{CERTS_PATH, DevIssuer};
+use crate::dev::{CERTS_PATH, DevIssuer, IDENTITY_PATH};
 use crate::handlers::{
     create_note, delete_note, healthz, inbound_webhook, list_notes, method_not_allowed, metrics_text,
     mint_unsubscribe_link, mtls_whoami, not_found, ops_stats, reload_config, unsubscribe,
@@ -83,6 +83,7 @@ pub(crate) fn app(
                 async move { ([(header::CONTENT_TYPE, "application/json")], jwks) }
             }),
         );
+        app = app.route(IDENTITY_PATH, get(dev_identity));
     }
     // The policies layer goes on last, over every route and both fallbacks: nothing is
     // reachable without a declared policy.
@@ -91,6 +92,17 @@ pub(crate) fn app(
         .with_state(state)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(policies)
+}
+
+/// Dev mode's `get-identity`: the identity of the login in the `CF_Authorization` cookie.
+async fn dev_identity(headers: axum::http::HeaderMap) -> Response {
+    let cookies = headers.get(header::COOKIE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    match DevIssuer::identity(cookies) {
+        Some(identity) => ([(header::CONTENT_TYPE, "application/json")], identity).into_response(),
+        None => {
+            (StatusCode::UNAUTHORIZED, Json(json!({ "err": "no CF_Authorization cookie" }))).into_response()
+        }
+    }
 }
 
 /// The webhook body is read before anything proves who sent it (the signature covers it), up
@@ -134,7 +146,11 @@ pub(crate) fn route_policies(
     let limits = RequestLimits { trust_client_cert_headers: trust_cert_headers, ..Default::default() };
     let mut policies = RoutePolicies::with_limits(limits);
     if dev {
-        policies = policies.route("GET", CERTS_PATH, Requirement::public())?;
+        policies = policies.route("GET", CERTS_PATH, Requirement::public())?.route(
+            "GET",
+            IDENTITY_PATH,
+            Requirement::public(),
+        )?;
     }
     if !file_routes.is_empty() {
         let mechanisms = Mechanisms::new()

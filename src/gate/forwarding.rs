@@ -31,6 +31,8 @@ const KIND_HEADER: HeaderName = HeaderName::from_static("x-ztgate-kind");
 const EMAIL_HEADER: HeaderName = HeaderName::from_static("x-ztgate-email");
 /// The mechanisms that proved the principal, in order, as a JSON array of strings.
 const VIA_HEADER: HeaderName = HeaderName::from_static("x-ztgate-via");
+/// The user's identity provider groups, when the gate fetched the identity.
+const GROUPS_HEADER: HeaderName = HeaderName::from_static("x-ztgate-groups");
 
 /// What the Tower layer does to the headers of a request it verified, before the inner service
 /// runs. Set it on a [`Gate`](crate::Gate) with
@@ -66,6 +68,7 @@ const VIA_HEADER: HeaderName = HeaderName::from_static("x-ztgate-via");
 /// | `X-Ztgate-Kind` | [`Principal::kind`], e.g. `user` |
 /// | `X-Ztgate-Email` | the user's email; absent for every other kind |
 /// | `X-Ztgate-Via` | the mechanisms that proved it, a JSON array: `["access_jwt","api_key"]` |
+/// | `X-Ztgate-Groups` | a user's identity provider groups (name, else id), a JSON array, when the gate fetched the Access identity (a group rule, or [`GateBuilder::enrich_identity`](crate::GateBuilder::enrich_identity)); absent otherwise |
 ///
 /// Each value is sent as is when it is printable ASCII without spaces or `%`; otherwise each
 /// byte outside `!`..=`~`, and each `%`, is written `%XX` (uppercase hex, UTF-8 bytes), so a
@@ -208,12 +211,22 @@ fn forward<C>(headers: &mut HeaderMap, verified: &Verified<Principal<C>>) {
     set(headers, KIND_HEADER, principal.kind());
     if let Some(user) = principal.as_user() {
         set(headers, EMAIL_HEADER, &user.email);
+        if let Some(identity) = &user.identity {
+            let groups: Vec<&str> =
+                identity.groups.iter().filter_map(|g| g.name.as_deref().or(g.id.as_deref())).collect();
+            set_json(headers, GROUPS_HEADER, &groups);
+        }
     }
     let via: Vec<&str> = verified.proofs().iter().map(|p| p.mechanism).collect();
-    match serde_json::to_string(&via) {
-        Ok(json) => set(headers, VIA_HEADER, &json),
+    set_json(headers, VIA_HEADER, &via);
+}
+
+/// Sets `name` to the compact JSON array of `items` (one predictable form: `["a","b"]`).
+fn set_json(headers: &mut HeaderMap, name: HeaderName, items: &[&str]) {
+    match serde_json::to_string(items) {
+        Ok(json) => set(headers, name, &json),
         Err(e) => {
-            tracing::warn!(layer = "identity", outcome = "header_not_set", header = ?VIA_HEADER.as_str(), reason = ?e.to_string())
+            tracing::warn!(layer = "identity", outcome = "header_not_set", header = ?name.as_str(), reason = ?e.to_string())
         }
     }
 }

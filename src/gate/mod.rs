@@ -14,7 +14,8 @@ use crate::error::{ConfigError, Rejection};
 use crate::identity::access_jwt::AccessConfig;
 use crate::identity::policy::Policy;
 use crate::identity::{
-    AccessJwt, AccessVerifier, JwksCache, JwksConfig, KeyFetcher, Requirement, TokenCacheConfig,
+    AccessJwt, AccessVerifier, IdentityConfig, IdentityFetcher, JwksCache, JwksConfig, KeyFetcher,
+    Requirement, TokenCacheConfig,
 };
 use crate::principal::{NoClaims, Principal, Verified};
 use crate::request::{RequestFacts, RequestLimits};
@@ -137,6 +138,10 @@ impl Gate<NoClaims> {
             jwks: JwksConfig::default(),
             token_cache: TokenCacheConfig::default(),
             limits: RequestLimits::default(),
+            identity_url: None,
+            identity_fetcher: None,
+            identity: IdentityConfig::default(),
+            enrich: false,
         }
     }
 }
@@ -287,6 +292,10 @@ pub struct GateBuilder<C> {
     jwks: JwksConfig,
     token_cache: TokenCacheConfig,
     limits: RequestLimits,
+    identity_url: Option<String>,
+    identity_fetcher: Option<Arc<dyn IdentityFetcher>>,
+    identity: IdentityConfig,
+    enrich: bool,
 }
 
 impl<C> fmt::Debug for GateBuilder<C> {
@@ -308,6 +317,10 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> GateBuilder<C> {
             jwks: self.jwks,
             token_cache: self.token_cache,
             limits: self.limits,
+            identity_url: self.identity_url,
+            identity_fetcher: self.identity_fetcher,
+            identity: self.identity,
+            enrich: self.enrich,
         }
     }
 
@@ -355,6 +368,35 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> GateBuilder<C> {
         self
     }
 
+    /// Fetch users' Access identities (groups, login method, device posture) from this URL
+    /// instead of `{team_domain}/cdn-cgi/access/get-identity` (`https://`, or `http://` on
+    /// loopback). Identities are fetched only when a [`Policy`] rule needs one, or for every
+    /// user with [`GateBuilder::enrich_identity`].
+    pub fn identity_url(mut self, url: impl Into<String>) -> Self {
+        self.identity_url = Some(url.into());
+        self
+    }
+
+    /// Fetch identities with a fetcher of your own (tests, another HTTP stack).
+    pub fn identity_fetcher(mut self, fetcher: Arc<dyn IdentityFetcher>) -> Self {
+        self.identity_fetcher = Some(fetcher);
+        self
+    }
+
+    /// Tune the identity cache (TTL, size).
+    pub fn identity_config(mut self, config: IdentityConfig) -> Self {
+        self.identity = config;
+        self
+    }
+
+    /// Fetch the Access identity of every verified user, so handlers can read groups from
+    /// [`AccessUser::identity`](crate::AccessUser::identity) even when no rule needs them. A
+    /// failed fetch then leaves the identity empty (and a rule that needs it refuses with 503).
+    pub fn enrich_identity(mut self) -> Self {
+        self.enrich = true;
+        self
+    }
+
     /// Builds the gate: the Access mechanism alone, with the configured request limits.
     pub fn build(self) -> Result<Gate<C>, ConfigError> {
         let limits = self.limits.clone();
@@ -374,8 +416,15 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> GateBuilder<C> {
                 &self.certs_url.unwrap_or_else(|| self.config.default_certs_url()),
             )?,
         };
+        let identity_fetcher: Arc<dyn IdentityFetcher> = match self.identity_fetcher {
+            Some(f) => f,
+            None => crate::runtime::default_identity_fetcher(
+                &self.identity_url.unwrap_or_else(|| self.config.default_identity_url()),
+            )?,
+        };
+        let identity = crate::runtime::identity_source(identity_fetcher, self.identity, self.clock.clone());
         let keys = JwksCache::new(fetcher, self.clock.clone(), self.jwks);
         let verifier = AccessVerifier::new(self.config, keys, self.clock).with_token_cache(self.token_cache);
-        Ok(AccessJwt::new(verifier, policy))
+        Ok(AccessJwt::new(verifier, policy).with_identity_source(Arc::new(identity), self.enrich))
     }
 }

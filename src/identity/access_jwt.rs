@@ -46,8 +46,10 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Deserialize;
 use serde::de::{DeserializeOwned, Deserializer, IgnoredAny};
 
+use super::access_identity::IdentitySource;
 use super::jwks::{JwksCache, KeyError};
 use super::mechanism::{Attempt, Mechanism};
+use super::policy::Decision;
 use super::policy::Policy;
 use super::ports::{Rs256Engine, VerifiedTokens};
 use super::rs256::Rs256Key;
@@ -55,7 +57,7 @@ use super::token_cache::{TokenCacheConfig, TokenDigest, Verification};
 use crate::BoxFuture;
 use crate::clock::Clock;
 use crate::error::{ConfigError, Rejection, TokenError};
-use crate::principal::{AccessUser, NoClaims, Principal, ServiceToken};
+use crate::principal::{AccessIdentity, AccessUser, NoClaims, Principal, ServiceToken};
 use crate::request::RequestFacts;
 
 const MAX_TOKEN_BYTES: usize = 16 * 1024;
@@ -171,6 +173,25 @@ impl AccessConfig {
     pub fn default_certs_url(&self) -> String {
         format!("{}/cdn-cgi/access/certs", self.team_domain)
     }
+
+    /// Where Cloudflare answers the identity of a login:
+    /// `{team_domain}/cdn-cgi/access/get-identity`.
+    pub fn default_identity_url(&self) -> String {
+        format!("{}/cdn-cgi/access/get-identity", self.team_domain)
+    }
+
+    /// The same application settings for other audience tags (another application of the
+    /// team, e.g. for one route).
+    pub fn with_audiences<I, S>(&self, audiences: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let mut other = Self::new(self.team_domain.clone(), audiences)?;
+        other.leeway = self.leeway;
+        other.max_lifetime = self.max_lifetime;
+        Ok(other)
+    }
 }
 
 /// `127.0.0.1:8080`, `[::1]:80`, `localhost:3000`...
@@ -251,6 +272,9 @@ struct RegisteredClaims {
     country: Option<String>,
     #[serde(default, deserialize_with = "present")]
     identity_nonce: Option<String>,
+    /// `app` for application tokens; `org` for the organization's own login session.
+    #[serde(default, rename = "type", deserialize_with = "present")]
+    kind: Option<String>,
 }
 
 /// A present field must have its type: `null` is a wrong type, not an absence.
@@ -290,6 +314,11 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> AccessVerifier<C> {
         self.token_cache = config;
         self.tokens = store;
         self
+    }
+
+    /// The clock the checks read.
+    pub(crate) fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
     }
 
     /// The token cache's configuration.
@@ -415,6 +444,9 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> AccessVerifier<C> {
         if !audience_ok {
             return Err(TokenError::Audience);
         }
+        if claims.kind.as_deref().is_some_and(|kind| kind != "app") {
+            return Err(TokenError::TokenType);
+        }
         let now = self.clock.now();
         let leeway = self.config.leeway.as_secs();
         let exp = claims.exp.ok_or(TokenError::MissingExpiry)?;
@@ -452,6 +484,9 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> AccessVerifier<C> {
                 sub: claims.sub.unwrap_or_default(),
                 country: claims.country,
                 identity_nonce: claims.identity_nonce,
+                issued_at: claims.iat,
+                expires_at: exp,
+                identity: None,
                 custom,
             }),
             exp,
@@ -502,6 +537,27 @@ fn split(token: &str) -> Result<Parts<'_>, TokenError> {
     Ok(Parts { header, payload, signature, signing_input })
 }
 
+/// The `iss` and `aud` a token claims, read without verifying anything: only to pick which
+/// application's verifier checks it (which then checks everything again, after the signature).
+pub(super) fn claimed_issuer(token: &str) -> Result<(String, Vec<String>), TokenError> {
+    #[derive(Deserialize)]
+    struct Routing {
+        #[serde(default)]
+        iss: Option<String>,
+        #[serde(default)]
+        aud: Option<Audience>,
+    }
+    let parts = split(token)?;
+    let routing: Routing = decode_json(parts.payload, "payload")?;
+    let iss = routing.iss.ok_or(TokenError::Issuer)?;
+    let aud = match routing.aud {
+        Some(Audience::One(a)) => vec![a],
+        Some(Audience::Many(list)) => list,
+        None => return Err(TokenError::Audience),
+    };
+    Ok((iss, aud))
+}
+
 fn decode_json<T: DeserializeOwned>(segment: &str, what: &'static str) -> Result<T, TokenError> {
     let bytes = URL_SAFE_NO_PAD.decode(segment).map_err(|_| TokenError::Malformed(what))?;
     // RFC 7515 §4: the JOSE header is UTF-8 JSON, including members ztgate ignores (serde_json
@@ -512,15 +568,29 @@ fn decode_json<T: DeserializeOwned>(segment: &str, what: &'static str) -> Result
 
 /// Cloudflare Access JWTs as a [`Mechanism`]: verified by an [`AccessVerifier`], then
 /// authorized by a [`Policy`]. A valid token of someone the policy does not admit is 403.
+///
+/// When the policy has rules over the user's Access identity (groups, login method, device
+/// posture, WARP), the identity is fetched from the team's `get-identity` endpoint once the
+/// token verified, and only when the decision needs it: cached per login (`identity_nonce`),
+/// 5 minutes at most and never past the token's `exp`, bounded like the JWKS fetch (see
+/// [`IdentityConfig`]). The gates [`GateBuilder`](crate::GateBuilder) builds can always fetch it.
 pub struct AccessJwt<C = NoClaims> {
     /// Shared with the mechanisms made by [`AccessJwt::with_policy`].
     verifier: Arc<AccessVerifier<C>>,
     policy: Policy<C>,
+    identity: Option<Arc<IdentitySource>>,
+    /// Fetch the identity for every user, whether or not a rule needs it.
+    enrich: bool,
 }
 
 impl<C> fmt::Debug for AccessJwt<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AccessJwt").field("verifier", &self.verifier).field("policy", &self.policy).finish()
+        f.debug_struct("AccessJwt")
+            .field("verifier", &self.verifier)
+            .field("policy", &self.policy)
+            .field("identity", &self.identity)
+            .field("enrich", &self.enrich)
+            .finish()
     }
 }
 
@@ -528,22 +598,82 @@ impl<C> AccessJwt<C> {
     /// The mechanism's name, in proofs, logs and rejections.
     pub const NAME: &'static str = "access_jwt";
 
-    /// Verifies with `verifier`, admits whom `policy` allows.
+    /// Verifies with `verifier`, admits whom `policy` allows. Without an identity source
+    /// (`AccessJwt::with_identity`), a policy rule that needs the user's identity refuses with
+    /// 503 `identity_unavailable`.
     pub fn new(verifier: AccessVerifier<C>, policy: Policy<C>) -> Self {
-        Self { verifier: Arc::new(verifier), policy }
+        Self { verifier: Arc::new(verifier), policy, identity: None, enrich: false }
     }
 
-    /// The same verifier (its JWKS cache, verified-token cache and counters, all shared) under
-    /// another policy: what a configuration reload that changes only who is allowed builds, so
-    /// no key is fetched and no signature checked again. Tokens cached by the verifier are
-    /// still authorized by the new policy on their next request.
+    /// The same verifier (its JWKS cache, verified-token cache and counters, all shared) and
+    /// identity source under another policy: what a configuration reload that changes only
+    /// who is allowed builds, so no key is fetched and no signature checked again. Tokens
+    /// cached by the verifier are still authorized by the new policy on their next request.
     pub fn with_policy(&self, policy: Policy<C>) -> Self {
-        Self { verifier: self.verifier.clone(), policy }
+        Self { verifier: self.verifier.clone(), policy, identity: self.identity.clone(), enrich: self.enrich }
     }
 
     /// The verifier (e.g. to warm its key cache).
     pub fn verifier(&self) -> &AccessVerifier<C> {
         &self.verifier
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &Policy<C> {
+        &self.policy
+    }
+
+    /// Whether every user's identity is fetched.
+    pub(crate) fn enriches(&self) -> bool {
+        self.enrich
+    }
+
+    pub(crate) fn with_identity_source(mut self, source: Arc<IdentitySource>, enrich: bool) -> Self {
+        self.identity = Some(source);
+        self.enrich = enrich;
+        self
+    }
+}
+
+impl<C: DeserializeOwned + Clone + Send + Sync + 'static> AccessJwt<C> {
+    /// A mechanism for other audience tags of the same team (another application, say for one
+    /// route), admitting whom `policy` allows: the JWKS cache and the identity source are
+    /// shared with this one, the verified-token cache is its own.
+    pub fn with_audiences<I, S>(&self, audiences: I, policy: Policy<C>) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let config = self.verifier.config().with_audiences(audiences)?;
+        let verifier =
+            AccessVerifier::new(config, self.verifier.keys().clone(), self.verifier.clock().clone())
+                .with_token_cache(self.verifier.token_cache().clone());
+        Ok(Self {
+            verifier: Arc::new(verifier),
+            policy,
+            identity: self.identity.clone(),
+            enrich: self.enrich,
+        })
+    }
+
+    /// The token's identity, or why it could not be had (logged).
+    async fn fetch_identity(
+        &self,
+        token: &str,
+        user: &AccessUser<C>,
+    ) -> Result<Arc<AccessIdentity>, TokenError> {
+        let Some(source) = &self.identity else {
+            tracing::error!(
+                layer = "identity",
+                outcome = "identity_unavailable",
+                mechanism = Self::NAME,
+                reason = "no identity source configured"
+            );
+            return Err(TokenError::IdentityUnavailable("no identity source is configured".into()));
+        };
+        source.identity(token, user).await.inspect_err(|e| {
+            tracing::warn!(layer = "identity", outcome = "identity_unavailable", mechanism = Self::NAME, principal = ?format!("user:{}", user.email), reason = ?e.to_string());
+        })
     }
 }
 
@@ -555,11 +685,43 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Mechanism<C> for Acces
     fn attempt<'a>(&'a self, facts: &'a RequestFacts) -> BoxFuture<'a, Attempt<C>> {
         Box::pin(async move {
             let Some(token) = facts.access_jwt() else { return Attempt::NotPresent };
-            match self.verifier.verify(token.expose()).await {
-                Err(e) => Attempt::Refused(Rejection::from(e)),
-                Ok(p) if self.policy.allows(&p) => Attempt::Verified(p),
-                Ok(p) => {
-                    tracing::warn!(layer = "identity", outcome = "forbidden", mechanism = Self::NAME, principal = ?p.id());
+            let mut principal = match self.verifier.verify(token.expose()).await {
+                Err(e) => return Attempt::Refused(Rejection::from(e)),
+                Ok(p) => p,
+            };
+            let now = Some(self.verifier.clock().now());
+            // An identity fetched for enrichment that failed is not fetched again for a rule.
+            let mut failed = None;
+            if let Principal::User(user) = &mut principal
+                && self.enrich
+            {
+                match self.fetch_identity(token.expose(), user).await {
+                    Ok(identity) => user.identity = Some(identity),
+                    Err(e) => failed = Some(e),
+                }
+            }
+            let mut decision = self.policy.decide(&principal, now);
+            if decision == Decision::NeedsIdentity
+                && let Principal::User(user) = &mut principal
+            {
+                let fetched = match failed {
+                    Some(e) => Err(e),
+                    None => self.fetch_identity(token.expose(), user).await,
+                };
+                match fetched {
+                    Ok(identity) => user.identity = Some(identity),
+                    Err(e) => return Attempt::Refused(Rejection::from(e)),
+                }
+                decision = self.policy.decide(&principal, now);
+            }
+            match decision {
+                Decision::Allow => Attempt::Verified(principal),
+                Decision::SessionTooOld => {
+                    tracing::info!(layer = "identity", outcome = "session_too_old", mechanism = Self::NAME, principal = ?principal.id());
+                    Attempt::Refused(Rejection::SessionTooOld)
+                }
+                Decision::Forbidden | Decision::NeedsIdentity => {
+                    tracing::warn!(layer = "identity", outcome = "forbidden", mechanism = Self::NAME, principal = ?principal.id());
                     Attempt::Refused(Rejection::Forbidden)
                 }
             }

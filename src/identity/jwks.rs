@@ -383,6 +383,7 @@ pub(crate) fn is_loopback_host(host: &str) -> bool {
 /// The rules every JWKS fetcher applies to its configuration, whatever its HTTP stack: `https://`
 /// (plain `http://` only for loopback hosts), a non-zero timeout and size cap.
 pub(crate) fn check_fetch_config(
+    setting: &'static str,
     url: &str,
     scheme: &str,
     host: Option<&str>,
@@ -394,13 +395,13 @@ pub(crate) fn check_fetch_config(
         "http" if host.is_some_and(is_loopback_host) => {}
         _ => {
             return Err(ConfigError::new(
-                "certs_url",
+                setting,
                 format!("{url} must use https:// (plain http:// is only allowed for loopback hosts)"),
             ));
         }
     }
     if timeout.is_zero() || max_bytes == 0 {
-        return Err(ConfigError::new("certs_url", "fetch timeout and size cap must be non-zero"));
+        return Err(ConfigError::new(setting, "fetch timeout and size cap must be non-zero"));
     }
     Ok(())
 }

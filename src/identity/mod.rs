@@ -6,7 +6,9 @@
 //! mechanism:
 //!
 //! - [`AccessJwt`]: Cloudflare Access JWTs (RS256, strict claims) through an [`AccessVerifier`],
-//!   authorized by a [`Policy`](crate::Policy); keys from a [`JwksCache`].
+//!   authorized by a [`Policy`](crate::Policy); keys from a [`JwksCache`]; the user's Access
+//!   identity (groups, login method, device posture) fetched when a rule needs it through an
+//!   [`IdentityFetcher`]. [`AccessApplications`] serves several applications or teams at once.
 //! - [`ApiKeyAuth`]: named API keys ([`ApiKeys`]), stored as SHA-256 digests, compared in
 //!   constant time.
 //! - [`ClientCertAuth`]: client certificates Cloudflare verified (mTLS), optionally pinned.
@@ -21,6 +23,8 @@
 //! [`ReplayGuard`](webhook::ReplayGuard), and two the runtimes fill in without you seeing them:
 //! a single-flight for concurrent key fetches and the engine that checks RS256 signatures.
 
+mod access_apps;
+pub(crate) mod access_identity;
 pub(crate) mod access_jwt;
 mod api_key;
 mod client_cert;
@@ -34,6 +38,8 @@ pub(crate) mod token_cache;
 pub mod webhook;
 
 pub use crate::error::TokenError;
+pub use access_apps::AccessApplications;
+pub use access_identity::{IdentityConfig, IdentityFetcher};
 pub use access_jwt::{AccessJwt, AccessVerifier};
 pub use api_key::{ApiKeyAuth, ApiKeys};
 pub use client_cert::ClientCertAuth;
@@ -42,4 +48,5 @@ pub use jwks::{
     KeyFetcher, StaticFetcher,
 };
 pub use mechanism::{Attempt, Mechanism, Requirement};
+pub use policy::Decision;
 pub use token_cache::TokenCacheConfig;

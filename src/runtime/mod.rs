@@ -17,7 +17,11 @@ use serde::de::DeserializeOwned;
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::ConfigError;
-use crate::identity::{AccessVerifier, JwksCache, JwksConfig, KeyFetcher, TokenCacheConfig};
+use crate::identity::access_identity::IdentitySource;
+use crate::identity::{
+    AccessJwt, AccessVerifier, IdentityConfig, IdentityFetcher, JwksCache, JwksConfig, KeyFetcher,
+    TokenCacheConfig,
+};
 
 #[cfg(any(feature = "workers", test))]
 mod bounded;
@@ -66,11 +70,38 @@ pub(crate) fn default_fetcher(url: &str) -> Result<Arc<dyn KeyFetcher>, ConfigEr
     platform::default_fetcher(url)
 }
 
+/// The identity fetcher a [`GateBuilder`](crate::GateBuilder) uses unless given one, bounded
+/// like the JWKS fetcher.
+pub(crate) fn default_identity_fetcher(url: &str) -> Result<Arc<dyn IdentityFetcher>, ConfigError> {
+    platform::default_identity_fetcher(url)
+}
+
+/// An identity source whose cache is the platform's store (moka natively, a bounded map per
+/// isolate in Workers), bounded as `config` says.
+pub(crate) fn identity_source(
+    fetcher: Arc<dyn IdentityFetcher>,
+    config: IdentityConfig,
+    clock: Arc<dyn Clock>,
+) -> IdentitySource {
+    let store = platform::token_store(&config.store_config());
+    IdentitySource::new(fetcher, store, config, clock)
+}
+
 impl JwksCache {
     /// A cache that fetches with `fetcher` and reads time from `clock`; concurrent fetches
     /// coalesce through the runtime's single-flight.
     pub fn new(fetcher: Arc<dyn KeyFetcher>, clock: Arc<dyn Clock>, config: JwksConfig) -> Self {
         Self::with_runtime(fetcher, clock, config, platform::single_flight(), platform::background())
+    }
+}
+
+impl<C: DeserializeOwned + Clone + Send + Sync + 'static> AccessJwt<C> {
+    /// Fetches users' identities with `fetcher` (cached as `config` says, in the platform's
+    /// store), for the policy rules that need them.
+    pub fn with_identity(self, fetcher: Arc<dyn IdentityFetcher>, config: IdentityConfig) -> Self {
+        let clock = self.verifier().clock().clone();
+        let enrich = self.enriches();
+        self.with_identity_source(Arc::new(identity_source(fetcher, config, clock)), enrich)
     }
 }
 

@@ -12,7 +12,10 @@ use crate::error::TokenError;
 use crate::identity::jwks::{append_capped, check_fetch_config, check_response, network_error};
 use crate::identity::ports::{Background, PureRs256, Rs256Engine, SingleFlight, VerifiedTokens};
 use crate::identity::token_cache::{CacheValue, TokenCacheConfig, TokenDigest};
-use crate::identity::{DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_JWKS_BYTES, FetchError, FetchedJwks, KeyFetcher};
+use crate::identity::{
+    DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_JWKS_BYTES, FetchError, FetchedJwks, IdentityConfig, IdentityFetcher,
+    KeyFetcher,
+};
 
 /// A point in monotonic time (see `runtime::Stopwatch`).
 pub(super) type Mark = std::time::Instant;
@@ -33,6 +36,10 @@ pub(super) fn unix_now() -> u64 {
 
 pub(super) fn default_fetcher(url: &str) -> Result<Arc<dyn KeyFetcher>, ConfigError> {
     Ok(Arc::new(HttpFetcher::new(url)?))
+}
+
+pub(super) fn default_identity_fetcher(url: &str) -> Result<Arc<dyn IdentityFetcher>, ConfigError> {
+    Ok(Arc::new(HttpIdentityFetcher::new(url)?))
 }
 
 pub(super) fn single_flight<K, V>() -> Arc<dyn SingleFlight<K, V>>
@@ -183,16 +190,7 @@ impl HttpFetcher {
 
     /// A fetcher with explicit limits.
     pub fn with_limits(url: &str, timeout: Duration, max_bytes: usize) -> Result<Self, ConfigError> {
-        let url = reqwest::Url::parse(url)
-            .map_err(|e| ConfigError::new("certs_url", format!("{url:?} is not a URL: {e}")))?;
-        check_fetch_config(url.as_str(), url.scheme(), url.host_str(), timeout, max_bytes)?;
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .build()
-            .map_err(|e| ConfigError::new("certs_url", format!("cannot build the HTTP client: {e}")))?;
+        let (client, url) = bounded_client("certs_url", url, timeout, max_bytes)?;
         Ok(Self { client, url, max_bytes })
     }
 
@@ -202,26 +200,101 @@ impl HttpFetcher {
     }
 
     async fn fetch_once(&self) -> Result<FetchedJwks, FetchError> {
-        let mut response = self
-            .client
-            .get(self.url.clone())
-            .header(http::header::ACCEPT, "application/json")
-            .send()
-            .await
-            .map_err(classify)?;
-        let header = |name| response.headers().get(name).and_then(|v: &http::HeaderValue| v.to_str().ok());
-        let max_age = check_response(
-            response.status().as_u16(),
-            header(http::header::CONTENT_TYPE),
-            header(http::header::CONTENT_LENGTH),
-            header(http::header::CACHE_CONTROL),
-            self.max_bytes,
-        )?;
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(classify)? {
-            append_capped(&mut body, &chunk, self.max_bytes)?;
-        }
+        let (body, max_age) = bounded_get(&self.client, &self.url, None, self.max_bytes).await?;
         Ok(FetchedJwks { body, max_age, from_shared_cache: false })
+    }
+}
+
+/// A client for `url` under the fetch rules (`https://` except on loopback, the timeout for the
+/// whole request, no redirects, no proxy); errors name `setting`.
+fn bounded_client(
+    setting: &'static str,
+    url: &str,
+    timeout: Duration,
+    max_bytes: usize,
+) -> Result<(reqwest::Client, reqwest::Url), ConfigError> {
+    let url = reqwest::Url::parse(url)
+        .map_err(|e| ConfigError::new(setting, format!("{url:?} is not a URL: {e}")))?;
+    check_fetch_config(setting, url.as_str(), url.scheme(), url.host_str(), timeout, max_bytes)?;
+    let client = reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .build()
+        .map_err(|e| ConfigError::new(setting, format!("cannot build the HTTP client: {e}")))?;
+    Ok((client, url))
+}
+
+/// One GET under the fetch rules (JSON, 200, the size cap while streaming; the client holds the
+/// timeout and refuses redirects), with `cookie` if given: the body and its `max-age`.
+async fn bounded_get(
+    client: &reqwest::Client,
+    url: &reqwest::Url,
+    cookie: Option<&str>,
+    max_bytes: usize,
+) -> Result<(Vec<u8>, Option<Duration>), FetchError> {
+    let mut request = client.get(url.clone()).header(http::header::ACCEPT, "application/json");
+    if let Some(cookie) = cookie {
+        let value = http::HeaderValue::from_str(cookie)
+            .map_err(|_| network_error("the cookie is not a header value"))?;
+        request = request.header(http::header::COOKIE, value);
+    }
+    let mut response = request.send().await.map_err(classify)?;
+    let header = |name| response.headers().get(name).and_then(|v: &http::HeaderValue| v.to_str().ok());
+    let max_age = check_response(
+        response.status().as_u16(),
+        header(http::header::CONTENT_TYPE),
+        header(http::header::CONTENT_LENGTH),
+        header(http::header::CACHE_CONTROL),
+        max_bytes,
+    )?;
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(classify)? {
+        append_capped(&mut body, &chunk, max_bytes)?;
+    }
+    Ok((body, max_age))
+}
+
+/// Fetches a login's Access identity (`{team}/cdn-cgi/access/get-identity`) with reqwest,
+/// sending the application token as the `CF_Authorization` cookie. Bounded like
+/// [`HttpFetcher`]: a whole-request timeout (default 5 s), a size cap (default 64 KiB), no
+/// redirects, a JSON 200 only, `https://` except on loopback.
+#[derive(Clone)]
+pub struct HttpIdentityFetcher {
+    client: reqwest::Client,
+    url: reqwest::Url,
+    max_bytes: usize,
+}
+
+impl fmt::Debug for HttpIdentityFetcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpIdentityFetcher")
+            .field("url", &self.url.as_str())
+            .field("max_bytes", &self.max_bytes)
+            .finish()
+    }
+}
+
+impl HttpIdentityFetcher {
+    /// A fetcher for `url` with the default timeout and size cap.
+    pub fn new(url: &str) -> Result<Self, ConfigError> {
+        Self::with_limits(url, DEFAULT_FETCH_TIMEOUT, IdentityConfig::MAX_BYTES)
+    }
+
+    /// A fetcher with explicit limits.
+    pub fn with_limits(url: &str, timeout: Duration, max_bytes: usize) -> Result<Self, ConfigError> {
+        let (client, url) = bounded_client("identity_url", url, timeout, max_bytes)?;
+        Ok(Self { client, url, max_bytes })
+    }
+}
+
+impl IdentityFetcher for HttpIdentityFetcher {
+    fn fetch<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Vec<u8>, FetchError>> {
+        Box::pin(async move {
+            let cookie = format!("CF_Authorization={token}");
+            bounded_get(&self.client, &self.url, Some(&cookie), self.max_bytes).await.map(|(body, _)| body)
+        })
     }
 }
 

@@ -41,6 +41,7 @@ struct ServerState {
     mode: Mutex<Mode>,
     cache_control: Mutex<Option<String>>,
     fetches: AtomicUsize,
+    last_head: Mutex<String>,
 }
 
 /// A JWKS server on an ephemeral loopback port. Dropping it stops serving new connections.
@@ -69,6 +70,7 @@ impl JwksServer {
             mode: Mutex::new(Mode::Serve),
             cache_control: Mutex::new(None),
             fetches: AtomicUsize::new(0),
+            last_head: Mutex::new(String::new()),
         });
         let shared = state.clone();
         let task = tokio::spawn(async move {
@@ -103,6 +105,17 @@ impl JwksServer {
     pub fn fetches(&self) -> usize {
         self.state.fetches.load(Ordering::SeqCst)
     }
+
+    /// The head (request line and headers) of the last request received.
+    pub fn last_request_head(&self) -> String {
+        self.state.last_head.lock().unwrap().clone()
+    }
+
+    /// This server's address with `path`: the same document is served on every path (used as a
+    /// `get-identity` endpoint too).
+    pub fn url_for(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
 }
 
 async fn serve(mut stream: TcpStream, state: Arc<ServerState>) {
@@ -118,6 +131,7 @@ async fn serve(mut stream: TcpStream, state: Arc<ServerState>) {
         }
     }
     state.fetches.fetch_add(1, Ordering::SeqCst);
+    *state.last_head.lock().unwrap() = String::from_utf8_lossy(&head).into_owned();
     let mode = state.mode.lock().unwrap().clone();
     let body = state.body.lock().unwrap().clone();
     let cache = state.cache_control.lock().unwrap().clone();

@@ -22,6 +22,10 @@ pub const VARS: &[&str] = &[
     "ZTGATE_AUD",
     "ZTGATE_ADMIN_EMAILS",
     "ZTGATE_SERVICE_TOKENS",
+    "ZTGATE_ADMIN_GROUPS",
+    "ZTGATE_REQUIRE_AUTH_METHOD",
+    "ZTGATE_MAX_SESSION_AGE",
+    "ZTGATE_IDENTITY_URL",
     "ZTGATE_DB",
     "ZTGATE_API_KEYS",
     "ZTGATE_HMAC_KEYS",
@@ -74,9 +78,7 @@ fn newest_mtime(path: &Path) -> SystemTime {
         return UNIX_EPOCH;
     }
     match std::fs::read_dir(path) {
-        Ok(entries) => {
-            entries.flatten().map(|e| newest_mtime(&e.path())).max().unwrap_or(UNIX_EPOCH)
-        }
+        Ok(entries) => entries.flatten().map(|e| newest_mtime(&e.path())).max().unwrap_or(UNIX_EPOCH),
         // Only Rust sources rebuild the binary (the example's TOML file does not).
         Err(_) if path.extension().is_some_and(|e| e == "rs") => modified(path),
         Err(_) => UNIX_EPOCH,

@@ -162,6 +162,14 @@ pub(crate) fn run(path: &Path, resolve: bool) -> Result<Report, Failure> {
             line(format!("  allow_emails: {}", list(&access.allow_emails)));
             line(format!("  allow_email_domains: {}", list(&access.allow_email_domains)));
             line(format!("  allow_service_tokens: {}", list(&access.allow_service_tokens)));
+            line(format!("  allow_groups: {}", list(&access.allow_groups)));
+            line(format!("  require_auth_method: {}", list(&access.require_auth_method)));
+            let session = access.max_session_age.map_or_else(|| "-".to_owned(), secs);
+            line(format!("  max_session_age: {session}"));
+            let identity_url = access.identity_url.clone().unwrap_or_else(|| {
+                format!("{}/cdn-cgi/access/get-identity (default)", access.team_domain.trim_end_matches('/'))
+            });
+            line(format!("  identity_url: {}", shown(&identity_url)));
             json!({
                 "team_domain": access.team_domain,
                 "audiences": access.audiences,
@@ -174,6 +182,10 @@ pub(crate) fn run(path: &Path, resolve: bool) -> Result<Report, Failure> {
                 "allow_emails": access.allow_emails,
                 "allow_email_domains": access.allow_email_domains,
                 "allow_service_tokens": access.allow_service_tokens,
+                "allow_groups": access.allow_groups,
+                "require_auth_method": access.require_auth_method,
+                "max_session_age_secs": access.max_session_age.map(|d| d.as_secs()),
+                "identity_url": access.identity_url,
             })
         }
     };

@@ -106,6 +106,12 @@ fn checks(config: &AccessConfig, t: &Decoded, now: i64) -> Vec<Check> {
     };
     let aud_ok = auds.iter().any(|a| config.audiences().iter().any(|c| c == a));
     out.push(check("aud", (!aud_ok).then(|| format!("aud {auds:?} holds none of {:?}", config.audiences()))));
+    let kind = t.claims.get("type");
+    out.push(check(
+        "type",
+        kind.filter(|k| k.as_str() != Some("app"))
+            .map(|k| format!("type is {k}, not \"app\" (an organization token?)")),
+    ));
     let exp_failure = match time("exp") {
         None => Some("no numeric exp".to_owned()),
         Some(exp) if exp + leeway < now => {

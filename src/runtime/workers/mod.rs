@@ -24,7 +24,10 @@ use crate::BoxFuture;
 use crate::error::ConfigError;
 use crate::identity::jwks::{check_fetch_config, network_error};
 use crate::identity::ports::{Rs256Engine, SingleFlight};
-use crate::identity::{DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_JWKS_BYTES, FetchError, FetchedJwks, KeyFetcher};
+use crate::identity::{
+    DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_JWKS_BYTES, FetchError, FetchedJwks, IdentityConfig, IdentityFetcher,
+    KeyFetcher,
+};
 use crate::secrets::{Secret, SecretError, SecretFuture, SecretSource};
 use response::read_checked;
 
@@ -55,6 +58,10 @@ pub(super) fn unix_now() -> u64 {
     let millis = js_sys::Date::now();
     // NaN, negative or absurd values fail closed (0 = 1970: every token is "not yet valid").
     if millis.is_finite() && millis > 0.0 { (millis / 1000.0) as u64 } else { 0 }
+}
+
+pub(super) fn default_identity_fetcher(url: &str) -> Result<Arc<dyn IdentityFetcher>, ConfigError> {
+    Ok(Arc::new(WorkersIdentityFetcher::new(url)?))
 }
 
 pub(super) fn default_fetcher(url: &str) -> Result<Arc<dyn KeyFetcher>, ConfigError> {
@@ -157,7 +164,14 @@ impl WorkersFetcher {
     pub fn with_limits(url: &str, timeout: Duration, max_bytes: usize) -> Result<Self, ConfigError> {
         let parsed = worker::Url::parse(url)
             .map_err(|e| ConfigError::new("certs_url", format!("{url:?} is not a URL: {e}")))?;
-        check_fetch_config(parsed.as_str(), parsed.scheme(), parsed.host_str(), timeout, max_bytes)?;
+        check_fetch_config(
+            "certs_url",
+            parsed.as_str(),
+            parsed.scheme(),
+            parsed.host_str(),
+            timeout,
+            max_bytes,
+        )?;
         Ok(Self { url: parsed, timeout, max_bytes, edge_cache: true, first_fetch_done: Arc::default() })
     }
 
@@ -245,28 +259,94 @@ impl WorkersFetcher {
     }
 
     async fn fetch_bounded(&self) -> Result<FetchedJwks, FetchError> {
-        let controller = worker::AbortController::default();
-        let signal = controller.signal();
-        let work = pin!(self.fetch_once(&signal));
-        let timer = pin!(worker::Delay::from(self.timeout));
-        let outcome = race(work, timer).await;
-        if outcome.is_none() {
-            // Stops the request and the body stream on the runtime's side too.
-            controller.abort();
-        }
-        outcome.unwrap_or(Err(FetchError::Timeout))
+        bounded_fetch(&self.url, None, self.timeout, self.max_bytes).await
     }
+}
 
-    async fn fetch_once(&self, signal: &worker::AbortSignal) -> Result<FetchedJwks, FetchError> {
-        let mut init = worker::RequestInit::new();
-        init.with_method(worker::Method::Get).with_redirect(worker::RequestRedirect::Manual);
-        let headers = worker::Headers::new();
-        headers.set("accept", "application/json").map_err(network_error)?;
-        init.with_headers(headers);
-        let request = worker::Request::new_with_init(self.url.as_str(), &init).map_err(network_error)?;
-        let mut response =
-            worker::Fetch::Request(request).send_with_signal(signal).await.map_err(network_error)?;
-        read_checked(&mut response, self.max_bytes).await
+/// One GET under the fetch rules, aborted at `timeout`, with `cookie` if given.
+async fn bounded_fetch(
+    url: &worker::Url,
+    cookie: Option<&str>,
+    timeout: Duration,
+    max_bytes: usize,
+) -> Result<FetchedJwks, FetchError> {
+    let controller = worker::AbortController::default();
+    let signal = controller.signal();
+    let work = pin!(fetch_once(url, cookie, max_bytes, &signal));
+    let timer = pin!(worker::Delay::from(timeout));
+    let outcome = race(work, timer).await;
+    if outcome.is_none() {
+        // Stops the request and the body stream on the runtime's side too.
+        controller.abort();
+    }
+    outcome.unwrap_or(Err(FetchError::Timeout))
+}
+
+async fn fetch_once(
+    url: &worker::Url,
+    cookie: Option<&str>,
+    max_bytes: usize,
+    signal: &worker::AbortSignal,
+) -> Result<FetchedJwks, FetchError> {
+    let mut init = worker::RequestInit::new();
+    init.with_method(worker::Method::Get).with_redirect(worker::RequestRedirect::Manual);
+    let headers = worker::Headers::new();
+    headers.set("accept", "application/json").map_err(network_error)?;
+    if let Some(cookie) = cookie {
+        headers.set("cookie", cookie).map_err(network_error)?;
+    }
+    init.with_headers(headers);
+    let request = worker::Request::new_with_init(url.as_str(), &init).map_err(network_error)?;
+    let mut response =
+        worker::Fetch::Request(request).send_with_signal(signal).await.map_err(network_error)?;
+    read_checked(&mut response, max_bytes).await
+}
+
+/// Fetches a login's Access identity (`{team}/cdn-cgi/access/get-identity`) with the Workers
+/// fetch API, the application token as the `CF_Authorization` cookie; bounded like
+/// [`WorkersFetcher`] (timeout, 64 KiB cap, no redirects, JSON 200, `https://` except on
+/// loopback).
+#[derive(Clone)]
+pub struct WorkersIdentityFetcher {
+    url: worker::Url,
+    timeout: Duration,
+    max_bytes: usize,
+}
+
+impl fmt::Debug for WorkersIdentityFetcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkersIdentityFetcher")
+            .field("url", &self.url.as_str())
+            .field("timeout", &self.timeout)
+            .field("max_bytes", &self.max_bytes)
+            .finish()
+    }
+}
+
+impl WorkersIdentityFetcher {
+    /// A fetcher for `url` with the default timeout and size cap.
+    pub fn new(url: &str) -> Result<Self, ConfigError> {
+        let parsed = worker::Url::parse(url)
+            .map_err(|e| ConfigError::new("identity_url", format!("{url:?} is not a URL: {e}")))?;
+        let (timeout, max_bytes) = (DEFAULT_FETCH_TIMEOUT, IdentityConfig::MAX_BYTES);
+        check_fetch_config(
+            "identity_url",
+            parsed.as_str(),
+            parsed.scheme(),
+            parsed.host_str(),
+            timeout,
+            max_bytes,
+        )?;
+        Ok(Self { url: parsed, timeout, max_bytes })
+    }
+}
+
+impl IdentityFetcher for WorkersIdentityFetcher {
+    fn fetch<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Vec<u8>, FetchError>> {
+        Box::pin(SendFuture::new(async move {
+            let cookie = format!("CF_Authorization={token}");
+            bounded_fetch(&self.url, Some(&cookie), self.timeout, self.max_bytes).await.map(|doc| doc.body)
+        }))
     }
 }
 
