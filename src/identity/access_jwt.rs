@@ -573,7 +573,7 @@ fn decode_json<T: DeserializeOwned>(segment: &str, what: &'static str) -> Result
 /// posture, WARP), the identity is fetched from the team's `get-identity` endpoint once the
 /// token verified, and only when the decision needs it: cached per login (`identity_nonce`),
 /// 5 minutes at most and never past the token's `exp`, bounded like the JWKS fetch (see
-/// [`IdentityConfig`]). The gates [`GateBuilder`](crate::GateBuilder) builds can always fetch it.
+/// [`IdentityConfig`](super::IdentityConfig)). The gates [`GateBuilder`](crate::GateBuilder) builds can always fetch it.
 pub struct AccessJwt<C = NoClaims> {
     /// Shared with the mechanisms made by [`AccessJwt::with_policy`].
     verifier: Arc<AccessVerifier<C>>,
