@@ -302,6 +302,20 @@ rejections! {
             /// denies by default).
             NoPolicy => 403, "no_policy";
                 "no access policy is declared for this route";
+            /// A credential that verified but was revoked (an API key, an Access login, a client
+            /// certificate), on this instance or another of the fleet.
+            Revoked {
+                /// Which mechanism proved it, e.g. `"api_key"`.
+                mechanism: &'static str,
+            } => 401, "revoked", invalid_token;
+                "this {mechanism} credential was revoked";
+            /// Too many failed attempts (or requests, on a public route) from this client or
+            /// for this credential: refused before any verification work.
+            TooManyRequests {
+                /// Sent as `Retry-After`.
+                retry_after: Duration,
+            } => 429, "too_many_requests", retry_after(retry_after);
+                "too many attempts; try again later";
             /// A message that was already accepted once (webhook replay).
             Replayed => 409, "replayed";
                 "this message was already accepted once";
@@ -420,6 +434,8 @@ mod tests {
             Rejection::InvalidCredential { mechanism: "api_key", reason: "unknown key" },
             Rejection::Forbidden,
             Rejection::NoPolicy,
+            Rejection::Revoked { mechanism: "api_key" },
+            Rejection::TooManyRequests { retry_after: after },
             Rejection::Replayed,
             Rejection::PayloadTooLarge { limit: 9 },
             Rejection::KeysUnavailable { retry_after: after },
@@ -452,6 +468,8 @@ mod tests {
                 "invalid_credential",
                 "forbidden",
                 "no_policy",
+                "revoked",
+                "too_many_requests",
                 "replayed",
                 "payload_too_large",
                 "keys_unavailable",
@@ -471,7 +489,7 @@ mod tests {
             let challenged = response.headers().contains_key(header::WWW_AUTHENTICATE);
             assert_eq!(challenged, response.status() == StatusCode::UNAUTHORIZED, "{r:?}");
             let retry = response.headers().get(header::RETRY_AFTER).map(|v| v.to_str().unwrap().to_owned());
-            let retries = ["keys_unavailable", "identity_unavailable"];
+            let retries = ["keys_unavailable", "identity_unavailable", "too_many_requests"];
             assert_eq!(retry.is_some(), retries.contains(&r.code()), "{r:?}");
             if let Some(retry) = retry {
                 assert_eq!(retry, "7");

@@ -13,6 +13,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::error::{ConfigError, Rejection};
 use crate::identity::access_jwt::AccessConfig;
 use crate::identity::policy::Policy;
+use crate::identity::shared_state::{RateLimit, RevocationList};
 use crate::identity::{
     AccessJwt, AccessVerifier, IdentityConfig, IdentityFetcher, JwksCache, JwksConfig, KeyFetcher,
     Requirement, TokenCacheConfig,
@@ -25,6 +26,7 @@ mod login;
 pub(crate) mod pipeline;
 mod reload;
 mod routes;
+mod shared;
 
 pub use forwarding::HeaderHygiene;
 pub use login::LoginRedirect;
@@ -48,6 +50,8 @@ pub struct Gate<C = NoClaims> {
     cache: CachePolicy,
     hygiene: HeaderHygiene,
     login: Option<LoginRedirect>,
+    revocations: Option<Arc<dyn RevocationList>>,
+    rate_limit: Option<RateLimit>,
 }
 
 /// What the Tower layer does to the `Cache-Control` header of a response to a request it
@@ -111,6 +115,8 @@ impl<C> Clone for Gate<C> {
             cache: self.cache,
             hygiene: self.hygiene.clone(),
             login: self.login.clone(),
+            revocations: self.revocations.clone(),
+            rate_limit: self.rate_limit.clone(),
         }
     }
 }
@@ -122,6 +128,8 @@ impl<C: 'static> fmt::Debug for Gate<C> {
             .field("cache", &self.cache)
             .field("hygiene", &self.hygiene)
             .field("login", &self.login)
+            .field("revocations", &self.revocations)
+            .field("rate_limit", &self.rate_limit)
             .finish()
     }
 }
@@ -247,6 +255,32 @@ impl<C> Gate<C> {
     pub fn login_redirect(&self) -> Option<&LoginRedirect> {
         self.login.as_ref()
     }
+
+    /// Refuse verified requests whose credential is in `list` (401 `revoked`): an API key by
+    /// name, an Access login by `sub` or `identity_nonce`, a client certificate by
+    /// fingerprint. Checked on every request, after verification; a list that cannot answer
+    /// refuses (503 `state_unavailable`).
+    pub fn with_revocations(mut self, list: Arc<dyn RevocationList>) -> Self {
+        self.revocations = Some(list);
+        self
+    }
+
+    /// The revocation list, if any.
+    pub fn revocations(&self) -> Option<&Arc<dyn RevocationList>> {
+        self.revocations.as_ref()
+    }
+
+    /// Budget requests per client (and, for failures, per credential): answered 429 with
+    /// `Retry-After` before any verification once spent. See [`RateLimit`].
+    pub fn with_rate_limit(mut self, limit: RateLimit) -> Self {
+        self.rate_limit = Some(limit);
+        self
+    }
+
+    /// The rate limit, if any.
+    pub fn rate_limit(&self) -> Option<&RateLimit> {
+        self.rate_limit.as_ref()
+    }
 }
 
 impl<C: Send + Sync + 'static> Gate<C> {
@@ -259,6 +293,8 @@ impl<C: Send + Sync + 'static> Gate<C> {
             cache: CachePolicy::default(),
             hygiene: HeaderHygiene::default(),
             login: None,
+            revocations: None,
+            rate_limit: None,
         }
     }
 }

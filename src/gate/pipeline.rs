@@ -27,7 +27,7 @@ use std::future::Future;
 use http::Method;
 use serde::de::DeserializeOwned;
 
-use super::Gate;
+use super::{Gate, shared};
 use crate::error::Rejection;
 use crate::identity::mechanism::Outcome;
 use crate::metrics::{self, Mechanisms};
@@ -145,7 +145,27 @@ where
 {
     let (method, path) = (facts.method(), truncate(facts.path(), MAX_LOGGED_PATH));
     let stopwatch = Stopwatch::start();
+    // Before any verification work: a spent budget is answered here.
+    let limit = gate.rate_limit().map(|limit| (limit, shared::limit_keys(limit, facts)));
+    if let Some((limit, keys)) = &limit
+        && let Err(rejection) = shared::before(limit, keys).await
+    {
+        metrics::decision(Mechanisms::Named("rate_limit"), "refused", rejection.code(), stopwatch.seconds());
+        return Err(rejection);
+    }
     let outcome = gate.requirement().evaluate(facts).await;
+    let outcome = match outcome {
+        Outcome::Verified(principal, proofs) => {
+            match shared::check_revocations(gate, &principal, &proofs).await {
+                Ok(()) => Outcome::Verified(principal, proofs),
+                Err(rejection) => Outcome::Refused(rejection, proofs.first().map_or("none", |p| p.mechanism)),
+            }
+        }
+        other => other,
+    };
+    if let (Some((limit, keys)), Outcome::Refused(rejection, _)) = (&limit, &outcome) {
+        shared::after_refusal(limit, keys, rejection).await;
+    }
     let seconds = stopwatch.seconds();
     match outcome {
         Outcome::Verified(principal, proofs) => {

@@ -39,6 +39,7 @@ use super::pipeline::SelectGate;
 use super::{Gate, HeaderHygiene, LoginRedirect};
 use crate::error::ConfigError;
 use crate::identity::Requirement;
+use crate::identity::shared_state::{RateLimit, RevocationList};
 use crate::principal::NoClaims;
 use crate::request::RequestLimits;
 
@@ -54,6 +55,9 @@ struct Rule<C> {
     pattern: Vec<Segment>,
     source: String,
     gate: Gate<C>,
+    /// The rule has a rate limit of its own ([`RoutePolicies::route_with_rate_limit`]), which
+    /// the table's does not replace.
+    own_limit: bool,
 }
 
 /// Method + path → requirement, first match wins, no match → 403. Cheap to clone.
@@ -61,11 +65,19 @@ pub struct RoutePolicies<C = NoClaims> {
     rules: Arc<Vec<Rule<C>>>,
     limits: RequestLimits,
     hygiene: HeaderHygiene,
+    revocations: Option<Arc<dyn RevocationList>>,
+    failure_limit: Option<RateLimit>,
 }
 
 impl<C> Clone for RoutePolicies<C> {
     fn clone(&self) -> Self {
-        Self { rules: self.rules.clone(), limits: self.limits.clone(), hygiene: self.hygiene.clone() }
+        Self {
+            rules: self.rules.clone(),
+            limits: self.limits.clone(),
+            hygiene: self.hygiene.clone(),
+            revocations: self.revocations.clone(),
+            failure_limit: self.failure_limit.clone(),
+        }
     }
 }
 
@@ -96,7 +108,51 @@ impl Default for RoutePolicies<NoClaims> {
 impl<C: Send + Sync + 'static> RoutePolicies<C> {
     /// No rules, with explicit request limits (shared by every rule's gate).
     pub fn with_limits(limits: RequestLimits) -> Self {
-        Self { rules: Arc::new(Vec::new()), limits, hygiene: HeaderHygiene::default() }
+        Self {
+            rules: Arc::new(Vec::new()),
+            limits,
+            hygiene: HeaderHygiene::default(),
+            revocations: None,
+            failure_limit: None,
+        }
+    }
+
+    /// The revocation list every rule's gate checks (see [`Gate::with_revocations`]), for the
+    /// rules declared before this call and after.
+    pub fn with_revocations(mut self, list: Arc<dyn RevocationList>) -> Self {
+        self.map_gates(|rule| rule.gate.clone().with_revocations(list.clone()));
+        self.revocations = Some(list);
+        self
+    }
+
+    /// The rate limit of every rule's gate that has none of its own
+    /// ([`RoutePolicies::route_with_rate_limit`]), for the rules declared before this call and
+    /// after: typically [`RateLimit::failures`], one failed-authentication budget per client
+    /// across the table.
+    pub fn with_rate_limit(mut self, limit: RateLimit) -> Self {
+        self.map_gates(|rule| {
+            if rule.own_limit { rule.gate.clone() } else { rule.gate.clone().with_rate_limit(limit.clone()) }
+        });
+        self.failure_limit = Some(limit);
+        self
+    }
+
+    /// Declares a rule like [`RoutePolicies::route`] with a rate limit of its own (a public
+    /// form's [`RateLimit::requests`] budget), instead of the table's.
+    pub fn route_with_rate_limit(
+        self,
+        method: &str,
+        pattern: &str,
+        requirement: Requirement<C>,
+        limit: RateLimit,
+    ) -> Result<Self, ConfigError> {
+        let gate = self.gate_for(requirement).with_rate_limit(limit);
+        self.push_rule(method, pattern, gate, true)
+    }
+
+    fn map_gates(&mut self, gate: impl Fn(&Rule<C>) -> Gate<C>) {
+        let rules = self.rules.iter().map(|r| Rule { gate: gate(r), ..r.clone_rule() }).collect();
+        self.rules = Arc::new(rules);
     }
 
     /// The [`HeaderHygiene`] of every rule's gate, those declared before this call and after
@@ -126,7 +182,7 @@ impl<C: Send + Sync + 'static> RoutePolicies<C> {
         requirement: Requirement<C>,
     ) -> Result<Self, ConfigError> {
         let gate = self.gate_for(requirement);
-        self.push_rule(method, pattern, gate)
+        self.push_rule(method, pattern, gate, false)
     }
 
     /// Declares a rule like [`RoutePolicies::route`] whose browsers without a credential are
@@ -141,15 +197,29 @@ impl<C: Send + Sync + 'static> RoutePolicies<C> {
         login: LoginRedirect,
     ) -> Result<Self, ConfigError> {
         let gate = self.gate_for(requirement).with_login_redirect(login);
-        self.push_rule(method, pattern, gate)
+        self.push_rule(method, pattern, gate, false)
     }
 
-    /// A rule's gate: the table's limits and header hygiene.
+    /// A rule's gate: the table's limits, header hygiene, revocations and rate limit.
     fn gate_for(&self, requirement: Requirement<C>) -> Gate<C> {
-        Gate::with_claims(requirement, self.limits.clone()).with_header_hygiene(self.hygiene.clone())
+        let mut gate =
+            Gate::with_claims(requirement, self.limits.clone()).with_header_hygiene(self.hygiene.clone());
+        if let Some(list) = &self.revocations {
+            gate = gate.with_revocations(list.clone());
+        }
+        if let Some(limit) = &self.failure_limit {
+            gate = gate.with_rate_limit(limit.clone());
+        }
+        gate
     }
 
-    fn push_rule(mut self, method: &str, pattern: &str, gate: Gate<C>) -> Result<Self, ConfigError> {
+    fn push_rule(
+        mut self,
+        method: &str,
+        pattern: &str,
+        gate: Gate<C>,
+        own_limit: bool,
+    ) -> Result<Self, ConfigError> {
         let method = match method {
             "*" => None,
             m => Some(
@@ -158,7 +228,7 @@ impl<C: Send + Sync + 'static> RoutePolicies<C> {
             ),
         };
         let parsed = parse_pattern(pattern)?;
-        let rule = Rule { method, pattern: parsed, source: pattern.to_owned(), gate };
+        let rule = Rule { method, pattern: parsed, source: pattern.to_owned(), gate, own_limit };
         match Arc::get_mut(&mut self.rules) {
             Some(rules) => rules.push(rule),
             None => {
@@ -188,6 +258,7 @@ impl<C> Rule<C> {
             pattern: self.pattern.clone(),
             source: self.source.clone(),
             gate: self.gate.clone(),
+            own_limit: self.own_limit,
         }
     }
 

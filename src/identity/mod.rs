@@ -34,6 +34,7 @@ pub(crate) mod mechanism;
 pub(crate) mod policy;
 pub(crate) mod ports;
 pub(crate) mod rs256;
+pub mod shared_state;
 pub(crate) mod token_cache;
 pub mod webhook;
 
