@@ -134,7 +134,7 @@ pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a
 /// defaults [`Gate::builder`] already picks.
 #[cfg(feature = "native")]
 pub mod native {
-    pub use crate::runtime::native::{HttpFetcher, HttpIdentityFetcher};
+    pub use crate::runtime::native::{HttpFetcher, HttpIdentityFetcher, HttpSiteverify};
 }
 
 #[cfg(feature = "workers")]
@@ -195,6 +195,7 @@ pub mod workers {
     //! `examples/worker/` is a complete Worker with the admin server's routes and configuration.
 
     pub use crate::adapters::workers::{MAX_HEADERS, check, client_cert, headers, request_facts};
+    pub use crate::runtime::workers::WorkersSiteverify;
     pub use crate::runtime::workers::{
         ConsoleLog, SecretStoreSecret, WorkerSecret, WorkersFetcher, WorkersIdentityFetcher, set_webcrypto,
     };

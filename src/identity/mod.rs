@@ -36,6 +36,7 @@ pub(crate) mod ports;
 pub(crate) mod rs256;
 pub mod shared_state;
 pub(crate) mod token_cache;
+pub mod turnstile;
 pub mod webhook;
 
 pub use crate::error::TokenError;

@@ -122,3 +122,22 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> AccessVerifier<C> {
         self.with_store(cache, store)
     }
 }
+
+impl crate::identity::turnstile::TurnstileVerifier {
+    /// A verifier for `config` that posts to its
+    /// [`siteverify_url`](crate::identity::turnstile::TurnstileConfig::siteverify_url) with the
+    /// platform's bounded client (reqwest natively, the Workers fetch API in Workers) within its
+    /// [`timeout`](crate::identity::turnstile::TurnstileConfig::timeout), reads the secret key
+    /// from `secret` on every verification and the time from `clock`.
+    ///
+    /// Fails for setting `siteverify_url` when the URL is not `https://` (plain `http://` only
+    /// on a loopback host).
+    pub fn new(
+        config: crate::identity::turnstile::TurnstileConfig,
+        secret: impl crate::secrets::SecretSource,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, ConfigError> {
+        let client = platform::siteverify_client(config.siteverify_url(), config.timeout())?;
+        Ok(Self::with_client(config, secret, clock, client))
+    }
+}

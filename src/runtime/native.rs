@@ -12,6 +12,7 @@ use crate::error::TokenError;
 use crate::identity::jwks::{append_capped, check_fetch_config, check_response, network_error};
 use crate::identity::ports::{Background, PureRs256, Rs256Engine, SingleFlight, VerifiedTokens};
 use crate::identity::token_cache::{CacheValue, TokenCacheConfig, TokenDigest};
+use crate::identity::turnstile::{self, SiteverifyClient, SiteverifyRequest};
 use crate::identity::{
     DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_JWKS_BYTES, FetchError, FetchedJwks, IdentityConfig, IdentityFetcher,
     KeyFetcher,
@@ -311,6 +312,91 @@ fn classify(e: reqwest::Error) -> FetchError {
         // reqwest's Display never includes bodies or auth; the URL is public.
         network_error(e)
     }
+}
+
+pub(super) fn siteverify_client(
+    url: &str,
+    timeout: Duration,
+) -> Result<Arc<dyn SiteverifyClient>, ConfigError> {
+    Ok(Arc::new(HttpSiteverify::with_limits(url, timeout, turnstile::MAX_ANSWER_BYTES)?))
+}
+
+/// Posts Turnstile tokens to siteverify with reqwest, for a
+/// [`TurnstileVerifier`](crate::identity::turnstile::TurnstileVerifier). Bounded like
+/// [`HttpFetcher`]: a whole-request timeout (default 3 s), a size cap while streaming and from
+/// `Content-Length` (default 16 KiB), no redirects, a JSON 200 only, `https://` except on
+/// loopback. Errors never contain the posted form.
+#[derive(Clone)]
+pub struct HttpSiteverify {
+    client: reqwest::Client,
+    url: reqwest::Url,
+    max_bytes: usize,
+}
+
+impl fmt::Debug for HttpSiteverify {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpSiteverify")
+            .field("url", &self.url.as_str())
+            .field("max_bytes", &self.max_bytes)
+            .finish()
+    }
+}
+
+impl HttpSiteverify {
+    /// A client for `url` with the default timeout and size cap
+    /// ([`turnstile::DEFAULT_TIMEOUT`], [`turnstile::MAX_ANSWER_BYTES`]).
+    pub fn new(url: &str) -> Result<Self, ConfigError> {
+        Self::with_limits(url, turnstile::DEFAULT_TIMEOUT, turnstile::MAX_ANSWER_BYTES)
+    }
+
+    /// A client with explicit limits (both non-zero); errors name setting `siteverify_url`.
+    pub fn with_limits(url: &str, timeout: Duration, max_bytes: usize) -> Result<Self, ConfigError> {
+        let (client, url) = bounded_client("siteverify_url", url, timeout, max_bytes)?;
+        Ok(Self { client, url, max_bytes })
+    }
+
+    /// The URL posted to.
+    pub fn url(&self) -> &str {
+        self.url.as_str()
+    }
+}
+
+impl SiteverifyClient for HttpSiteverify {
+    fn siteverify<'a>(
+        &'a self,
+        request: &'a SiteverifyRequest,
+    ) -> BoxFuture<'a, Result<Vec<u8>, FetchError>> {
+        Box::pin(bounded_post_form(&self.client, &self.url, request.body(), self.max_bytes))
+    }
+}
+
+/// One form POST under the fetch rules (JSON, 200, the size cap while streaming; the client
+/// holds the timeout and refuses redirects): the body.
+async fn bounded_post_form(
+    client: &reqwest::Client,
+    url: &reqwest::Url,
+    form: &[u8],
+    max_bytes: usize,
+) -> Result<Vec<u8>, FetchError> {
+    let request = client
+        .post(url.clone())
+        .header(http::header::ACCEPT, "application/json")
+        .header(http::header::CONTENT_TYPE, SiteverifyRequest::CONTENT_TYPE)
+        .body(form.to_vec());
+    let mut response = request.send().await.map_err(classify)?;
+    let header = |name| response.headers().get(name).and_then(|v: &http::HeaderValue| v.to_str().ok());
+    check_response(
+        response.status().as_u16(),
+        header(http::header::CONTENT_TYPE),
+        header(http::header::CONTENT_LENGTH),
+        None,
+        max_bytes,
+    )?;
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(classify)? {
+        append_capped(&mut body, &chunk, max_bytes)?;
+    }
+    Ok(body)
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ use crate::BoxFuture;
 use crate::error::ConfigError;
 use crate::identity::jwks::{check_fetch_config, network_error};
 use crate::identity::ports::{Rs256Engine, SingleFlight};
+use crate::identity::turnstile::{self, SiteverifyClient, SiteverifyRequest};
 use crate::identity::{
     DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_JWKS_BYTES, FetchError, FetchedJwks, IdentityConfig, IdentityFetcher,
     KeyFetcher,
@@ -270,9 +271,28 @@ async fn bounded_fetch(
     timeout: Duration,
     max_bytes: usize,
 ) -> Result<FetchedJwks, FetchError> {
+    bounded_send(url, Outgoing::Get { cookie }, timeout, max_bytes).await
+}
+
+/// What one bounded fetch sends.
+#[derive(Clone, Copy)]
+enum Outgoing<'a> {
+    /// A GET, with a `Cookie` header if given.
+    Get { cookie: Option<&'a str> },
+    /// A POST of an `application/x-www-form-urlencoded` body.
+    PostForm { body: &'a [u8] },
+}
+
+/// One request under the fetch rules, aborted at `timeout`.
+async fn bounded_send(
+    url: &worker::Url,
+    outgoing: Outgoing<'_>,
+    timeout: Duration,
+    max_bytes: usize,
+) -> Result<FetchedJwks, FetchError> {
     let controller = worker::AbortController::default();
     let signal = controller.signal();
-    let work = pin!(fetch_once(url, cookie, max_bytes, &signal));
+    let work = pin!(fetch_once(url, outgoing, max_bytes, &signal));
     let timer = pin!(worker::Delay::from(timeout));
     let outcome = race(work, timer).await;
     if outcome.is_none() {
@@ -284,16 +304,26 @@ async fn bounded_fetch(
 
 async fn fetch_once(
     url: &worker::Url,
-    cookie: Option<&str>,
+    outgoing: Outgoing<'_>,
     max_bytes: usize,
     signal: &worker::AbortSignal,
 ) -> Result<FetchedJwks, FetchError> {
     let mut init = worker::RequestInit::new();
-    init.with_method(worker::Method::Get).with_redirect(worker::RequestRedirect::Manual);
+    init.with_redirect(worker::RequestRedirect::Manual);
     let headers = worker::Headers::new();
     headers.set("accept", "application/json").map_err(network_error)?;
-    if let Some(cookie) = cookie {
-        headers.set("cookie", cookie).map_err(network_error)?;
+    match outgoing {
+        Outgoing::Get { cookie } => {
+            init.with_method(worker::Method::Get);
+            if let Some(cookie) = cookie {
+                headers.set("cookie", cookie).map_err(network_error)?;
+            }
+        }
+        Outgoing::PostForm { body } => {
+            init.with_method(worker::Method::Post);
+            headers.set("content-type", SiteverifyRequest::CONTENT_TYPE).map_err(network_error)?;
+            init.with_body(Some(js_sys::Uint8Array::from(body).into()));
+        }
     }
     init.with_headers(headers);
     let request = worker::Request::new_with_init(url.as_str(), &init).map_err(network_error)?;
@@ -441,6 +471,69 @@ impl SecretSource for SecretStoreSecret {
                 Ok(_) => Err(SecretError::Missing(self.binding.clone())),
                 Err(e) => Err(SecretError::Unavailable(e.to_string().chars().take(200).collect())),
             }
+        }))
+    }
+}
+
+pub(super) fn siteverify_client(
+    url: &str,
+    timeout: Duration,
+) -> Result<Arc<dyn SiteverifyClient>, ConfigError> {
+    Ok(Arc::new(WorkersSiteverify::with_limits(url, timeout, turnstile::MAX_ANSWER_BYTES)?))
+}
+
+/// Posts Turnstile tokens to siteverify with the Workers fetch API, for a
+/// [`TurnstileVerifier`](crate::identity::turnstile::TurnstileVerifier); bounded like
+/// [`WorkersFetcher`] (a timeout enforced with an `AbortController`, default 3 s; a 16 KiB cap
+/// declared and while streaming; no redirects; a JSON 200 only; `https://` except on loopback).
+#[derive(Clone)]
+pub struct WorkersSiteverify {
+    url: worker::Url,
+    timeout: Duration,
+    max_bytes: usize,
+}
+
+impl fmt::Debug for WorkersSiteverify {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkersSiteverify")
+            .field("url", &self.url.as_str())
+            .field("timeout", &self.timeout)
+            .field("max_bytes", &self.max_bytes)
+            .finish()
+    }
+}
+
+impl WorkersSiteverify {
+    /// A client for `url` with the default timeout and size cap
+    /// ([`turnstile::DEFAULT_TIMEOUT`], [`turnstile::MAX_ANSWER_BYTES`]).
+    pub fn new(url: &str) -> Result<Self, ConfigError> {
+        Self::with_limits(url, turnstile::DEFAULT_TIMEOUT, turnstile::MAX_ANSWER_BYTES)
+    }
+
+    /// A client with explicit limits (both non-zero); errors name setting `siteverify_url`.
+    pub fn with_limits(url: &str, timeout: Duration, max_bytes: usize) -> Result<Self, ConfigError> {
+        let parsed = worker::Url::parse(url)
+            .map_err(|e| ConfigError::new("siteverify_url", format!("{url:?} is not a URL: {e}")))?;
+        check_fetch_config(
+            "siteverify_url",
+            parsed.as_str(),
+            parsed.scheme(),
+            parsed.host_str(),
+            timeout,
+            max_bytes,
+        )?;
+        Ok(Self { url: parsed, timeout, max_bytes })
+    }
+}
+
+impl SiteverifyClient for WorkersSiteverify {
+    fn siteverify<'a>(
+        &'a self,
+        request: &'a SiteverifyRequest,
+    ) -> BoxFuture<'a, Result<Vec<u8>, FetchError>> {
+        Box::pin(SendFuture::new(async move {
+            let outgoing = Outgoing::PostForm { body: request.body() };
+            bounded_send(&self.url, outgoing, self.timeout, self.max_bytes).await.map(|answer| answer.body)
         }))
     }
 }
