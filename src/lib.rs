@@ -54,6 +54,7 @@
 //! | `axum` | no | the `Verified<Principal>` extractor, `IntoResponse` for [`Rejection`] |
 //! | `dev` | no | `ztgate::dev`: a local issuer for dev mode and tests |
 //! | `jwt_simple` | no | RS256 signatures checked by jwt-simple (pure Rust), not jsonwebtoken |
+//! | `redis` | no | `ztgate::redis`: the replay guard, revocations and rate limits shared by a fleet through Redis |
 //! | `config` | no | `ztgate::config`: one TOML file into the builders' types (routes, keys by digest or reference), for reloads |
 //! | `cli` | no | the `ztgate` binary: `inspect`, `verify`, `jwks`, `mint-link`, `sign-webhook`, `check-config` |
 //! | `workers` | no | the Cloudflare Workers runtime (wasm32): `ztgate::workers` — Workers fetch for the JWKS, JS clock, RS256 through WebCrypto, `request.cf` client certificates, Worker secrets. Build with `--no-default-features --features workers --target wasm32-unknown-unknown` |
@@ -199,6 +200,29 @@ pub mod workers {
     pub use crate::runtime::workers::{
         ConsoleLog, SecretStoreSecret, WorkerSecret, WorkersFetcher, WorkersIdentityFetcher, set_webcrypto,
     };
+}
+
+/// Shared state for a fleet of native instances, in Redis (feature `redis`): the webhook
+/// replay guard, the revocation list and the rate limits of
+/// [`identity::shared_state`], one [`RedisStore`](redis::RedisStore) for all three.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use ztgate::identity::shared_state::{Budget, RateLimit};
+/// use ztgate::redis::RedisStore;
+/// # fn main() -> Result<(), ztgate::ConfigError> {
+/// let redis = RedisStore::connect("redis://127.0.0.1:6379/0")?;
+/// let policies = ztgate::RoutePolicies::new()
+///     .with_revocations(Arc::new(redis.revocations()))
+///     .with_rate_limit(RateLimit::failures(Arc::new(redis.rate_limiter(Budget::new(20, Duration::from_secs(300))?))));
+/// # let _ = policies;
+/// # Ok(())
+/// # }
+/// ```
+#[cfg(feature = "redis")]
+pub mod redis {
+    pub use crate::runtime::redis_state::{RedisRateLimiter, RedisReplayGuard, RedisRevocations, RedisStore};
 }
 
 /// Hooks for ztgate's own tests, fuzz targets and benchmarks. **Not part of the API**: no

@@ -8,14 +8,13 @@
 mod common;
 mod example_harness;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 
-use example_harness::{TempDb, collect, command_for, example_binary};
+use example_harness::{Server, TempDb, run_to_exit};
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -27,8 +26,6 @@ use serde_json::{Value, json};
 use ztgate::dev::{DevKey, service_claims, user_claims};
 use ztgate::identity::hmac_token::KeyRing;
 
-const START_TIMEOUT: Duration = Duration::from_secs(30);
-const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 const ADMIN: &str = "alice@acme.com";
 const SERVICE: &str = "ci.access";
 /// The API keys production mode is given (`ZTGATE_API_KEYS`).
@@ -45,92 +42,6 @@ const ONE_CLICK: &str = "List-Unsubscribe=One-Click";
 
 // ---------------------------------------------------------------------------------------------
 // Harness
-
-/// The example with exactly `vars` set among the variables it reads.
-fn command(vars: &[(&str, String)]) -> Command {
-    command_for(Command::new(example_binary()), vars)
-}
-
-/// A running example server, killed when dropped.
-struct Server {
-    child: Child,
-    base: String,
-    stdout: Vec<String>,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    fn start(vars: &[(&str, String)]) -> Self {
-        let mut child = command(vars).spawn().expect("spawn the admin_server example");
-        let (stderr, stderr_thread) = collect(child.stderr.take().unwrap());
-        let (tx, rx) = mpsc::channel();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        std::thread::spawn(move || {
-            for line in stdout.lines().map_while(Result::ok) {
-                let _ = tx.send(line); // keep draining even when nobody listens any more
-            }
-        });
-        let mut server = Self { child, base: String::new(), stdout: Vec::new(), stderr };
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(line) => {
-                    let base = line.strip_prefix("listening on ").map(str::to_owned);
-                    server.stdout.push(line);
-                    if let Some(base) = base {
-                        server.base = base;
-                        return server;
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    panic!("no `listening on` line within {START_TIMEOUT:?}; stderr:\n{}", server.logs())
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    let status = server.child.wait();
-                    let _ = stderr_thread.join();
-                    panic!("the server exited before listening ({status:?}); stderr:\n{}", server.logs());
-                }
-            }
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        assert!(self.base.starts_with("http://127.0.0.1:"), "not on loopback: {}", self.base);
-        format!("{}{path}", self.base)
-    }
-
-    fn logs(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-}
-
-/// Runs the example expecting it to exit on its own (bad configuration): status and stderr.
-fn run_to_exit(vars: &[(&str, String)]) -> (ExitStatus, String) {
-    let mut child = command(vars).spawn().expect("spawn the admin_server example");
-    let (stderr, stderr_thread) = collect(child.stderr.take().unwrap());
-    let deadline = Instant::now() + EXIT_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("still running after {EXIT_TIMEOUT:?}; stderr:\n{}", stderr.lock().unwrap());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    stderr_thread.join().unwrap();
-    let text = stderr.lock().unwrap().clone();
-    (status, text)
-}
 
 fn assert_config_error(vars: &[(&str, String)], var: &str) {
     let (status, stderr) = run_to_exit(vars);
@@ -2301,4 +2212,68 @@ async fn a_login_older_than_the_max_session_age_is_401_session_too_old() {
     let db = TempDb::new();
     let vars = with(production_config(), "ZTGATE_DB", Some(&db.path()));
     assert_config_error(&with(vars, "ZTGATE_MAX_SESSION_AGE", Some("soon")), "ZTGATE_MAX_SESSION_AGE");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Revocations and failed-authentication budgets (in memory: one instance)
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_revoked_through_the_api_is_refused_from_the_next_request() {
+    let p = Production::start().await;
+    let admin = user_token(ADMIN);
+    assert_eq!(p.call("GET", "/ops/stats", &[("X-Api-Key", BACKUP_KEY)]).await.status(), StatusCode::OK);
+    // Revoking takes an Access admin and an API key.
+    let body = r#"{"kind": "api_key", "id": "backup"}"#;
+    let post = |headers: Vec<(&'static str, String)>| {
+        let mut req =
+            http().post(p.server.url("/admin/revocations")).header("content-type", "application/json");
+        for (name, value) in headers {
+            req = req.header(name, value);
+        }
+        req.body(body).send()
+    };
+    let res = post(vec![("Cf-Access-Jwt-Assertion", admin.clone())]).await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "an admin alone revoked");
+    let res =
+        post(vec![("Cf-Access-Jwt-Assertion", admin.clone()), ("X-Api-Key", OPS_KEY.into())]).await.unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    assert_eq!(json_of(res).await, json!({ "revoked": { "kind": "api_key", "id": "backup" } }));
+    let res = p.call("GET", "/ops/stats", &[("X-Api-Key", BACKUP_KEY)]).await;
+    assert_refused(res, StatusCode::UNAUTHORIZED, "revoked").await;
+    assert_eq!(p.call("GET", "/ops/stats", &[("X-Api-Key", OPS_KEY)]).await.status(), StatusCode::OK);
+    let list = json_of(p.get("/admin/revocations", Some(&admin)).await).await;
+    assert_eq!(list, json!({ "revocations": [{ "kind": "api_key", "id": "backup" }] }));
+    // A revocation of an unknown kind is a 400, not a silent no-op.
+    let res = http()
+        .post(p.server.url("/admin/revocations"))
+        .header("Cf-Access-Jwt-Assertion", &admin)
+        .header("X-Api-Key", OPS_KEY)
+        .json(&json!({ "kind": "password", "id": "x" }))
+        .send()
+        .await
+        .unwrap();
+    assert_refused(res, StatusCode::BAD_REQUEST, "invalid_revocation").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_guessing_api_keys_gets_429_after_its_budget() {
+    let p = Production::start_with(&[("ZTGATE_AUTH_FAILURES", Some("3/60s"))]).await;
+    let guess = async |key: &str| {
+        p.call("GET", "/ops/stats", &[("X-Api-Key", key), ("CF-Connecting-IP", "192.0.2.9")]).await
+    };
+    for _ in 0..3 {
+        assert_eq!(guess("guess-0123456789abcdef0123456789").await.status(), StatusCode::UNAUTHORIZED);
+    }
+    let res = guess("guess-0123456789abcdef0123456789").await;
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(res.headers()["retry-after"], "20");
+    assert_eq!(json_of(res).await["code"], "too_many_requests");
+    // Blocked before any check: the right key from that client waits too.
+    assert_eq!(guess(OPS_KEY).await.status(), StatusCode::TOO_MANY_REQUESTS);
+    let other =
+        p.call("GET", "/ops/stats", &[("X-Api-Key", OPS_KEY), ("CF-Connecting-IP", "192.0.2.10")]).await;
+    assert_eq!(other.status(), StatusCode::OK);
+    let db = TempDb::new();
+    let vars = with(production_config(), "ZTGATE_DB", Some(&db.path()));
+    assert_config_error(&with(vars, "ZTGATE_AUTH_FAILURES", Some("many")), "ZTGATE_AUTH_FAILURES");
 }

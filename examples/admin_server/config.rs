@@ -15,6 +15,7 @@ use serde::Deserialize;
 use ztgate::clock::SystemClock;
 use ztgate::config::{ConfigFile, RouteSpec};
 use ztgate::identity::hmac_token::KeyRingSource;
+use ztgate::identity::shared_state::Budget;
 use ztgate::identity::webhook::WebhookVerifier;
 use ztgate::identity::{AccessJwt, ApiKeys, TokenCacheConfig};
 use ztgate::secrets::{FileSecret, SecretSource, StaticSecret};
@@ -31,6 +32,8 @@ const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Well below the usual 1,024 open files, leaving room for everything else the process opens.
 const DEFAULT_MAX_CONNECTIONS: usize = 512;
 const DEFAULT_MAX_BODY_READS: usize = 64;
+/// Failed authentications per client IP and per credential: 20 per 5 minutes.
+const DEFAULT_AUTH_FAILURES: (u32, u64) = (20, 300);
 /// The range a timeout may be set to.
 const MIN_TIMEOUT: Duration = Duration::from_millis(100);
 const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -52,6 +55,8 @@ pub(crate) struct ServerSection {
     idle_timeout: Option<String>,
     max_connections: Option<u32>,
     max_body_reads: Option<u32>,
+    auth_failures: Option<String>,
+    redis_url: Option<String>,
 }
 
 /// The configuration file, as this program reads it.
@@ -114,6 +119,8 @@ impl Sources {
             "ZTGATE_MAX_BODY_READS" => {
                 server?.max_body_reads.map(|v| (v.to_string(), "server.max_body_reads"))
             }
+            "ZTGATE_AUTH_FAILURES" => server?.auth_failures.clone().map(|v| (v, "server.auth_failures")),
+            "ZTGATE_REDIS_URL" => server?.redis_url.clone().map(|v| (v, "server.redis_url")),
             "ZTGATE_TEAM_DOMAIN" => access.map(|a| (a.team_domain.clone(), "access.team_domain")),
             "ZTGATE_AUD" => list(&access?.audiences, "access.audiences"),
             "ZTGATE_CERTS_URL" => access?.certs_url.clone().map(|v| (v, "access.certs_url")),
@@ -213,6 +220,10 @@ pub(crate) struct Settings {
     pub(crate) limits: Limits,
     /// How many webhook bodies (unauthenticated, up to 1 MiB each) may be read at once.
     pub(crate) max_body_reads: usize,
+    /// Failed authentications allowed per client IP and per credential.
+    pub(crate) auth_failures: Budget,
+    /// Where the fleet's shared state lives; `None`: this process's memory.
+    pub(crate) redis_url: Option<String>,
 }
 
 /// The routes' credentials as configured, before [`CredentialSettings::resolve`].
@@ -318,7 +329,19 @@ impl Settings {
         };
         let max_body_reads =
             count(&src, "ZTGATE_MAX_BODY_READS", DEFAULT_MAX_BODY_READS, limits.max_connections)?;
-        Ok(Self { sources: src, listen, db, identity, credentials, limits, max_body_reads })
+        let auth_failures = budget(&src, "ZTGATE_AUTH_FAILURES", DEFAULT_AUTH_FAILURES)?;
+        let redis_url = src.get("ZTGATE_REDIS_URL")?.filter(|url| !url.is_empty());
+        Ok(Self {
+            sources: src,
+            listen,
+            db,
+            identity,
+            credentials,
+            limits,
+            max_body_reads,
+            auth_failures,
+            redis_url,
+        })
     }
 }
 
@@ -566,6 +589,23 @@ fn duration(
     }
 }
 
+/// A budget `N/window`, e.g. `20/300s`: N from 1 to 1,000,000 per a window of whole seconds
+/// from 1 s to 1 day.
+fn budget(src: &Sources, name: &'static str, default: (u32, u64)) -> Result<Budget, EnvError> {
+    let bad = |value: &str| {
+        src.error(name, format!("{value:?} is not a budget such as 20/300s (failures per window)"))
+    };
+    let Some(value) = src.get(name)? else {
+        return Budget::new(default.0, Duration::from_secs(default.1))
+            .map_err(|e| EnvError::new(name, e.to_string()));
+    };
+    let (n, window) = value.split_once('/').ok_or_else(|| bad(&value))?;
+    let n: u32 = n.trim().parse().map_err(|_| bad(&value))?;
+    let window = window.trim();
+    let secs: u64 = window.strip_suffix('s').unwrap_or(window).parse().map_err(|_| bad(&value))?;
+    Budget::new(n, Duration::from_secs(secs)).map_err(|e| src.error(name, e.to_string()))
+}
+
 /// A count from 1 to `max`.
 fn count(src: &Sources, name: &'static str, default: usize, max: usize) -> Result<usize, EnvError> {
     let Some(value) = src.get(name)? else { return Ok(default) };
@@ -615,6 +655,7 @@ impl From<ConfigError> for EnvError {
             "api_keys" => "ZTGATE_API_KEYS", // pragma: allowlist secret
             "hmac_keys" => "ZTGATE_HMAC_KEYS",
             "webhook_secret" => "ZTGATE_WEBHOOK_SECRET", // pragma: allowlist secret
+            "redis_url" => "ZTGATE_REDIS_URL",
             _ => "configuration",
         };
         Self::new(var, e.to_string())

@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use ztgate::clock::unix_now;
 use ztgate::identity::hmac_token::MintError;
+use ztgate::identity::shared_state::{Revocation, RevocationKind};
 use ztgate::identity::webhook::{append_capped, check_content_length};
 use ztgate::storage::Actor;
 use ztgate::{Principal, Rejection, Verified};
@@ -439,6 +440,49 @@ pub(crate) async fn reload_config(
         }))),
         Err(why) => Err(ApiError::ConfigInvalid(why)),
     }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct NewRevocation {
+    kind: Option<String>,
+    id: Option<String>,
+}
+
+/// `POST /admin/revocations` `{"kind": "api_key"|"access_sub"|"cert", "id": ..}`: the
+/// credential is refused by every gate from the next request on (201), on every instance that
+/// shares the list.
+pub(crate) async fn revoke(
+    State(app): State<AppState>,
+    who: Verified<Principal>,
+    body: Result<Json<NewRevocation>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Json(new) = body.map_err(|e| ApiError::Body(e, "invalid_revocation"))?;
+    let invalid = |why: &str| ApiError::invalid("invalid_revocation", why);
+    let kind = new.kind.as_deref().ok_or_else(|| invalid("`kind` is required"))?;
+    let kind = RevocationKind::from_name(kind)
+        .ok_or_else(|| invalid("`kind` is one of api_key, access_sub, cert"))?;
+    let id = new.id.ok_or_else(|| invalid("`id` is required"))?;
+    let revocation = Revocation::new(kind, id).map_err(|e| invalid(&e.to_string()))?;
+    app.revocations.revoke(&revocation).await.map_err(|e| {
+        tracing::error!(target: LOG_TARGET, layer = "storage", outcome = "revoke_failed", error = ?e.to_string());
+        ApiError::Rejected(Rejection::StateUnavailable { what: "revocation list" })
+    })?;
+    tracing::warn!(target: LOG_TARGET, layer = "storage", outcome = "revoked", principal = ?who.id(), kind = kind.name(), id = ?revocation.id());
+    let body = json!({ "revoked": { "kind": kind.name(), "id": revocation.id() } });
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+/// `GET /admin/revocations`: every revocation, sorted.
+pub(crate) async fn list_revocations(
+    State(app): State<AppState>,
+    _who: Verified<Principal>,
+) -> Result<Json<Value>, ApiError> {
+    let all = app.revocations.list().await.map_err(|e| {
+        tracing::error!(target: LOG_TARGET, layer = "storage", outcome = "revocations_unavailable", error = ?e.to_string());
+        ApiError::Rejected(Rejection::StateUnavailable { what: "revocation list" })
+    })?;
+    let list: Vec<Value> = all.iter().map(|r| json!({ "kind": r.kind().name(), "id": r.id() })).collect();
+    Ok(Json(json!({ "revocations": list })))
 }
 
 /// Reads a body chunk by chunk, refusing it (413) as soon as it passes `limit`, whatever its

@@ -26,6 +26,8 @@
 //! | `GET /ops/stats` | an API key |
 //! | `GET /metrics` (Prometheus text: `ztgate_decisions_total`... see `ztgate::metrics`) | an API key |
 //! | `POST /admin/reload` | an Access admin **and** an API key: reads the configuration again (as SIGHUP does) |
+//! | `POST /admin/revocations` `{"kind": "api_key"\|"access_sub"\|"cert", "id": ..}` | an Access admin **and** an API key: every gate refuses that credential from the next request on (401 `revoked`) |
+//! | `GET /admin/revocations` | an Access admin: the list |
 //! | `GET /mtls/whoami` | a client certificate Cloudflare verified and found unrevoked |
 //! | `GET`/`POST /api/unsubscribe?token=..` | an HMAC-signed token for purpose `unsubscribe`; GET only shows what would happen, the RFC 8058 one-click POST (`List-Unsubscribe=One-Click`) unsubscribes |
 //! | `POST /webhooks/inbound` | public at the gate; the handler verifies the Svix signature (it needs the body) and refuses replays |
@@ -68,6 +70,8 @@
 //! | `ZTGATE_BODY_TIMEOUT` | a request body must be whole this long after its head, however steadily it trickles: 408 `body_timeout` and the connection closes (default `30s`) |
 //! | `ZTGATE_IDLE_TIMEOUT` | a kept-alive connection with no new request, or a client not reading its answer, is closed after this (default `60s`) |
 //! | `ZTGATE_MAX_CONNECTIONS` | open connections at most (default `512`, below the usual 1,024 open files); one more sheds the connection waiting longest for a request, or gets 503 if every one is being answered |
+//! | `ZTGATE_REDIS_URL` | `redis://host:port/db`: the webhook replay guard, the revocation list and the failed-authentication budgets are shared through this Redis by every instance pointed at it (a revocation reaches all within a second); unset = this process's memory (and the replay guard in SQLite). Redis unreachable: revocation and replay checks refuse (503 `state_unavailable`), budgets let requests through with a warning; each call bounded by 50 ms |
+//! | `ZTGATE_AUTH_FAILURES` | failed authentications allowed per client IP (`CF-Connecting-IP`) and per credential, as `N/window` (default `20/300s`); beyond, 429 `too_many_requests` with `Retry-After`, before any signature is checked |
 //! | `ZTGATE_MAX_BODY_READS` | webhook bodies (unauthenticated, up to 1 MiB each) read at once (default `64`, at most `ZTGATE_MAX_CONNECTIONS`); beyond, 503 `overloaded` with `Retry-After` before reading |
 //!
 //! Timeouts are whole seconds (`10`, `10s`) or milliseconds (`1500ms`), from 100 ms to 1 h.
@@ -146,7 +150,11 @@ async fn run() -> Result<(), Fatal> {
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .map_err(|e| Fatal::Runtime(format!("metrics recorder: {e}")))?;
-    let reloader = Reloader::start(&settings, access.clone(), credentials, store.clone())
+    let shared = match &settings.redis_url {
+        Some(url) => reload::SharedState::redis(url, settings.auth_failures)?,
+        None => reload::SharedState::in_memory(settings.auth_failures),
+    };
+    let reloader = Reloader::start(&settings, access.clone(), credentials, store.clone(), shared)
         .map_err(|e| Fatal::Runtime(format!("route policies: {e}")))?;
     let app = routes::app(reloader.clone(), store, dev.as_ref(), settings.max_body_reads, metrics);
 

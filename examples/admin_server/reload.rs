@@ -13,8 +13,13 @@ use std::sync::{Arc, RwLock};
 
 use ztgate::config::RouteSpec;
 use ztgate::identity::hmac_token::KeyRingSource;
+use ztgate::identity::shared_state::{
+    Budget, InMemoryRateLimiter, InMemoryRevocations, RateLimit, RevocationList,
+};
+use ztgate::identity::webhook::ReplayGuard;
 use ztgate::identity::webhook::WebhookVerifier;
 use ztgate::identity::{AccessJwt, ApiKeys};
+use ztgate::redis::RedisStore;
 use ztgate::{ReloadablePolicies, RoutePolicies};
 
 use crate::LOG_TARGET;
@@ -70,6 +75,41 @@ struct Fixed {
     db: std::path::PathBuf,
     limits: Limits,
     max_body_reads: usize,
+    auth_failures: Budget,
+}
+
+/// What the instances of a fleet share: revocations, and the failed-authentication budgets.
+/// In this process's memory (one instance).
+#[derive(Clone)]
+pub(crate) struct SharedState {
+    pub(crate) revocations: Arc<dyn RevocationList>,
+    pub(crate) auth_limit: RateLimit,
+    /// The webhook replay guard; `None`: the SQLite store's (one instance, across restarts).
+    pub(crate) replay: Option<Arc<dyn ReplayGuard>>,
+}
+
+impl SharedState {
+    /// In memory, with `auth_failures` per client IP and per credential.
+    pub(crate) fn in_memory(auth_failures: Budget) -> Self {
+        let limiter = InMemoryRateLimiter::new(auth_failures, Arc::new(ztgate::clock::SystemClock));
+        Self {
+            revocations: Arc::new(InMemoryRevocations::default()),
+            auth_limit: RateLimit::failures(Arc::new(limiter)),
+            replay: None,
+        }
+    }
+
+    /// In the Redis at `url`, shared with every instance pointed at it. Revocations and
+    /// replays fail closed when Redis cannot answer (503 `state_unavailable`); rate limits fail
+    /// open with a warning.
+    pub(crate) fn redis(url: &str, auth_failures: Budget) -> Result<Self, ztgate::ConfigError> {
+        let redis = RedisStore::connect(url)?;
+        Ok(Self {
+            revocations: Arc::new(redis.revocations()),
+            auth_limit: RateLimit::failures(Arc::new(redis.rate_limiter(auth_failures))),
+            replay: Some(Arc::new(redis.replay_guard())),
+        })
+    }
 }
 
 /// The result of a reload that was applied.
@@ -85,6 +125,8 @@ pub(crate) struct Reloaded {
 /// Reloads the configuration; one reload at a time.
 pub(crate) struct Reloader {
     store: Store,
+    /// Revocations and rate limits: kept for the process's life (a reload keeps them).
+    shared: SharedState,
     /// Dev mode's Access mechanism (the local issuer): kept for the process's life.
     dev: Option<Arc<AccessJwt>>,
     fixed: Fixed,
@@ -101,6 +143,7 @@ impl Reloader {
         access: Arc<AccessJwt>,
         credentials: Credentials,
         store: Store,
+        shared: SharedState,
     ) -> Result<Arc<Self>, String> {
         let dev = matches!(settings.identity, Identity::Dev);
         let verifier = match &settings.identity {
@@ -108,7 +151,7 @@ impl Reloader {
             Identity::Dev => None,
         };
         let (table, keys, api_keys, ring) =
-            assemble(settings.sources.routes(), access.clone(), credentials, dev, &store)?;
+            assemble(settings.sources.routes(), access.clone(), credentials, dev, &store, &shared)?;
         Ok(Arc::new(Self {
             dev: dev.then_some(access),
             fixed: fixed(settings),
@@ -116,6 +159,7 @@ impl Reloader {
             live: Live::new(keys),
             running: tokio::sync::Mutex::new(Running { verifier, api_keys, ring }),
             store,
+            shared,
         }))
     }
 
@@ -127,6 +171,11 @@ impl Reloader {
     /// The keys the handlers read.
     pub(crate) fn live(&self) -> Live {
         self.live.clone()
+    }
+
+    /// The revocation list the gates check.
+    pub(crate) fn revocations(&self) -> Arc<dyn RevocationList> {
+        self.shared.revocations.clone()
     }
 
     /// Reads the configuration again and swaps it in, or refuses it whole.
@@ -189,7 +238,7 @@ impl Reloader {
         let credentials = Credentials { api_keys, ring, webhook, trust_cert_headers };
         let dev = self.dev.is_some();
         let (table, keys, api_keys, ring) =
-            assemble(sources.routes(), access.clone(), credentials, dev, &self.store)?;
+            assemble(sources.routes(), access.clone(), credentials, dev, &self.store, &self.shared)?;
         let routes = table.rules().count();
         let mut needs_restart = Vec::new();
         for (changed, what) in [
@@ -197,6 +246,7 @@ impl Reloader {
             (now.db != self.fixed.db, "db"),
             (now.limits != self.fixed.limits, "connection limits"),
             (now.max_body_reads != self.fixed.max_body_reads, "max_body_reads"),
+            (now.auth_failures != self.fixed.auth_failures, "auth_failures"),
         ] {
             if changed {
                 needs_restart.push(what);
@@ -220,13 +270,18 @@ fn assemble(
     credentials: Credentials,
     dev: bool,
     store: &Store,
+    shared: &SharedState,
 ) -> Result<(RoutePolicies, LiveKeys, Arc<ApiKeys>, Arc<KeyRingSource>), String> {
-    // The replay guard lives in the same SQLite file: a replay is refused across restarts.
-    let webhooks = credentials.webhook.map(|verifier| verifier.with_replay_guard(store.replay_guard()));
+    // The replay guard: Redis for a fleet, else the same SQLite file (a replay is refused
+    // across restarts).
+    let guard = shared.replay.clone().unwrap_or_else(|| store.replay_guard());
+    let webhooks = credentials.webhook.map(|verifier| verifier.with_replay_guard(guard));
     let (api_keys, ring) = (credentials.api_keys, credentials.ring);
     let table =
         route_policies(access, api_keys.clone(), ring.clone(), dev, credentials.trust_cert_headers, routes)
-            .map_err(|e| format!("ZTGATE_CONFIG: {e}"))?;
+            .map_err(|e| format!("ZTGATE_CONFIG: {e}"))?
+            .with_revocations(shared.revocations.clone())
+            .with_rate_limit(shared.auth_limit.clone());
     Ok((table, LiveKeys { ring: ring.clone(), webhooks }, api_keys, ring))
 }
 
@@ -236,6 +291,7 @@ fn fixed(settings: &Settings) -> Fixed {
         db: settings.db.clone(),
         limits: settings.limits,
         max_body_reads: settings.max_body_reads,
+        auth_failures: settings.auth_failures,
     }
 }
 

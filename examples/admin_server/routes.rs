@@ -15,15 +15,16 @@ use tokio::sync::Semaphore;
 use ztgate::clock::SystemClock;
 use ztgate::config::{Mechanisms, RouteSpec};
 use ztgate::identity::hmac_token::{KeyRingSource, SignedTokenAuth, TokenSource};
+use ztgate::identity::shared_state::RevocationList;
 use ztgate::identity::{AccessJwt, ApiKeyAuth, ApiKeys, ClientCertAuth, Requirement};
 use ztgate::request::RequestLimits;
 use ztgate::{ConfigError, RoutePolicies};
 
 use crate::dev::{CERTS_PATH, DevIssuer, IDENTITY_PATH};
 use crate::handlers::{
-    create_note, delete_note, healthz, inbound_webhook, list_notes, method_not_allowed, metrics_text,
-    mint_unsubscribe_link, mtls_whoami, not_found, ops_stats, reload_config, unsubscribe,
-    unsubscribe_preview, whoami,
+    create_note, delete_note, healthz, inbound_webhook, list_notes, list_revocations, method_not_allowed,
+    metrics_text, mint_unsubscribe_link, mtls_whoami, not_found, ops_stats, reload_config, revoke,
+    unsubscribe, unsubscribe_preview, whoami,
 };
 use crate::reload::{Live, Reloader};
 use crate::store::Store;
@@ -42,6 +43,8 @@ pub(crate) struct AppState {
     /// Renders what the process's `metrics` recorder holds, as Prometheus text.
     pub(crate) metrics: PrometheusHandle,
     pub(crate) reloader: Arc<Reloader>,
+    /// Revoked credentials, checked by every gate.
+    pub(crate) revocations: Arc<dyn RevocationList>,
 }
 
 /// The whole app: every route (the dev JWKS too when `dev` is given) and both fallbacks, under
@@ -54,7 +57,8 @@ pub(crate) fn app(
     metrics: PrometheusHandle,
 ) -> Router {
     let policies = reloader.policies();
-    let state = AppState { store, live: reloader.live(), metrics, reloader };
+    let state =
+        AppState { store, live: reloader.live(), metrics, revocations: reloader.revocations(), reloader };
 
     let mut app = Router::new()
         .route("/healthz", get(healthz))
@@ -63,6 +67,7 @@ pub(crate) fn app(
         .route("/admin/notes/{id}", delete(delete_note))
         .route("/admin/unsubscribe-links", post(mint_unsubscribe_link))
         .route("/admin/reload", post(reload_config))
+        .route("/admin/revocations", get(list_revocations).post(revoke))
         .route("/ops/stats", get(ops_stats))
         .route("/metrics", get(metrics_text))
         .route("/mtls/whoami", get(mtls_whoami))
@@ -172,6 +177,8 @@ pub(crate) fn route_policies(
         .route("DELETE", "/admin/notes/{id}", Requirement::all_of([access.clone(), api_key.clone()]))?
         // A reload changes who gets in: an admin with an API key, as for deletions.
         .route("POST", "/admin/reload", Requirement::all_of([access.clone(), api_key.clone()]))?
+        // So does a revocation.
+        .route("POST", "/admin/revocations", Requirement::all_of([access.clone(), api_key.clone()]))?
         .route("GET", "/admin/whoami", access.clone())?
         .route("GET", "/admin/notes", access.clone())?
         .route("POST", "/admin/notes", access.clone())?

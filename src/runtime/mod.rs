@@ -32,6 +32,8 @@ mod flight;
 mod json_log;
 #[cfg(feature = "native")]
 pub(crate) mod native;
+#[cfg(feature = "redis")]
+pub(crate) mod redis_state;
 #[cfg(feature = "workers")]
 pub(crate) mod workers;
 

@@ -4,13 +4,18 @@
 
 #![allow(dead_code)] // each test file uses its own part
 
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How long a server may take to say where it listens.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a server given a bad configuration may take to exit.
+pub const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Every variable the example reads, unset before each start.
 pub const VARS: &[&str] = &[
@@ -38,6 +43,8 @@ pub const VARS: &[&str] = &[
     "ZTGATE_IDLE_TIMEOUT",
     "ZTGATE_MAX_CONNECTIONS",
     "ZTGATE_MAX_BODY_READS",
+    "ZTGATE_AUTH_FAILURES",
+    "ZTGATE_REDIS_URL",
     "RUST_LOG",
 ];
 
@@ -142,3 +149,90 @@ impl Drop for TempDb {
         }
     }
 }
+
+/// The example with exactly `vars` set among the variables it reads.
+pub fn command(vars: &[(&str, String)]) -> Command {
+    command_for(Command::new(example_binary()), vars)
+}
+
+/// A running example server, killed when dropped.
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+    pub stdout: Vec<String>,
+    pub stderr: Arc<Mutex<String>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    pub fn start(vars: &[(&str, String)]) -> Self {
+        let mut child = command(vars).spawn().expect("spawn the admin_server example");
+        let (stderr, stderr_thread) = collect(child.stderr.take().unwrap());
+        let (tx, rx) = mpsc::channel();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                let _ = tx.send(line); // keep draining even when nobody listens any more
+            }
+        });
+        let mut server = Self { child, base: String::new(), stdout: Vec::new(), stderr };
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) => {
+                    let base = line.strip_prefix("listening on ").map(str::to_owned);
+                    server.stdout.push(line);
+                    if let Some(base) = base {
+                        server.base = base;
+                        return server;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("no `listening on` line within {START_TIMEOUT:?}; stderr:\n{}", server.logs())
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = server.child.wait();
+                    let _ = stderr_thread.join();
+                    panic!("the server exited before listening ({status:?}); stderr:\n{}", server.logs());
+                }
+            }
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        assert!(self.base.starts_with("http://127.0.0.1:"), "not on loopback: {}", self.base);
+        format!("{}{path}", self.base)
+    }
+
+    pub fn logs(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+}
+
+/// Runs the example expecting it to exit on its own (bad configuration): status and stderr.
+pub fn run_to_exit(vars: &[(&str, String)]) -> (ExitStatus, String) {
+    let mut child = command(vars).spawn().expect("spawn the admin_server example");
+    let (stderr, stderr_thread) = collect(child.stderr.take().unwrap());
+    let deadline = Instant::now() + EXIT_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("still running after {EXIT_TIMEOUT:?}; stderr:\n{}", stderr.lock().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    stderr_thread.join().unwrap();
+    let text = stderr.lock().unwrap().clone();
+    (status, text)
+}
+
