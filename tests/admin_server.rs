@@ -13,8 +13,8 @@ use std::io::Read;
 use example_harness::{Server, TempDb, run_to_exit};
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -2276,4 +2276,97 @@ async fn a_client_guessing_api_keys_gets_429_after_its_budget() {
     let db = TempDb::new();
     let vars = with(production_config(), "ZTGATE_DB", Some(&db.path()));
     assert_config_error(&with(vars, "ZTGATE_AUTH_FAILURES", Some("many")), "ZTGATE_AUTH_FAILURES");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Public form: POST /api/subscribe behind Turnstile, with its own request budget
+
+/// `unix` as RFC 3339 UTC (`2026-12-07T02:30:00Z`), as siteverify writes `challenge_ts`.
+fn rfc3339(unix: u64) -> String {
+    let (days, secs) = ((unix / 86_400) as i64, unix % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs % 3600 / 60, secs % 60)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribing_takes_a_human_and_a_budget_per_client() {
+    let answer = |success: bool, hostname: &str| {
+        json!({ "success": success, "challenge_ts": rfc3339(now()), "hostname": hostname, "action": "subscribe",
+                "error-codes": [] })
+        .to_string()
+    };
+    let siteverify = JwksServer::start_with_body(answer(true, "news.acme.com")).await;
+    let url = siteverify.url_for("/turnstile/v0/siteverify");
+    let p = Production::start_with(&[
+        ("ZTGATE_TURNSTILE_SECRET", Some("0x4AAAAAAA-test-secret-key")), // pragma: allowlist secret
+        ("ZTGATE_TURNSTILE_HOSTNAMES", Some("news.acme.com")),
+        ("ZTGATE_TURNSTILE_URL", Some(&url)),
+        ("ZTGATE_SUBSCRIBE_LIMIT", Some("3/60s")),
+    ])
+    .await;
+    let subscribe = async |email: &str, ip: &str| {
+        http()
+            .post(p.server.url("/api/subscribe"))
+            .header("CF-Connecting-IP", ip)
+            .json(&json!({ "email": email, "turnstile": "XXXX.DUMMY.TOKEN" }))
+            .send()
+            .await
+            .unwrap()
+    };
+    let res = subscribe("Carol@Example.com", "192.0.2.50").await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let body = json_of(res).await;
+    assert_eq!(body["subscribed"], "carol@example.com");
+    // The minted link unsubscribes exactly that address.
+    let link = body["unsubscribe_token"].as_str().unwrap().to_owned();
+    let ring = KeyRing::parse(&format!("k1:{HMAC_K1}")).unwrap();
+    assert_eq!(ring.verify(&link, "unsubscribe", now()).unwrap().subject, "carol@example.com");
+    assert!(siteverify.last_request_head().starts_with("POST "), "{}", siteverify.last_request_head());
+    // Siteverify says no: nothing stored, 401.
+    siteverify.set_body(answer(false, "news.acme.com"));
+    assert_refused(
+        subscribe("dave@example.com", "192.0.2.50").await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_credential",
+    )
+    .await;
+    // A token solved on another site: 401.
+    siteverify.set_body(answer(true, "evil.example"));
+    assert_refused(
+        subscribe("erin@example.com", "192.0.2.50").await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_credential",
+    )
+    .await;
+    // The budget is spent by every request, before anything is verified.
+    let res = subscribe("frank@example.com", "192.0.2.50").await;
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(res.headers().contains_key("retry-after"));
+    // Siteverify down: fail closed.
+    siteverify.set_mode(common::Mode::Status(500));
+    let res = subscribe("gina@example.com", "192.0.2.51").await;
+    assert_refused(res, StatusCode::SERVICE_UNAVAILABLE, "state_unavailable").await;
+    // Only the human was stored.
+    assert_eq!(p.stats().await["subscribers"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribing_without_a_turnstile_secret_is_503_not_configured() {
+    let p = Production::start().await;
+    let res = http()
+        .post(p.server.url("/api/subscribe"))
+        .json(&json!({ "email": "a@example.com", "turnstile": "x" }))
+        .send()
+        .await
+        .unwrap();
+    assert_refused(res, StatusCode::SERVICE_UNAVAILABLE, "not_configured").await;
 }

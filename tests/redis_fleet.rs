@@ -156,7 +156,11 @@ async fn revoke(server: &Server, kind: &str, id: &str) {
 }
 
 fn unique(label: &str) -> String {
-    format!("msg_{label}_{}_{}", std::process::id(), SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos())
+    format!(
+        "msg_{label}_{}_{}",
+        std::process::id(),
+        SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos()
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -197,7 +201,11 @@ async fn two_instances_share_replays_revocations_and_budgets() {
         assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
         assert!(res.headers().contains_key("retry-after"));
     }
-    assert_eq!(stats(&b, OPS_KEY, "198.51.100.8").await.status(), StatusCode::OK, "another client is not limited");
+    assert_eq!(
+        stats(&b, OPS_KEY, "198.51.100.8").await.status(),
+        StatusCode::OK,
+        "another client is not limited"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,9 +16,10 @@ use ztgate::clock::SystemClock;
 use ztgate::config::{ConfigFile, RouteSpec};
 use ztgate::identity::hmac_token::KeyRingSource;
 use ztgate::identity::shared_state::Budget;
+use ztgate::identity::turnstile::{TurnstileConfig, TurnstileVerifier};
 use ztgate::identity::webhook::WebhookVerifier;
 use ztgate::identity::{AccessJwt, ApiKeys, TokenCacheConfig};
-use ztgate::secrets::{FileSecret, SecretSource, StaticSecret};
+use ztgate::secrets::{EnvSecret, FileSecret, SecretSource, StaticSecret};
 use ztgate::{AccessConfig, ConfigError, Gate, Policy};
 
 use crate::LOG_TARGET;
@@ -32,6 +33,8 @@ const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Well below the usual 1,024 open files, leaving room for everything else the process opens.
 const DEFAULT_MAX_CONNECTIONS: usize = 512;
 const DEFAULT_MAX_BODY_READS: usize = 64;
+/// `POST /api/subscribe` per client IP: 5 per hour.
+const DEFAULT_SUBSCRIBE_LIMIT: (u32, u64) = (5, 3600);
 /// Failed authentications per client IP and per credential: 20 per 5 minutes.
 const DEFAULT_AUTH_FAILURES: (u32, u64) = (20, 300);
 /// The range a timeout may be set to.
@@ -224,6 +227,10 @@ pub(crate) struct Settings {
     pub(crate) auth_failures: Budget,
     /// Where the fleet's shared state lives; `None`: this process's memory.
     pub(crate) redis_url: Option<String>,
+    /// `POST /api/subscribe` requests per client IP.
+    pub(crate) subscribe_limit: Budget,
+    /// The human check of `POST /api/subscribe`; `None`: not configured (the route answers 503).
+    pub(crate) turnstile: Option<Arc<TurnstileVerifier>>,
 }
 
 /// The routes' credentials as configured, before [`CredentialSettings::resolve`].
@@ -331,6 +338,8 @@ impl Settings {
             count(&src, "ZTGATE_MAX_BODY_READS", DEFAULT_MAX_BODY_READS, limits.max_connections)?;
         let auth_failures = budget(&src, "ZTGATE_AUTH_FAILURES", DEFAULT_AUTH_FAILURES)?;
         let redis_url = src.get("ZTGATE_REDIS_URL")?.filter(|url| !url.is_empty());
+        let subscribe_limit = budget(&src, "ZTGATE_SUBSCRIBE_LIMIT", DEFAULT_SUBSCRIBE_LIMIT)?;
+        let turnstile = turnstile()?;
         Ok(Self {
             sources: src,
             listen,
@@ -341,6 +350,8 @@ impl Settings {
             max_body_reads,
             auth_failures,
             redis_url,
+            subscribe_limit,
+            turnstile,
         })
     }
 }
@@ -587,6 +598,34 @@ fn duration(
         Some(d) if range.contains(&d) => Ok(d),
         _ => Err(src.error(name, format!("{value:?} is not {what}"))),
     }
+}
+
+/// `ZTGATE_TURNSTILE_SECRET` (read from the environment on every verification, never kept
+/// here), with `ZTGATE_TURNSTILE_HOSTNAMES` (required with it), `ZTGATE_TURNSTILE_ACTION`
+/// (default `subscribe`) and `ZTGATE_TURNSTILE_URL` (default Cloudflare's siteverify).
+fn turnstile() -> Result<Option<Arc<TurnstileVerifier>>, EnvError> {
+    const SECRET: &str = "ZTGATE_TURNSTILE_SECRET"; // pragma: allowlist secret
+    if env(SECRET)?.is_none_or(|s| s.is_empty()) {
+        for var in ["ZTGATE_TURNSTILE_HOSTNAMES", "ZTGATE_TURNSTILE_ACTION", "ZTGATE_TURNSTILE_URL"] {
+            if env(var)?.is_some() {
+                return Err(EnvError::new(SECRET, format!("is required when {var} is set")));
+            }
+        }
+        return Ok(None);
+    }
+    let hostnames: Vec<String> = env("ZTGATE_TURNSTILE_HOSTNAMES")?
+        .map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect())
+        .unwrap_or_default();
+    let named = |var: &'static str| move |e: ConfigError| EnvError::new(var, e.to_string());
+    let mut config = TurnstileConfig::new(hostnames).map_err(named("ZTGATE_TURNSTILE_HOSTNAMES"))?;
+    let action = env("ZTGATE_TURNSTILE_ACTION")?.unwrap_or_else(|| "subscribe".to_owned());
+    config = config.with_action(&action).map_err(named("ZTGATE_TURNSTILE_ACTION"))?;
+    if let Some(url) = env("ZTGATE_TURNSTILE_URL")? {
+        config = config.with_siteverify_url(url);
+    }
+    let verifier = TurnstileVerifier::new(config, EnvSecret::new(SECRET), Arc::new(SystemClock))
+        .map_err(named("ZTGATE_TURNSTILE_URL"))?;
+    Ok(Some(Arc::new(verifier)))
 }
 
 /// A budget `N/window`, e.g. `20/300s`: N from 1 to 1,000,000 per a window of whole seconds

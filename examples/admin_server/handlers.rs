@@ -380,6 +380,7 @@ pub(crate) async fn ops_stats(
         "key": key.name,
         "notes": stats.notes,
         "unsubscribes": stats.unsubscribes,
+        "subscribers": stats.subscribers,
         "webhooks": stats.webhooks,
     })))
 }
@@ -440,6 +441,54 @@ pub(crate) async fn reload_config(
         }))),
         Err(why) => Err(ApiError::ConfigInvalid(why)),
     }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct NewSubscriber {
+    email: Option<String>,
+    turnstile: Option<String>,
+}
+
+/// How long the unsubscribe link minted for a new subscriber lives (a year: it goes into
+/// every newsletter).
+const SUBSCRIBER_LINK_TTL: Duration = Duration::from_secs(365 * 86_400);
+
+/// `POST /api/subscribe` `{"email": .., "turnstile": ..}`: a public form behind a human check.
+/// The Turnstile token is verified with Cloudflare before anything is stored (401 when it is
+/// not a human's, 503 when siteverify cannot say), the subscriber is stored, and their
+/// unsubscribe link token is minted (201).
+pub(crate) async fn subscribe(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<NewSubscriber>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Some(turnstile) = &app.turnstile else {
+        return Err(Rejection::NotConfigured { what: "Turnstile secret key" }.into());
+    };
+    let Json(new) = body.map_err(|e| ApiError::Body(e, "invalid_request"))?;
+    let invalid = |why: &str| ApiError::invalid("invalid_request", why);
+    let email = match new.email {
+        None => return Err(invalid("`email` is required")),
+        Some(e) if !e.contains('@') || e.bytes().any(|b| b.is_ascii_control()) => {
+            return Err(invalid("`email` is not an email address"));
+        }
+        Some(e) if e.len() > MAX_EMAIL_BYTES => return Err(invalid("`email` is longer than 254 bytes")),
+        Some(e) => e.to_ascii_lowercase(),
+    };
+    let token = new.turnstile.unwrap_or_default();
+    // Cloudflare's view of the client's address, when the request came through it.
+    let remote_ip =
+        headers.get("cf-connecting-ip").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+    let human = turnstile.verify(&token, remote_ip).await.map_err(Rejection::from)?;
+    let first = app.store.add_subscriber(&human, email.clone()).await?;
+    let ring =
+        app.live.get().ring.ring().await.map_err(|_| Rejection::NotConfigured { what: "HMAC key ring" })?;
+    let link = ring.mint(UNSUBSCRIBE, &email, unix_now(), SUBSCRIBER_LINK_TTL).map_err(|e| {
+        tracing::error!(target: LOG_TARGET, layer = "identity", outcome = "mint_failed", error = ?e.to_string());
+        ApiError::Internal
+    })?;
+    let status = if first { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(json!({ "subscribed": email, "unsubscribe_token": link }))))
 }
 
 #[derive(Deserialize)]

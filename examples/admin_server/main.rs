@@ -28,6 +28,7 @@
 //! | `POST /admin/reload` | an Access admin **and** an API key: reads the configuration again (as SIGHUP does) |
 //! | `POST /admin/revocations` `{"kind": "api_key"\|"access_sub"\|"cert", "id": ..}` | an Access admin **and** an API key: every gate refuses that credential from the next request on (401 `revoked`) |
 //! | `GET /admin/revocations` | an Access admin: the list |
+//! | `POST /api/subscribe` `{"email": .., "turnstile": ..}` | public, with its own request budget per client; the handler verifies the Turnstile token before storing the subscriber, and answers their unsubscribe link token |
 //! | `GET /mtls/whoami` | a client certificate Cloudflare verified and found unrevoked |
 //! | `GET`/`POST /api/unsubscribe?token=..` | an HMAC-signed token for purpose `unsubscribe`; GET only shows what would happen, the RFC 8058 one-click POST (`List-Unsubscribe=One-Click`) unsubscribes |
 //! | `POST /webhooks/inbound` | public at the gate; the handler verifies the Svix signature (it needs the body) and refuses replays |
@@ -71,6 +72,11 @@
 //! | `ZTGATE_IDLE_TIMEOUT` | a kept-alive connection with no new request, or a client not reading its answer, is closed after this (default `60s`) |
 //! | `ZTGATE_MAX_CONNECTIONS` | open connections at most (default `512`, below the usual 1,024 open files); one more sheds the connection waiting longest for a request, or gets 503 if every one is being answered |
 //! | `ZTGATE_REDIS_URL` | `redis://host:port/db`: the webhook replay guard, the revocation list and the failed-authentication budgets are shared through this Redis by every instance pointed at it (a revocation reaches all within a second); unset = this process's memory (and the replay guard in SQLite). Redis unreachable: revocation and replay checks refuse (503 `state_unavailable`), budgets let requests through with a warning; each call bounded by 50 ms |
+//! | `ZTGATE_TURNSTILE_SECRET` | the Turnstile widget's secret key, read from the environment on every check: enables `POST /api/subscribe` (unset: it answers 503 `not_configured`) |
+//! | `ZTGATE_TURNSTILE_HOSTNAMES` | comma list of the hostnames the widget is on (required with the secret) |
+//! | `ZTGATE_TURNSTILE_ACTION` | the widget's `action` (default `subscribe`) |
+//! | `ZTGATE_TURNSTILE_URL` | the siteverify URL (default Cloudflare's; `http://` on loopback for tests) |
+//! | `ZTGATE_SUBSCRIBE_LIMIT` | `POST /api/subscribe` requests per client IP, `N/window` (default `5/3600s`); beyond, 429 |
 //! | `ZTGATE_AUTH_FAILURES` | failed authentications allowed per client IP (`CF-Connecting-IP`) and per credential, as `N/window` (default `20/300s`); beyond, 429 `too_many_requests` with `Retry-After`, before any signature is checked |
 //! | `ZTGATE_MAX_BODY_READS` | webhook bodies (unauthenticated, up to 1 MiB each) read at once (default `64`, at most `ZTGATE_MAX_CONNECTIONS`); beyond, 503 `overloaded` with `Retry-After` before reading |
 //!
@@ -151,12 +157,13 @@ async fn run() -> Result<(), Fatal> {
         .install_recorder()
         .map_err(|e| Fatal::Runtime(format!("metrics recorder: {e}")))?;
     let shared = match &settings.redis_url {
-        Some(url) => reload::SharedState::redis(url, settings.auth_failures)?,
-        None => reload::SharedState::in_memory(settings.auth_failures),
+        Some(url) => reload::SharedState::redis(url, settings.auth_failures, settings.subscribe_limit)?,
+        None => reload::SharedState::in_memory(settings.auth_failures, settings.subscribe_limit),
     };
     let reloader = Reloader::start(&settings, access.clone(), credentials, store.clone(), shared)
         .map_err(|e| Fatal::Runtime(format!("route policies: {e}")))?;
-    let app = routes::app(reloader.clone(), store, dev.as_ref(), settings.max_body_reads, metrics);
+    let turnstile = settings.turnstile.clone();
+    let app = routes::app(reloader.clone(), turnstile, store, dev.as_ref(), settings.max_body_reads, metrics);
 
     if let Some(dev) = &dev {
         dev.announce(dev_api_key.as_deref());

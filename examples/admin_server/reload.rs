@@ -84,17 +84,24 @@ struct Fixed {
 pub(crate) struct SharedState {
     pub(crate) revocations: Arc<dyn RevocationList>,
     pub(crate) auth_limit: RateLimit,
+    /// `POST /api/subscribe`'s own budget: every request spends it, per client IP.
+    pub(crate) subscribe_limit: RateLimit,
     /// The webhook replay guard; `None`: the SQLite store's (one instance, across restarts).
     pub(crate) replay: Option<Arc<dyn ReplayGuard>>,
 }
 
 impl SharedState {
     /// In memory, with `auth_failures` per client IP and per credential.
-    pub(crate) fn in_memory(auth_failures: Budget) -> Self {
-        let limiter = InMemoryRateLimiter::new(auth_failures, Arc::new(ztgate::clock::SystemClock));
+    pub(crate) fn in_memory(auth_failures: Budget, subscribe: Budget) -> Self {
+        let clock = Arc::new(ztgate::clock::SystemClock);
+        let limiter = InMemoryRateLimiter::new(auth_failures, clock.clone());
         Self {
             revocations: Arc::new(InMemoryRevocations::default()),
             auth_limit: RateLimit::failures(Arc::new(limiter)),
+            subscribe_limit: RateLimit::requests(
+                Arc::new(InMemoryRateLimiter::new(subscribe, clock)),
+                "subscribe",
+            ),
             replay: None,
         }
     }
@@ -102,11 +109,16 @@ impl SharedState {
     /// In the Redis at `url`, shared with every instance pointed at it. Revocations and
     /// replays fail closed when Redis cannot answer (503 `state_unavailable`); rate limits fail
     /// open with a warning.
-    pub(crate) fn redis(url: &str, auth_failures: Budget) -> Result<Self, ztgate::ConfigError> {
+    pub(crate) fn redis(
+        url: &str,
+        auth_failures: Budget,
+        subscribe: Budget,
+    ) -> Result<Self, ztgate::ConfigError> {
         let redis = RedisStore::connect(url)?;
         Ok(Self {
             revocations: Arc::new(redis.revocations()),
             auth_limit: RateLimit::failures(Arc::new(redis.rate_limiter(auth_failures))),
+            subscribe_limit: RateLimit::requests(Arc::new(redis.rate_limiter(subscribe)), "subscribe"),
             replay: Some(Arc::new(redis.replay_guard())),
         })
     }
@@ -277,11 +289,16 @@ fn assemble(
     let guard = shared.replay.clone().unwrap_or_else(|| store.replay_guard());
     let webhooks = credentials.webhook.map(|verifier| verifier.with_replay_guard(guard));
     let (api_keys, ring) = (credentials.api_keys, credentials.ring);
-    let table =
-        route_policies(access, api_keys.clone(), ring.clone(), dev, credentials.trust_cert_headers, routes)
-            .map_err(|e| format!("ZTGATE_CONFIG: {e}"))?
-            .with_revocations(shared.revocations.clone())
-            .with_rate_limit(shared.auth_limit.clone());
+    let table = route_policies(
+        access,
+        api_keys.clone(),
+        ring.clone(),
+        dev,
+        credentials.trust_cert_headers,
+        routes,
+        shared,
+    )
+    .map_err(|e| format!("ZTGATE_CONFIG: {e}"))?;
     Ok((table, LiveKeys { ring: ring.clone(), webhooks }, api_keys, ring))
 }
 

@@ -16,6 +16,7 @@ use ztgate::clock::SystemClock;
 use ztgate::config::{Mechanisms, RouteSpec};
 use ztgate::identity::hmac_token::{KeyRingSource, SignedTokenAuth, TokenSource};
 use ztgate::identity::shared_state::RevocationList;
+use ztgate::identity::turnstile::TurnstileVerifier;
 use ztgate::identity::{AccessJwt, ApiKeyAuth, ApiKeys, ClientCertAuth, Requirement};
 use ztgate::request::RequestLimits;
 use ztgate::{ConfigError, RoutePolicies};
@@ -23,10 +24,10 @@ use ztgate::{ConfigError, RoutePolicies};
 use crate::dev::{CERTS_PATH, DevIssuer, IDENTITY_PATH};
 use crate::handlers::{
     create_note, delete_note, healthz, inbound_webhook, list_notes, list_revocations, method_not_allowed,
-    metrics_text, mint_unsubscribe_link, mtls_whoami, not_found, ops_stats, reload_config, revoke,
+    metrics_text, mint_unsubscribe_link, mtls_whoami, not_found, ops_stats, reload_config, revoke, subscribe,
     unsubscribe, unsubscribe_preview, whoami,
 };
-use crate::reload::{Live, Reloader};
+use crate::reload::{Live, Reloader, SharedState};
 use crate::store::Store;
 
 const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -45,20 +46,23 @@ pub(crate) struct AppState {
     pub(crate) reloader: Arc<Reloader>,
     /// Revoked credentials, checked by every gate.
     pub(crate) revocations: Arc<dyn RevocationList>,
+    /// `POST /api/subscribe`'s human check; `None`: not configured (503).
+    pub(crate) turnstile: Option<Arc<TurnstileVerifier>>,
 }
 
 /// The whole app: every route (the dev JWKS too when `dev` is given) and both fallbacks, under
 /// the reloader's policies layer. At most `max_body_reads` webhook bodies are read at once.
 pub(crate) fn app(
     reloader: Arc<Reloader>,
+    turnstile: Option<Arc<TurnstileVerifier>>,
     store: Store,
     dev: Option<&DevIssuer>,
     max_body_reads: usize,
     metrics: PrometheusHandle,
 ) -> Router {
     let policies = reloader.policies();
-    let state =
-        AppState { store, live: reloader.live(), metrics, revocations: reloader.revocations(), reloader };
+    let revocations = reloader.revocations();
+    let state = AppState { store, live: reloader.live(), metrics, revocations, turnstile, reloader };
 
     let mut app = Router::new()
         .route("/healthz", get(healthz))
@@ -72,6 +76,7 @@ pub(crate) fn app(
         .route("/metrics", get(metrics_text))
         .route("/mtls/whoami", get(mtls_whoami))
         .route("/api/unsubscribe", get(unsubscribe_preview).post(unsubscribe))
+        .route("/api/subscribe", post(subscribe))
         .route(
             "/webhooks/inbound",
             post(inbound_webhook).route_layer(middleware::from_fn_with_state(
@@ -138,6 +143,7 @@ pub(crate) fn route_policies(
     dev: bool,
     trust_cert_headers: bool,
     file_routes: &[RouteSpec],
+    shared: &SharedState,
 ) -> Result<RoutePolicies, ConfigError> {
     let access = Requirement::mechanism(access);
     let api_key = Requirement::mechanism(ApiKeyAuth::new(api_keys));
@@ -149,7 +155,10 @@ pub(crate) fn route_policies(
         Arc::new(SystemClock),
     ));
     let limits = RequestLimits { trust_client_cert_headers: trust_cert_headers, ..Default::default() };
-    let mut policies = RoutePolicies::with_limits(limits);
+    // Every gate checks the revocations and spends the failed-authentication budget.
+    let mut policies = RoutePolicies::with_limits(limits)
+        .with_revocations(shared.revocations.clone())
+        .with_rate_limit(shared.auth_limit.clone());
     if dev {
         policies = policies.route("GET", CERTS_PATH, Requirement::public())?.route(
             "GET",
@@ -193,6 +202,14 @@ pub(crate) fn route_policies(
         // link's token is verified on both.
         .route("GET", "/api/unsubscribe", unsubscribe_token.clone())?
         .route("POST", "/api/unsubscribe", unsubscribe_token)?
+        // The Turnstile token is in the body: verified in the handler. Every request spends the
+        // form's own budget, per client.
+        .route_with_rate_limit(
+            "POST",
+            "/api/subscribe",
+            Requirement::public(),
+            shared.subscribe_limit.clone(),
+        )?
         // The signature covers the body, which a gate does not read: verified in the handler.
         .route("POST", "/webhooks/inbound", Requirement::public())
 }

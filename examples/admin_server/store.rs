@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, TransactionBehavior};
 use ztgate::BoxFuture;
+use ztgate::identity::turnstile::VerifiedHuman;
 use ztgate::identity::webhook::{ReplayGuard, ReplayStoreError, VerifiedWebhook};
 use ztgate::storage::Actor;
 
@@ -32,6 +33,7 @@ pub(crate) struct Stats {
     pub(crate) notes: i64,
     pub(crate) unsubscribes: i64,
     pub(crate) webhooks: i64,
+    pub(crate) subscribers: i64,
 }
 
 /// A storage failure, already logged where it happened.
@@ -58,6 +60,11 @@ impl Store {
                 id INTEGER PRIMARY KEY AUTOINCREMENT,
                 text TEXT NOT NULL,
                 author TEXT NOT NULL,
+                created_at INTEGER NOT NULL DEFAULT (unixepoch())
+            );
+            CREATE TABLE IF NOT EXISTS subscribers (
+                email TEXT PRIMARY KEY,
+                hostname TEXT NOT NULL,
                 created_at INTEGER NOT NULL DEFAULT (unixepoch())
             );
             CREATE TABLE IF NOT EXISTS unsubscribes (
@@ -118,6 +125,27 @@ impl Store {
         Ok(deleted)
     }
 
+    /// Adds `email` to the subscribers, for a visitor Turnstile vouched for; idempotent. `true`
+    /// the first time.
+    pub(crate) async fn add_subscriber(
+        &self,
+        human: &VerifiedHuman,
+        email: String,
+    ) -> Result<bool, StorageError> {
+        let hostname = human.hostname().to_owned();
+        let first = self
+            .blocking("turnstile:human", move |db| {
+                db.execute(
+                    "INSERT INTO subscribers (email, hostname) VALUES (?1, ?2) ON CONFLICT (email) DO NOTHING",
+                    (&email, &hostname),
+                )
+            })
+            .await?
+            == 1;
+        tracing::info!(target: LOG_TARGET, layer = "storage", outcome = "subscribed", principal = "turnstile:human", first);
+        Ok(first)
+    }
+
     /// Records that `email` unsubscribed; idempotent. `true` the first time.
     pub(crate) async fn unsubscribe(&self, by: &Actor, email: String) -> Result<bool, StorageError> {
         let first = self
@@ -140,6 +168,7 @@ impl Store {
             Ok(Stats {
                 notes: count("notes")?,
                 unsubscribes: count("unsubscribes")?,
+                subscribers: count("subscribers")?,
                 webhooks: count("webhook_messages")?,
             })
         })

@@ -45,6 +45,11 @@ pub const VARS: &[&str] = &[
     "ZTGATE_MAX_BODY_READS",
     "ZTGATE_AUTH_FAILURES",
     "ZTGATE_REDIS_URL",
+    "ZTGATE_TURNSTILE_SECRET",
+    "ZTGATE_TURNSTILE_HOSTNAMES",
+    "ZTGATE_TURNSTILE_ACTION",
+    "ZTGATE_TURNSTILE_URL",
+    "ZTGATE_SUBSCRIBE_LIMIT",
     "RUST_LOG",
 ];
 
@@ -235,4 +240,3 @@ pub fn run_to_exit(vars: &[(&str, String)]) -> (ExitStatus, String) {
     let text = stderr.lock().unwrap().clone();
     (status, text)
 }
-
