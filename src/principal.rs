@@ -295,6 +295,9 @@ pub struct SignedTokenPrincipal {
     pub purpose: String,
     /// Unix seconds after which the token is refused.
     pub expires_at: u64,
+    /// The token's own id (22 characters of base64url), under which this one token can be
+    /// revoked (`hmac_token` revocations); `None` for a v1 token, which has no id.
+    pub id: Option<String>,
 }
 
 /// A client that presented a certificate Cloudflare verified and did not find revoked.

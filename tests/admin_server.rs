@@ -735,7 +735,7 @@ async fn delete_by_a_forbidden_user_with_an_api_key_is_403_and_the_note_stays() 
 async fn unsubscribe_link_round_trip_is_recorded_once() {
     let p = Production::start().await;
     let token = p.mint_link("carol@example.com", 3600).await;
-    assert!(token.starts_with("v1.k1."), "{token}");
+    assert!(token.starts_with("v2.k1."), "{token}");
     for _ in 0..2 {
         let res = p.follow_link(&token).await;
         assert_eq!(res.status(), StatusCode::OK);
@@ -774,7 +774,8 @@ async fn forged_tampered_expired_or_misdirected_unsubscribe_tokens_are_401() {
     let tampered = String::from_utf8(tampered).unwrap();
     // The same subject with the expiry moved: the MAC no longer matches.
     let parts: Vec<&str> = good.split('.').collect();
-    let later = format!("v1.k1.{}.{}.{}", parts[2].parse::<u64>().unwrap() + 1, parts[3], parts[4]);
+    let later =
+        format!("v2.k1.{}.{}.{}.{}", parts[2].parse::<u64>().unwrap() + 1, parts[3], parts[4], parts[5]);
 
     for (what, token) in [
         (
@@ -839,7 +840,7 @@ async fn links_survive_a_restart_and_a_key_rotation_with_fixed_hmac_keys() {
     p.restart_with("ZTGATE_HMAC_KEYS", Some(&format!("k2:{HMAC_K2}, k1:{HMAC_K1}")));
     assert_eq!(p.follow_link(&old_link).await.status(), StatusCode::OK);
     let new_link = p.mint_link("frank@example.com", 3600).await;
-    assert!(new_link.starts_with("v1.k2."), "{new_link}");
+    assert!(new_link.starts_with("v2.k2."), "{new_link}");
     assert_eq!(p.follow_link(&new_link).await.status(), StatusCode::OK);
 
     // Once the old key is removed, its links die; the new ones live on.
@@ -855,7 +856,7 @@ async fn without_hmac_keys_links_die_with_the_process_and_the_log_says_so() {
     let logs = p.server.logs();
     assert!(logs.contains("ZTGATE_HMAC_KEYS is unset") && logs.contains("restart"), "{logs}");
     let link = p.mint_link("gina@example.com", 3600).await;
-    assert!(link.starts_with("v1.random."), "{link}");
+    assert!(link.starts_with("v2.random."), "{link}");
     assert_eq!(p.follow_link(&link).await.status(), StatusCode::OK);
 
     p.restart();
@@ -1400,7 +1401,7 @@ async fn minting_a_link_for_an_email_with_a_line_break_is_400() {
     }
     assert!(!p.server.logs().contains("unsubscribe_link_minted"), "nothing was minted");
     // An ordinary address still mints.
-    assert!(p.mint_link("x@example.com", 60).await.starts_with("v1.k1."));
+    assert!(p.mint_link("x@example.com", 60).await.starts_with("v2.k1."));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1739,13 +1740,13 @@ async fn rotating_the_hmac_keys_file_signs_with_the_new_key_and_old_links_keep_v
     let file = KeysFile::new(&format!("k1:{HMAC_K1}\n"));
     let p = production_with_keys_file(&file).await;
     let old_link = p.mint_link("hana@example.com", 3600).await;
-    assert!(old_link.starts_with("v1.k1."), "{old_link}");
+    assert!(old_link.starts_with("v2.k1."), "{old_link}");
     assert_eq!(p.follow_link(&old_link).await.status(), StatusCode::OK);
 
     // Rotation without a restart: the new key first, the old one kept for its links.
     file.write(&format!("k2:{HMAC_K2},k1:{HMAC_K1}\n"));
-    let new_link = mint_link_until_signed_by(&p, "v1.k2.").await;
-    assert!(new_link.starts_with("v1.k2."), "still not signed by k2 after 15 s: {new_link}");
+    let new_link = mint_link_until_signed_by(&p, "v2.k2.").await;
+    assert!(new_link.starts_with("v2.k2."), "still not signed by k2 after 15 s: {new_link}");
     assert_eq!(p.follow_link(&new_link).await.status(), StatusCode::OK);
     assert_eq!(p.follow_link(&old_link).await.status(), StatusCode::OK);
     let logs = logs_with(&p.server, "hmac_keys_loaded");
@@ -1757,7 +1758,7 @@ async fn a_garbage_hmac_keys_file_keeps_the_last_good_ring_and_is_logged_without
     let file = KeysFile::new(&format!("k2:{HMAC_K2},k1:{HMAC_K1}"));
     let p = production_with_keys_file(&file).await;
     let old_link = p.mint_link("hana@example.com", 3600).await;
-    assert!(old_link.starts_with("v1.k2."), "{old_link}");
+    assert!(old_link.starts_with("v2.k2."), "{old_link}");
 
     // A half-written or mistyped file (a short secret, no colon): refused, the last good ring kept.
     let garbage = "k3:garbage-short-secret,not-a-key-entry";
@@ -1766,14 +1767,14 @@ async fn a_garbage_hmac_keys_file_keeps_the_last_good_ring_and_is_logged_without
     while !p.server.logs().contains("hmac_keys_reload_failed") && Instant::now() < deadline {
         // Each mint asks for the ring: once the TTL is past, one of them re-reads the file.
         let link = p.mint_link("hana@example.com", 3600).await;
-        assert!(link.starts_with("v1.k2."), "{link}");
+        assert!(link.starts_with("v2.k2."), "{link}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let logs = p.server.logs();
     assert!(logs.contains("hmac_keys_reload_failed"), "the bad file was never read:\n{logs}");
     assert!(!logs.contains("garbage-short-secret"), "the file's text was logged:\n{logs}");
     let link = p.mint_link("hana@example.com", 3600).await;
-    assert!(link.starts_with("v1.k2."), "{link}");
+    assert!(link.starts_with("v2.k2."), "{link}");
     assert_eq!(p.follow_link(&link).await.status(), StatusCode::OK);
     assert_eq!(p.follow_link(&old_link).await.status(), StatusCode::OK);
 }

@@ -1,6 +1,7 @@
-//! HMAC-signed tokens: the published test vectors, the documented WebCrypto minter run under
-//! Node, and one test per attack of the threat model.
+//! HMAC-signed tokens: the published test vectors (v2 and v1), the documented WebCrypto minter
+//! run under Node, one test per attack of the threat model, and revoking one token by its id.
 
+use std::collections::HashSet;
 use std::process::Command;
 use std::time::Duration;
 
@@ -11,13 +12,13 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 use ztgate::Rejection;
 use ztgate::identity::hmac_token::{
-    HmacKey, HmacTokenError, KeyRing, MAX_SUBJECT_LEN, MAX_TOKEN_LEN, MAX_TTL, MintError,
+    HmacKey, HmacTokenError, KeyRing, MAX_SUBJECT_LEN, MAX_TOKEN_LEN, MAX_TTL, MintError, TokenId,
 };
 use ztgate::secrets::Secret;
 
 const NOW: u64 = 1_767_222_000;
 const HOUR: Duration = Duration::from_secs(3600);
-// Test keys, the same as in tests/vectors/hmac_token_v1.json.
+// Test keys, the same as in tests/vectors/hmac_token_v1.json and hmac_token_v2.json.
 const CURRENT: &str = "test-key-0123456789abcdef0123456789abcdef"; // pragma: allowlist secret
 const PREVIOUS: &str = "test-key-previous-000000000000000000000000"; // pragma: allowlist secret
 const ANOTHER_RING: &str = "test-key-another-ring-0000000000000000000000"; // pragma: allowlist secret
@@ -38,7 +39,8 @@ fn verify(token: &str) -> Result<String, HmacTokenError> {
     ring().verify(token, "unsubscribe", NOW).map(|t| t.subject)
 }
 
-/// `alice()` with segment `i` (0 = `v1`, 1 = kid, 2 = expiry, 3 = subject, 4 = MAC) replaced.
+/// `alice()` with segment `i` (0 = `v2`, 1 = kid, 2 = expiry, 3 = token id, 4 = subject,
+/// 5 = MAC) replaced.
 fn alice_with(i: usize, segment: &str) -> String {
     let token = alice();
     let mut segments: Vec<&str> = token.split('.').collect();
@@ -50,8 +52,26 @@ fn is_malformed(r: Result<String, HmacTokenError>) -> bool {
     matches!(r, Err(HmacTokenError::Malformed(_)))
 }
 
-fn vectors() -> Value {
+fn vectors_v1() -> Value {
     serde_json::from_str(include_str!("vectors/hmac_token_v1.json")).unwrap()
+}
+
+fn vectors_v2() -> Value {
+    serde_json::from_str(include_str!("vectors/hmac_token_v2.json")).unwrap()
+}
+
+/// A v1 token for `subject`, signed by hand as docs/hmac-token-format.md specifies: what a v1
+/// minter (an older ztgate, a Worker not yet moved to v2) issued.
+fn v1_token(kid: &str, secret: &str, purpose: &str, subject: &str, expires_at: u64) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("ztgate-hmac-v1\0{kid}\0{purpose}\0{expires_at}\0{subject}").as_bytes());
+    let mac = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+    format!("v1.{kid}.{expires_at}.{}.{mac}", URL_SAFE_NO_PAD.encode(subject))
+}
+
+/// The token id of a v2 token (its fourth segment).
+fn id_of(token: &str) -> &str {
+    token.split('.').nth(3).unwrap()
 }
 
 /// The vector file's keys, as (kid, secret).
@@ -86,68 +106,142 @@ fn error_name(e: HmacTokenError) -> &'static str {
 
 // ---- published vectors ------------------------------------------------------------------------
 
+/// The fields every valid vector has.
+struct ValidCase<'a> {
+    name: &'a str,
+    kid: &'a str,
+    purpose: &'a str,
+    subject: &'a str,
+    expires_at: u64,
+    now: u64,
+    token: &'a str,
+}
+
+fn valid_case(case: &Value) -> ValidCase<'_> {
+    ValidCase {
+        name: case["name"].as_str().unwrap(),
+        kid: case["kid"].as_str().unwrap(),
+        purpose: case["purpose"].as_str().unwrap(),
+        subject: case["subject"].as_str().unwrap(),
+        expires_at: case["expires_at"].as_u64().unwrap(),
+        now: case["now"].as_u64().unwrap(),
+        token: case["token"].as_str().unwrap(),
+    }
+}
+
+/// The documented MAC input, MACed by the hmac crate alone, gives the token's MAC.
+fn assert_mac_input_gives_the_mac(keys: &[(String, String)], case: &Value) {
+    let c = valid_case(case);
+    let secret = &keys.iter().find(|(k, _)| k == c.kid).unwrap().1;
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(case["mac_input"].as_str().unwrap().as_bytes());
+    let expected = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+    assert_eq!(c.token.rsplit('.').next().unwrap(), expected, "{}", c.name);
+}
+
 #[test]
-fn every_valid_vector_mints_exactly_and_verifies() {
-    let v = vectors();
+fn every_valid_v2_vector_mints_exactly_and_verifies() {
+    let v = vectors_v2();
+    let keys = vector_keys(&v);
+    let cases = v["valid"].as_array().unwrap();
+    assert!(cases.len() >= 6);
+    for case in cases {
+        let c = valid_case(case);
+        let id = case["id"].as_str().unwrap();
+        let token_id = TokenId::parse(id).unwrap();
+        assert_eq!(token_id.to_string(), id, "{}", c.name);
+
+        let ttl = Duration::from_secs(c.expires_at - c.now);
+        let minted = vector_ring(&keys, c.kid).mint_with_id(c.purpose, c.subject, c.now, ttl, token_id);
+        assert_eq!(minted.unwrap(), c.token, "{}", c.name);
+
+        let proven = vector_ring(&keys, "test-current").verify(c.token, c.purpose, c.now).unwrap();
+        assert_eq!(
+            (proven.subject.as_str(), proven.purpose.as_str(), proven.expires_at, proven.kid.as_str()),
+            (c.subject, c.purpose, c.expires_at, c.kid),
+            "{}",
+            c.name
+        );
+        assert_eq!(proven.id.as_deref(), Some(id), "{}", c.name);
+        assert_eq!(id_of(c.token), id, "{}", c.name);
+        let mac_input = case["mac_input"].as_str().unwrap();
+        let expected =
+            format!("ztgate-hmac-v2\0{}\0{}\0{}\0{id}\0{}", c.kid, c.purpose, c.expires_at, c.subject);
+        assert_eq!(mac_input, expected, "{}", c.name);
+        assert_mac_input_gives_the_mac(&keys, case);
+    }
+}
+
+/// Old tokens keep verifying: every v1 vector, with no id. (ztgate mints v2 only; the v1
+/// encoding is rebuilt here from the documented format, by hand.)
+#[test]
+fn every_valid_v1_vector_still_verifies_without_an_id() {
+    let v = vectors_v1();
     let keys = vector_keys(&v);
     let cases = v["valid"].as_array().unwrap();
     assert!(cases.len() >= 5);
     for case in cases {
-        let name = case["name"].as_str().unwrap();
-        let kid = case["kid"].as_str().unwrap();
-        let purpose = case["purpose"].as_str().unwrap();
-        let subject = case["subject"].as_str().unwrap();
-        let expires_at = case["expires_at"].as_u64().unwrap();
-        let now = case["now"].as_u64().unwrap();
-        let token = case["token"].as_str().unwrap();
+        let c = valid_case(case);
+        let secret = &keys.iter().find(|(k, _)| k == c.kid).unwrap().1;
+        assert_eq!(v1_token(c.kid, secret, c.purpose, c.subject, c.expires_at), c.token, "{}", c.name);
 
-        let ttl = Duration::from_secs(expires_at - now);
-        assert_eq!(vector_ring(&keys, kid).mint(purpose, subject, now, ttl).unwrap(), token, "{name}");
-
-        let proven = vector_ring(&keys, "test-current").verify(token, purpose, now).unwrap();
+        let proven = vector_ring(&keys, "test-current").verify(c.token, c.purpose, c.now).unwrap();
         assert_eq!(
             (proven.subject.as_str(), proven.purpose.as_str(), proven.expires_at, proven.kid.as_str()),
-            (subject, purpose, expires_at, kid),
-            "{name}"
+            (c.subject, c.purpose, c.expires_at, c.kid),
+            "{}",
+            c.name
         );
-
-        // The documented MAC input, MACed by the hmac crate alone, gives the token's MAC.
-        let secret = &keys.iter().find(|(k, _)| k == kid).unwrap().1;
-        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-        mac.update(case["mac_input"].as_str().unwrap().as_bytes());
-        let expected = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
-        assert_eq!(token.rsplit('.').next().unwrap(), expected, "{name}");
+        assert_eq!(proven.id, None, "{}: a v1 token has no id", c.name);
+        assert_mac_input_gives_the_mac(&keys, case);
     }
 }
 
 #[test]
 fn every_invalid_vector_is_refused_with_its_error() {
-    let v = vectors();
-    let ring = vector_ring(&vector_keys(&v), "test-current");
-    let cases = v["invalid"].as_array().unwrap();
-    assert!(cases.len() >= 30);
-    for case in cases {
-        let name = case["name"].as_str().unwrap();
-        let token = case["token"].as_str().unwrap();
-        let result = ring.verify(token, case["purpose"].as_str().unwrap(), case["now"].as_u64().unwrap());
-        let got = result.map(|t| t.subject).map_err(error_name);
-        assert_eq!(got, Err(case["error"].as_str().unwrap()), "{name}");
+    for (v, at_least) in [(vectors_v1(), 30), (vectors_v2(), 30)] {
+        let ring = vector_ring(&vector_keys(&v), "test-current");
+        let cases = v["invalid"].as_array().unwrap();
+        assert!(cases.len() >= at_least);
+        for case in cases {
+            let name = case["name"].as_str().unwrap();
+            let token = case["token"].as_str().unwrap();
+            let result = ring.verify(token, case["purpose"].as_str().unwrap(), case["now"].as_u64().unwrap());
+            let got = result.map(|t| t.subject).map_err(error_name);
+            assert_eq!(got, Err(case["error"].as_str().unwrap()), "{name}");
+        }
     }
+}
+
+#[test]
+fn both_vector_files_use_the_same_keys() {
+    assert_eq!(vector_keys(&vectors_v1()), vector_keys(&vectors_v2()));
+    assert_eq!(
+        vector_keys(&vectors_v2()),
+        [("test-current".to_owned(), CURRENT.to_owned()), ("test-previous".to_owned(), PREVIOUS.to_owned())]
+    );
 }
 
 // ---- interoperability --------------------------------------------------------------------------
 
-/// The minter of docs/hmac-token-format.md, with the TypeScript types removed.
-const JS_MINTER: &str = r#"
-const encoder = new TextEncoder();
-
-function base64url(bytes) {
-  let binary = "";
-  for (const b of bytes) binary += String.fromCharCode(b);
-  return btoa(binary).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+/// The TypeScript minter of docs/hmac-token-format.md with its types removed: the code the page
+/// publishes is the code this test runs. (Only these annotations are removed; Node refuses any
+/// other TypeScript syntax, so a new one fails the test until it is listed here.)
+fn js_minter() -> String {
+    let doc = include_str!("../docs/hmac-token-format.md");
+    let start = doc.find("```ts\n").expect("a TypeScript block") + "```ts\n".len();
+    let end = start + doc[start..].find("```").unwrap();
+    let mut js = doc[start..end].to_owned();
+    for annotation in ["export ", ": Uint8Array", ": Promise<string>", ": string", ": number"] {
+        js = js.replace(annotation, "");
+    }
+    js
 }
 
-async function mintHmacToken(kid, secret, purpose, subject, expiresAt) {
+/// The v1 minter the page published before v2 (types removed, renamed; `encoder` and
+/// `base64url` are the page's): Workers still running it must keep working.
+const JS_V1_MINTER: &str = r#"
+async function mintHmacTokenV1(kid, secret, purpose, subject, expiresAt) {
   if (!/^[A-Za-z0-9_-]{1,32}$/.test(kid)) throw new Error("invalid kid");
   if (!/^[A-Za-z0-9_.:-]{1,64}$/.test(purpose)) throw new Error("invalid purpose");
   if (!subject.isWellFormed()) throw new Error("subject is not well-formed Unicode");
@@ -185,71 +279,145 @@ fn node_webcrypto_minter_matches_rust() {
     }
     let long_subject = "ü".repeat(MAX_SUBJECT_LEN / 2);
     let wide_kid = "x".repeat(32);
+    // v2 with a given id: byte for byte the same token.
     let cases = [
-        ("test-current", CURRENT, "unsubscribe", "alice@example.com", NOW + 3600),
-        ("test-previous", PREVIOUS, "magic-link", "bob+news@example.org", NOW + 900),
-        ("k", CURRENT, "session", "zoë 🦀 <z@example.de>", NOW + MAX_TTL.as_secs()),
-        ("k_-9", ANOTHER_RING, "a", "?>?>~~", NOW + 1),
-        (wide_kid.as_str(), CURRENT, "email.verify:v2", long_subject.as_str(), NOW + 60),
-        ("test-current", CURRENT, "sep", "a.b:c,d\u{a0}e\u{200b}f", NOW + 60),
+        ("test-current", CURRENT, "unsubscribe", "alice@example.com", NOW + 3600, "AAECAwQFBgcICQoLDA0ODw"),
+        (
+            "test-previous",
+            PREVIOUS,
+            "magic-link",
+            "bob+news@example.org",
+            NOW + 900,
+            "_____________________w",
+        ),
+        ("k", CURRENT, "session", "zoë 🦀 <z@example.de>", NOW + MAX_TTL.as_secs(), "-_v7-_v7-_v7-_v7-_v7-w"),
+        ("k_-9", ANOTHER_RING, "a", "?>?>~~", NOW + 1, "AAAAAAAAAAAAAAAAAAAAAA"),
+        (
+            wide_kid.as_str(),
+            CURRENT,
+            "email.verify:v2",
+            long_subject.as_str(),
+            NOW + 60,
+            "XyqcDnGzTWigxOkXKz-NVg",
+        ),
+        ("test-current", CURRENT, "sep", "a.b:c,d\u{a0}e\u{200b}f", NOW + 60, "ASNFZ4mrze_-3LqYdlQyEA"),
     ];
-    // Subjects both minters refuse (log forging).
+    // v1, as Workers not yet moved to v2 still mint: ztgate verifies them.
+    let v1_cases = [
+        ("test-current", CURRENT, "unsubscribe", "alice@example.com", NOW + 3600),
+        ("test-previous", PREVIOUS, "session", "zoë 🦀 <z@example.de>", NOW + 60),
+    ];
+    // Subjects both minters refuse (log forging), and ids the v2 minters refuse.
     let refused =
         ["x@example.com\n<fake log line>", "a\u{0}b", "c\r", "d\u{85}", "e\u{9f}", "f\u{2028}", "g\u{2029}"];
+    let bad_ids =
+        ["A".repeat(21), "A".repeat(23), format!("{}B", "A".repeat(21)), "+/v7-_v7-_v7-_v7-_v7-w".into()];
     for subject in refused {
         let ring = KeyRing::new(vec![key("k", CURRENT)]).unwrap();
         assert_eq!(ring.mint("unsubscribe", subject, NOW, HOUR), Err(MintError::ControlCharacterInSubject));
     }
+    for id in &bad_ids {
+        assert_eq!(TokenId::parse(id), None, "{id}");
+    }
     let rust: Vec<String> = cases
         .iter()
-        .map(|&(kid, secret, purpose, subject, exp)| {
+        .map(|(kid, secret, purpose, subject, exp, id)| {
             KeyRing::new(vec![key(kid, secret)])
                 .unwrap()
-                .mint(purpose, subject, NOW, Duration::from_secs(exp - NOW))
+                .mint_with_id(
+                    purpose,
+                    subject,
+                    NOW,
+                    Duration::from_secs(exp - NOW),
+                    TokenId::parse(id).unwrap(),
+                )
                 .unwrap()
         })
         .collect();
-    let js_cases: Vec<Value> = cases.iter().map(|c| json!([c.0, c.1, c.2, c.3, c.4])).collect();
+    let js_cases: Vec<Value> = cases.iter().map(|c| json!([c.0, c.1, c.2, c.3, c.4, c.5])).collect();
+    let js_v1_cases: Vec<Value> = v1_cases.iter().map(|c| json!([c.0, c.1, c.2, c.3, c.4])).collect();
     let main = r#"
 (async () => {
-  for (const c of cases) console.log(await mintHmacToken(...c));
-  for (const s of refused) {
-    try { await mintHmacToken("k", "x".repeat(32), "unsubscribe", s, 1); console.log("minted"); }
-    catch (e) { console.log("refused"); }
+  const out = [];
+  for (const c of cases) out.push(await mintHmacToken(...c));
+  // A random id: the default.
+  for (let i = 0; i < 3; i++) {
+    out.push(await mintHmacToken("test-current", current, "unsubscribe", "alice@example.com", expiresAt));
   }
+  for (const c of v1Cases) out.push(await mintHmacTokenV1(...c));
+  for (const s of refused) {
+    try { await mintHmacToken("k", "x".repeat(32), "unsubscribe", s, 1); out.push("minted"); }
+    catch (e) { out.push("refused"); }
+  }
+  for (const id of badIds) {
+    try { await mintHmacToken("k", "x".repeat(32), "unsubscribe", "s", 1, id); out.push("minted"); }
+    catch (e) { out.push("refused"); }
+  }
+  console.log(out.join("\n"));
 })().catch((e) => { console.error(e); process.exit(1); });
 "#;
     let script = format!(
-        "{JS_MINTER}\nconst cases = {};\nconst refused = {};\n{main}",
+        "{}\n{JS_V1_MINTER}\nconst cases = {};\nconst v1Cases = {};\nconst refused = {};\n\
+         const badIds = {};\nconst current = {};\nconst expiresAt = {};\n{main}",
+        js_minter(),
         Value::from(js_cases),
-        json!(refused)
+        Value::from(js_v1_cases),
+        json!(refused),
+        json!(bad_ids),
+        json!(CURRENT),
+        NOW + 3600,
     );
     let out = Command::new("node").arg("-e").arg(script).output().unwrap();
     assert!(out.status.success(), "node failed: {}", String::from_utf8_lossy(&out.stderr));
     let js: Vec<String> = String::from_utf8(out.stdout).unwrap().lines().map(str::to_owned).collect();
-    let (js_tokens, js_refusals) = js.split_at(rust.len().min(js.len()));
+    let expected_lines = rust.len() + 3 + v1_cases.len() + refused.len() + bad_ids.len();
+    assert_eq!(js.len(), expected_lines, "{js:#?}");
+    let (js_tokens, rest) = js.split_at(rust.len());
+    let (js_random, rest) = rest.split_at(3);
+    let (js_v1, rest) = rest.split_at(v1_cases.len());
+    let (js_refusals, js_id_refusals) = rest.split_at(refused.len());
+
     assert_eq!(js_tokens, rust);
-    assert_eq!(js_refusals, vec!["refused"; refused.len()]);
     for token in &rust {
         assert!(token.len() <= MAX_TOKEN_LEN);
     }
+    // Random ids from crypto.getRandomValues: distinct, canonical, and verified by ztgate.
+    let mut ids = HashSet::new();
+    for token in js_random {
+        let proven = ring().verify(token, "unsubscribe", NOW).unwrap();
+        assert_eq!(proven.subject, "alice@example.com");
+        let id = proven.id.unwrap();
+        assert_eq!(TokenId::parse(&id).unwrap().to_string(), id);
+        assert!(ids.insert(id), "the same id twice: {js_random:?}");
+    }
+    for (token, (kid, secret, purpose, subject, exp)) in js_v1.iter().zip(v1_cases) {
+        assert_eq!(*token, v1_token(kid, secret, purpose, subject, exp));
+        let proven = ring().verify(token, purpose, NOW).unwrap();
+        assert_eq!((proven.subject.as_str(), proven.kid.as_str(), proven.id), (subject, kid, None));
+    }
+    assert_eq!(js_refusals, vec!["refused"; refused.len()]);
+    assert_eq!(js_id_refusals, vec!["refused"; bad_ids.len()]);
 }
 
 // ---- tampering --------------------------------------------------------------------------------
 
 #[test]
 fn valid_token_verifies() {
-    let proven = ring().verify(&alice(), "unsubscribe", NOW).unwrap();
+    let token = alice();
+    assert!(token.starts_with("v2.test-current."), "{token}");
+    assert_eq!(token.split('.').count(), 6);
+    let proven = ring().verify(&token, "unsubscribe", NOW).unwrap();
     assert_eq!(proven.subject, "alice@example.com");
     assert_eq!(proven.purpose, "unsubscribe");
     assert_eq!(proven.expires_at, NOW + 3600);
     assert_eq!(proven.kid, "test-current");
+    assert_eq!(proven.id.as_deref(), Some(id_of(&token)));
 }
 
 #[test]
 fn tampered_subject_is_rejected() {
     let mallory = URL_SAFE_NO_PAD.encode("mallory@example.com");
-    assert_eq!(verify(&alice_with(3, &mallory)), Err(HmacTokenError::BadSignature));
+    assert_eq!(verify(&alice_with(4, &mallory)), Err(HmacTokenError::BadSignature));
 }
 
 #[test]
@@ -270,11 +438,11 @@ fn tampered_mac_is_rejected() {
     for i in [0, 20, 41] {
         let mut bytes = mac.as_bytes().to_vec();
         bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
-        let tampered = alice_with(4, std::str::from_utf8(&bytes).unwrap());
+        let tampered = alice_with(5, std::str::from_utf8(&bytes).unwrap());
         assert_eq!(verify(&tampered), Err(HmacTokenError::BadSignature), "byte {i}");
     }
     let zero = URL_SAFE_NO_PAD.encode([0u8; 32]);
-    assert_eq!(verify(&alice_with(4, &zero)), Err(HmacTokenError::BadSignature));
+    assert_eq!(verify(&alice_with(5, &zero)), Err(HmacTokenError::BadSignature));
 }
 
 #[test]
@@ -291,10 +459,11 @@ fn extra_and_missing_segments_are_rejected() {
     assert!(is_malformed(verify(&format!("{token}.x"))));
     assert!(is_malformed(verify(&format!("{token}."))));
     assert!(is_malformed(verify(&alice_with(1, "test-current.extra"))));
-    let four: Vec<&str> = token.split('.').take(4).collect();
-    assert!(is_malformed(verify(&four.join("."))));
-    assert!(is_malformed(verify(&alice_with(0, "v2"))));
-    assert!(is_malformed(verify(&alice_with(0, ""))));
+    let five: Vec<&str> = token.split('.').take(5).collect();
+    assert!(is_malformed(verify(&five.join("."))));
+    for version in ["v3", "V2", "v", "2", "v02", ""] {
+        assert!(is_malformed(verify(&alice_with(0, version))), "{version:?}");
+    }
 }
 
 // ---- purpose, keys, expiry ----------------------------------------------------------------------
@@ -324,7 +493,7 @@ fn rotated_key_verifies_while_in_the_ring_and_not_after_removal() {
     let proven = during.verify(&old_token, "session", NOW).unwrap();
     assert_eq!(proven.kid, "test-previous");
     let new_token = during.mint("session", "alice@example.com", NOW, HOUR).unwrap();
-    assert!(new_token.starts_with("v1.test-current."));
+    assert!(new_token.starts_with("v2.test-current."));
 
     let after = KeyRing::new(vec![key("test-current", CURRENT)]).unwrap();
     assert_eq!(after.verify(&old_token, "session", NOW), Err(HmacTokenError::UnknownKey));
@@ -379,7 +548,8 @@ fn padded_base64_is_rejected() {
     assert!(is_malformed(verify(&format!("{token}="))));
     let padded_subject = base64::engine::general_purpose::URL_SAFE.encode("alice@example.com");
     assert!(padded_subject.ends_with('='));
-    assert!(is_malformed(verify(&alice_with(3, &padded_subject))));
+    assert!(is_malformed(verify(&alice_with(4, &padded_subject))));
+    assert!(is_malformed(verify(&alice_with(3, &format!("{}==", id_of(&alice()))))));
 }
 
 #[test]
@@ -389,12 +559,19 @@ fn standard_base64_alphabet_is_rejected() {
     let r = ring();
     for subject in ["id:>>>???", "~~~~~~"] {
         let token = r.mint("unsubscribe", subject, NOW, HOUR).unwrap();
-        let segments: Vec<&str> = token.split('.').collect();
-        assert!(segments[3].contains(['-', '_']), "{subject}");
-        let standard =
-            [segments[0], segments[1], segments[2], &to_standard(segments[3]), segments[4]].join(".");
-        assert!(is_malformed(r.verify(&standard, "unsubscribe", NOW).map(|t| t.subject)), "{subject}");
+        let mut segments: Vec<String> = token.split('.').map(str::to_owned).collect();
+        assert!(segments[4].contains(['-', '_']), "{subject}");
+        segments[4] = to_standard(&segments[4]);
+        assert!(
+            is_malformed(r.verify(&segments.join("."), "unsubscribe", NOW).map(|t| t.subject)),
+            "{subject}"
+        );
     }
+    // And in the token id.
+    let id = TokenId::from_bytes([0xfb; 16]);
+    let token = r.mint_with_id("unsubscribe", "alice@example.com", NOW, HOUR, id).unwrap();
+    let standard = token.replace(&id.to_string(), &to_standard(&id.to_string()));
+    assert!(is_malformed(r.verify(&standard, "unsubscribe", NOW).map(|t| t.subject)));
     // And in the MAC: find a token whose MAC uses '-' or '_'.
     let token = (0..)
         .map(|i| r.mint("unsubscribe", &format!("user{i}@example.com"), NOW, HOUR).unwrap())
@@ -418,7 +595,8 @@ fn non_canonical_trailing_bits_are_rejected() {
     };
     let token = alice();
     let segments: Vec<&str> = token.split('.').collect();
-    // Both decode to the same bytes as the canonical text, yet are refused.
+    // Each decodes to the same bytes as the canonical text, yet is refused.
+    assert!(is_malformed(verify(&alice_with(5, &with_last_bit(segments[5])))));
     assert!(is_malformed(verify(&alice_with(4, &with_last_bit(segments[4])))));
     assert!(is_malformed(verify(&alice_with(3, &with_last_bit(segments[3])))));
 }
@@ -439,6 +617,7 @@ fn over_length_token_is_refused_before_decoding() {
     let garbage = "!".repeat(MAX_TOKEN_LEN + 1);
     assert_eq!(verify(&garbage), Err(HmacTokenError::TooLong));
     assert_eq!(verify(&"v1.".repeat(10_000)), Err(HmacTokenError::TooLong));
+    assert_eq!(verify(&"v2.".repeat(10_000)), Err(HmacTokenError::TooLong));
     // At the cap, parsing runs (and refuses the garbage as malformed).
     assert!(is_malformed(verify(&"!".repeat(MAX_TOKEN_LEN))));
 }
@@ -461,7 +640,7 @@ fn tokens_are_safe_in_urls_and_cookies() {
 #[test]
 fn empty_subject_is_refused_at_mint_and_verify() {
     assert_eq!(ring().mint("unsubscribe", "", NOW, HOUR), Err(MintError::EmptySubject));
-    assert!(is_malformed(verify(&alice_with(3, ""))));
+    assert!(is_malformed(verify(&alice_with(4, ""))));
 }
 
 #[test]
@@ -475,7 +654,8 @@ fn subject_length_is_capped() {
     // The longest possible token (32-character kid, 20-digit expiry) fits under the cap.
     let wide = KeyRing::new(vec![key(&"k".repeat(32), CURRENT)]).unwrap();
     let token = wide.mint("unsubscribe", &longest, u64::MAX - MAX_TTL.as_secs(), MAX_TTL).unwrap();
-    assert_eq!(token.len(), 1467);
+    assert_eq!(token.len(), 1490);
+    assert!(token.len() <= MAX_TOKEN_LEN);
 }
 
 /// Log forging: a subject such as `"x@example.com\n<fake log line>"` would be written into
@@ -521,6 +701,200 @@ fn mint_refuses_bad_purpose_and_lifetime() {
     let too_long = MAX_TTL + Duration::from_secs(1);
     assert_eq!(r.mint("session", "alice", NOW, too_long), Err(MintError::TtlOutOfRange));
     assert_eq!(r.mint("session", "alice", u64::MAX, HOUR), Err(MintError::TtlOutOfRange));
+    // `mint_with_id` checks the same.
+    let id = TokenId::from_bytes([7; 16]);
+    assert_eq!(r.mint_with_id("a b", "alice", NOW, HOUR, id), Err(MintError::InvalidPurpose));
+    assert_eq!(r.mint_with_id("session", "", NOW, HOUR, id), Err(MintError::EmptySubject));
+    assert_eq!(r.mint_with_id("session", "a\nb", NOW, HOUR, id), Err(MintError::ControlCharacterInSubject));
+    assert_eq!(r.mint_with_id("session", "alice", u64::MAX, HOUR, id), Err(MintError::TtlOutOfRange));
+    assert_eq!(MintError::RandomUnavailable.to_string(), "the system random number generator failed");
+}
+
+// ---- token ids ----------------------------------------------------------------------------------
+
+/// An id cannot be swapped to dodge a revocation: the MAC covers it.
+#[test]
+fn a_v2_token_whose_id_was_changed_fails_the_mac() {
+    let token = alice();
+    let id = id_of(&token).to_owned();
+    // Each character in turn, to another that keeps the id canonical (so only the MAC decides).
+    for i in 0..id.len() {
+        let mut chars: Vec<char> = id.chars().collect();
+        chars[i] = match (i, chars[i]) {
+            (21, 'A') => 'Q',
+            (21, _) => 'A',
+            (_, 'A') => 'B',
+            _ => 'A',
+        };
+        let changed: String = chars.into_iter().collect();
+        assert!(TokenId::parse(&changed).is_some(), "{changed}");
+        assert_eq!(verify(&alice_with(3, &changed)), Err(HmacTokenError::BadSignature), "character {i}");
+    }
+    // The id of another genuine token for the same subject, purpose and expiry; a random one.
+    let other = alice();
+    assert_ne!(id_of(&other), id);
+    assert_eq!(verify(&alice_with(3, id_of(&other))), Err(HmacTokenError::BadSignature));
+    let random = TokenId::random().unwrap().to_string();
+    assert_eq!(verify(&alice_with(3, &random)), Err(HmacTokenError::BadSignature));
+    // Even a forged token that is otherwise expired or for another purpose learns nothing more.
+    assert_eq!(
+        ring().verify(&alice_with(3, &random), "magic-link", NOW + 7200),
+        Err(HmacTokenError::BadSignature)
+    );
+}
+
+/// Moving a token between versions never verifies: the prefix decides the shape, and the
+/// domain strings keep the two MACs apart.
+#[test]
+fn a_v2_token_relabelled_as_v1_fails_and_so_does_the_reverse() {
+    let token = alice();
+    let seg: Vec<&str> = token.split('.').collect();
+    // The id kept: not the shape of a v1 token.
+    assert!(is_malformed(verify(&format!("v1{}", &token[2..]))));
+    // The id dropped: the shape of a v1 token, but the MAC is over the v2 input.
+    let dropped = ["v1", seg[1], seg[2], seg[4], seg[5]].join(".");
+    assert_eq!(verify(&dropped), Err(HmacTokenError::BadSignature));
+
+    // A genuine v1 token verifies; given an id under the v2 prefix, it does not.
+    let v1 = v1_token("test-current", CURRENT, "unsubscribe", "alice@example.com", NOW + 3600);
+    assert_eq!(verify(&v1), Ok("alice@example.com".to_owned()));
+    let v1seg: Vec<&str> = v1.split('.').collect();
+    let relabelled = ["v2", v1seg[1], v1seg[2], seg[3], v1seg[3], v1seg[4]].join(".");
+    assert_eq!(verify(&relabelled), Err(HmacTokenError::BadSignature));
+    // The v2 fields MACed under the v1 domain string: the MAC input of a v1 token whose subject
+    // is `id 0x00 subject`. Refused; the domain string is what tells the versions apart.
+    let mut mac = Hmac::<Sha256>::new_from_slice(CURRENT.as_bytes()).unwrap();
+    let input =
+        format!("ztgate-hmac-v1\0test-current\0unsubscribe\0{}\0{}\0alice@example.com", seg[2], seg[3]);
+    mac.update(input.as_bytes());
+    let cross = alice_with(5, &URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()));
+    assert_eq!(verify(&cross), Err(HmacTokenError::BadSignature));
+}
+
+#[test]
+fn a_truncated_or_oversized_token_id_is_refused() {
+    let token = alice();
+    let id = id_of(&token);
+    for len in (0..=45).filter(|&len| len != 22) {
+        let changed: String = id.chars().cycle().take(len).collect();
+        assert!(is_malformed(verify(&alice_with(3, &changed))), "{len} characters");
+    }
+    // 16 bytes in any other spelling, or other byte counts in canonical base64url.
+    for bytes in [15, 17, 32] {
+        let other = URL_SAFE_NO_PAD.encode(vec![7u8; bytes]);
+        assert!(is_malformed(verify(&alice_with(3, &other))), "{bytes} bytes");
+    }
+    let e = verify(&alice_with(3, &id[..21])).unwrap_err();
+    assert_eq!(e, HmacTokenError::Malformed("token id is not 16 bytes of canonical base64url"));
+}
+
+#[test]
+fn token_ids_are_unique_across_10_000_mints() {
+    let r = ring();
+    let mut ids = HashSet::new();
+    let mut ones = [0u32; 128];
+    for _ in 0..10_000 {
+        let token = r.mint("unsubscribe", "alice@example.com", NOW, HOUR).unwrap();
+        let id = TokenId::parse(id_of(&token)).unwrap();
+        assert!(ids.insert(id), "{id} minted twice");
+        for (bit, count) in ones.iter_mut().enumerate() {
+            *count += u32::from(id.as_bytes()[bit / 8] >> (bit % 8) & 1);
+        }
+    }
+    assert_eq!(ids.len(), 10_000);
+    // Random bits, not a counter or a clock: each of the 128 bits is set in about half of the
+    // ids (5,000 ± 50 by the standard deviation; 4,500 to 5,500 is ten of them).
+    for (bit, count) in ones.iter().enumerate() {
+        assert!((4_500..=5_500).contains(count), "bit {bit} set in {count} of 10,000 ids");
+    }
+}
+
+mod revocation {
+    use std::sync::Arc;
+
+    use ztgate::clock::FixedClock;
+    use ztgate::identity::Requirement;
+    use ztgate::identity::hmac_token::{KeyRing, SignedTokenAuth, TokenId, TokenSource};
+    use ztgate::identity::shared_state::{InMemoryRevocations, Revocation, RevocationKind, RevocationList};
+    use ztgate::{Gate, Principal, Rejection};
+
+    use super::{CURRENT, HOUR, NOW, id_of, v1_token};
+
+    fn gate(ring: Arc<KeyRing>, list: Arc<InMemoryRevocations>) -> Gate {
+        let clock = Arc::new(FixedClock::at(NOW));
+        let auth = SignedTokenAuth::new(ring, "unsubscribe", TokenSource::Query("token".into()), clock);
+        Gate::new(Requirement::mechanism(auth)).with_revocations(list)
+    }
+
+    async fn check(gate: &Gate, token: &str) -> Result<Principal, Rejection> {
+        let req = http::Request::builder()
+            .uri(format!("/api/unsubscribe?token={token}"))
+            .body(String::new())
+            .unwrap();
+        gate.check(&req).await.map(|v| v.into_inner())
+    }
+
+    /// One unsubscribe link revoked (a leaked link, say): refused from the next request on,
+    /// while the same subscriber's other links, old (v1) and new, keep working.
+    #[tokio::test]
+    async fn a_revoked_token_id_is_refused_and_the_subjects_other_tokens_still_pass() {
+        let ring = Arc::new(super::ring());
+        let list = Arc::new(InMemoryRevocations::default());
+        let gate = gate(ring.clone(), list.clone());
+        let leaked = ring.mint("unsubscribe", "alice@example.com", NOW, HOUR).unwrap();
+        let other = ring.mint("unsubscribe", "alice@example.com", NOW, HOUR).unwrap();
+        let old = v1_token("test-current", CURRENT, "unsubscribe", "alice@example.com", NOW + 3600);
+        for token in [&leaked, &other, &old] {
+            let Principal::SignedToken(proven) = check(&gate, token).await.unwrap() else { panic!() };
+            assert_eq!(proven.subject, "alice@example.com");
+            assert_eq!(proven.id.as_deref(), token.starts_with("v2.").then(|| id_of(token)));
+        }
+
+        // As `POST /admin/revocations {"kind": "hmac_token", "id": ..}` does it.
+        let kind = RevocationKind::from_name("hmac_token").unwrap();
+        assert_eq!(kind, RevocationKind::HmacToken);
+        assert_eq!(kind.name(), "hmac_token");
+        let revocation = Revocation::new(kind, id_of(&leaked)).unwrap();
+        list.revoke(&revocation).await.unwrap();
+        assert_eq!(list.list().await.unwrap(), std::slice::from_ref(&revocation));
+
+        let refusal = check(&gate, &leaked).await.unwrap_err();
+        assert_eq!(refusal, Rejection::Revoked { mechanism: "signed_token" });
+        assert_eq!((refusal.status().as_u16(), refusal.code()), (401, "revoked"));
+        for token in [&other, &old] {
+            assert_eq!(check(&gate, token).await.unwrap().id(), "signed:unsubscribe:alice@example.com");
+        }
+        // A gate without the list knows nothing of it (revocations are checked where configured).
+        let clock = Arc::new(FixedClock::at(NOW));
+        let bare = SignedTokenAuth::new(ring, "unsubscribe", TokenSource::Query("token".into()), clock);
+        assert!(check(&Gate::new(Requirement::mechanism(bare)), &leaked).await.is_ok());
+
+        // The stored form round-trips (what a shared store keeps).
+        assert_eq!(revocation.key(), format!("hmac_token:{}", id_of(&leaked)));
+        assert_eq!(Revocation::from_key(&revocation.key()), Some(revocation));
+    }
+
+    /// An `hmac_token` revocation that could never match a token is refused when it is made,
+    /// rather than silently revoking nothing.
+    #[test]
+    fn only_a_canonical_token_id_can_be_revoked() {
+        let id = TokenId::from_bytes([0xfb; 16]).to_string();
+        assert!(Revocation::new(RevocationKind::HmacToken, id.clone()).is_ok());
+        for bad in [
+            id[..21].to_owned(),
+            format!("{id}A"),
+            format!("{}x", &id[..21]),
+            id.to_uppercase(),
+            "alice@example.com".to_owned(),
+            String::new(),
+        ] {
+            let e = Revocation::new(RevocationKind::HmacToken, bad.clone()).unwrap_err();
+            assert_eq!(e.setting(), "revocation", "{bad:?}");
+        }
+        let e = Revocation::new(RevocationKind::HmacToken, "x").unwrap_err();
+        assert!(e.to_string().contains("22 base64url characters"), "{e}");
+        assert_eq!(Revocation::from_key(&format!("hmac_token:{}", &id[..21])), None);
+    }
 }
 
 // ---- configuration --------------------------------------------------------------------------------
@@ -552,9 +926,10 @@ fn parse_reads_the_env_format() {
     let r = KeyRing::parse(&spec).unwrap();
     assert_eq!(r.kids().collect::<Vec<_>>(), ["test-current", "test-previous"]);
     // The parsed ring is the same ring: it verifies the published vectors' tokens.
-    let v = vectors();
-    let token = v["valid"][0]["token"].as_str().unwrap();
-    assert_eq!(r.verify(token, "unsubscribe", NOW).unwrap().subject, "alice@example.com");
+    for v in [vectors_v1(), vectors_v2()] {
+        let token = v["valid"][0]["token"].as_str().unwrap();
+        assert_eq!(r.verify(token, "unsubscribe", NOW).unwrap().subject, "alice@example.com");
+    }
 
     // A secret may contain ':' (only the first one separates).
     let colon = KeyRing::parse(&format!("k:{CURRENT}:with:colons")).unwrap();
@@ -608,9 +983,10 @@ fn debug_never_shows_secrets() {
 
 #[test]
 fn errors_and_rejections_never_carry_the_token() {
-    let v = vectors();
-    let ring = vector_ring(&vector_keys(&v), "test-current");
-    for case in v["invalid"].as_array().unwrap() {
+    let (v1, v2) = (vectors_v1(), vectors_v2());
+    let ring = vector_ring(&vector_keys(&v1), "test-current");
+    let cases = v1["invalid"].as_array().unwrap().iter().chain(v2["invalid"].as_array().unwrap());
+    for case in cases {
         let token = case["token"].as_str().unwrap();
         let e =
             ring.verify(token, case["purpose"].as_str().unwrap(), case["now"].as_u64().unwrap()).unwrap_err();
@@ -738,16 +1114,16 @@ mod rotation {
         let ring = Arc::new(KeyRingSource::load(FileSecret::new(&file.0), TTL, clock.clone()).await.unwrap());
         let base = serve(ring.clone(), clock.clone()).await;
         let old_link = mint(&base).await;
-        assert!(old_link.starts_with("v1.old."), "{old_link}");
+        assert!(old_link.starts_with("v2.old."), "{old_link}");
         assert_eq!(follow(&base, &old_link).await, 200);
 
         // A new key first, the old one second: within the TTL the old ring is still in use.
         file.write(&format!("new:{PREVIOUS},old:{CURRENT}"));
         clock.advance(TTL - Duration::from_secs(1));
-        assert!(mint(&base).await.starts_with("v1.old."));
+        assert!(mint(&base).await.starts_with("v2.old."));
         clock.advance(Duration::from_secs(1));
         let new_link = mint(&base).await;
-        assert!(new_link.starts_with("v1.new."), "the new key signs after the TTL: {new_link}");
+        assert!(new_link.starts_with("v2.new."), "the new key signs after the TTL: {new_link}");
         assert_eq!(follow(&base, &new_link).await, 200);
         assert_eq!(follow(&base, &old_link).await, 200, "the old key still verifies");
 
@@ -756,7 +1132,7 @@ mod rotation {
             file.write(broken);
             clock.advance(TTL);
             assert_eq!(follow(&base, &old_link).await, 200, "{broken:?}");
-            assert!(mint(&base).await.starts_with("v1.new."), "{broken:?}");
+            assert!(mint(&base).await.starts_with("v2.new."), "{broken:?}");
         }
         file.remove();
         clock.advance(TTL);

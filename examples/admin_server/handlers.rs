@@ -497,7 +497,7 @@ pub(crate) struct NewRevocation {
     id: Option<String>,
 }
 
-/// `POST /admin/revocations` `{"kind": "api_key"|"access_sub"|"cert", "id": ..}`: the
+/// `POST /admin/revocations` `{"kind": "api_key"|"hmac_token"|"access_sub"|"cert", "id": ..}`: the
 /// credential is refused by every gate from the next request on (201), on every instance that
 /// shares the list.
 pub(crate) async fn revoke(
@@ -509,7 +509,7 @@ pub(crate) async fn revoke(
     let invalid = |why: &str| ApiError::invalid("invalid_revocation", why);
     let kind = new.kind.as_deref().ok_or_else(|| invalid("`kind` is required"))?;
     let kind = RevocationKind::from_name(kind)
-        .ok_or_else(|| invalid("`kind` is one of api_key, access_sub, cert"))?;
+        .ok_or_else(|| invalid("`kind` is one of api_key, hmac_token, access_sub, cert"))?;
     let id = new.id.ok_or_else(|| invalid("`id` is required"))?;
     let revocation = Revocation::new(kind, id).map_err(|e| invalid(&e.to_string()))?;
     app.revocations.revoke(&revocation).await.map_err(|e| {

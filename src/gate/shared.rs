@@ -97,6 +97,12 @@ fn revocation_ids<C>(principal: &Principal<C>, proofs: &[Proof]) -> Vec<(Revocat
         }
         Principal::ApiKey(key) => push(RevocationKind::ApiKey, &key.name, first),
         Principal::ClientCert(cert) => push(RevocationKind::Cert, &cert.fingerprint_sha256, first),
+        // A v2 token, by its own id (a v1 token has none: only its key can be withdrawn).
+        Principal::SignedToken(token) => {
+            if let Some(id) = &token.id {
+                push(RevocationKind::HmacToken, id, first);
+            }
+        }
         _ => {}
     }
     // The other mechanisms of an all-of (an API key beside an Access user): their ids.

@@ -1,8 +1,22 @@
 //! HMAC-signed tokens: unsubscribe links, magic links, session cookies.
 //!
-//! A token says "the holder may do *purpose* as *subject* until *expires_at*". It is signed
-//! with HMAC-SHA256 under one key of a [`KeyRing`]; the ring's first key signs and every key
-//! verifies, so keys rotate without breaking live tokens.
+//! A token says "the holder may do *purpose* as *subject* until *expires_at*", and carries an
+//! id of its own, so that one token can be revoked (by
+//! [`RevocationKind::HmacToken`](super::shared_state::RevocationKind::HmacToken)) while the
+//! subject's other tokens keep working. It is signed with HMAC-SHA256 under one key of a
+//! [`KeyRing`]; the ring's first key signs and every key verifies, so keys rotate without
+//! breaking live tokens.
+//!
+//! ```text
+//! v2.<kid>.<expires_at>.<token_id>.<base64url(subject)>.<base64url(mac)>
+//! mac = HMAC-SHA256(secret[kid], "ztgate-hmac-v2" 0x00 kid 0x00 purpose 0x00 expires_at 0x00 token_id 0x00 subject)
+//! ```
+//!
+//! The token id ([`TokenId`]) is 16 bytes from the operating system's CSPRNG, written as 22
+//! characters of base64url; the MAC covers it (as those 22 characters), so it cannot be changed
+//! to dodge a revocation. [`KeyRing::mint`] makes v2 tokens. [`KeyRing::verify`] also accepts
+//! the earlier format, v1, which has no id (tokens minted before v2 keep verifying until they
+//! expire; [`SignedToken::id`] is `None` for them):
 //!
 //! ```text
 //! v1.<kid>.<expires_at>.<base64url(subject)>.<base64url(mac)>
@@ -12,9 +26,11 @@
 //! Every character is in `[A-Za-z0-9._-]`, so a token goes into a query string, a path segment
 //! or a cookie value without escaping. The purpose is not carried in the token: the verifier
 //! supplies the one it expects and the MAC covers it, so a token minted for another purpose
-//! fails as [`HmacTokenError::BadSignature`], exactly like a forgery. `docs/hmac-token-format.md`
-//! specifies the format for other implementations (a TypeScript minter for Workers) and
-//! `tests/vectors/hmac_token_v1.json` holds test vectors.
+//! fails as [`HmacTokenError::BadSignature`], exactly like a forgery. The two versions' MACs
+//! have different domain strings, so no MAC of one version verifies a token of the other.
+//! `docs/hmac-token-format.md` specifies both formats for other implementations (a TypeScript
+//! minter for Workers) and `tests/vectors/hmac_token_v1.json` and `hmac_token_v2.json` hold
+//! test vectors.
 //!
 //! ```
 //! use std::time::Duration;
@@ -31,6 +47,9 @@
 //!
 //! let proven = ring.verify(&token, "unsubscribe", now + 60)?;
 //! assert_eq!(proven.subject, "alice@example.com");
+//! // Its id, to revoke this token alone (`RevocationKind::HmacToken`).
+//! let id = proven.id.expect("a v2 token has an id");
+//! assert_eq!(id.len(), 22);
 //! // Minted for unsubscribing, refused for signing in.
 //! assert_eq!(ring.verify(&token, "magic-link", now + 60), Err(HmacTokenError::BadSignature));
 //! # let _ = link;
@@ -71,12 +90,14 @@
 //!
 //! 0. the expected purpose is valid (otherwise a caller bug: [`HmacTokenError::InvalidPurpose`]);
 //! 1. the token is at most [`MAX_TOKEN_LEN`] bytes, checked before anything is decoded;
-//! 2. strict parsing: `v1.` and exactly four more segments; a key id of
-//!    `[A-Za-z0-9_-]{1,32}`; a decimal expiry without sign, whitespace or leading zeros; a
-//!    non-empty UTF-8 subject of at most [`MAX_SUBJECT_LEN`] bytes; canonical base64url
-//!    without padding (no `+`, `/`, `=`, and no stray bits in the last character);
+//! 2. strict parsing: `v2.` and exactly five more segments, or `v1.` and exactly four; a key
+//!    id of `[A-Za-z0-9_-]{1,32}`; a decimal expiry without sign, whitespace or leading zeros;
+//!    (v2) a token id of exactly 22 characters decoding to 16 bytes; a non-empty UTF-8 subject
+//!    of at most [`MAX_SUBJECT_LEN`] bytes; canonical base64url without padding (no `+`, `/`,
+//!    `=`, and no stray bits in the last character);
 //! 3. the key id names a key of the ring;
-//! 4. the MAC, recomputed with the expected purpose and compared in constant time;
+//! 4. the MAC, recomputed with the expected purpose (and, in v2, the token id) and compared in
+//!    constant time;
 //! 5. the expiry: refused when `now >= expires_at`, and when `expires_at` is more than
 //!    [`MAX_TTL`] (plus five minutes for clock skew) after `now`, which catches minters that put
 //!    milliseconds where seconds belong.
@@ -107,7 +128,7 @@ use crate::secrets::{Secret, SecretError, SecretSource};
 type HmacSha256 = Hmac<Sha256>;
 
 /// The longest token [`KeyRing::verify`] reads; longer input is refused before decoding.
-/// Every token [`KeyRing::mint`] makes is shorter (at most 1,467 bytes).
+/// Every token [`KeyRing::mint`] makes is shorter (at most 1,490 bytes).
 pub const MAX_TOKEN_LEN: usize = 2048;
 /// The longest subject, in UTF-8 bytes.
 pub const MAX_SUBJECT_LEN: usize = 1024;
@@ -118,8 +139,14 @@ pub const MAX_TTL: Duration = Duration::from_secs(400 * 86_400);
 
 /// Clock skew tolerated between a minter and the verifier for the [`MAX_TTL`] check.
 const CLOCK_SKEW_SECS: u64 = 300;
-const DOMAIN: &[u8] = b"ztgate-hmac-v1";
-const VERSION_PREFIX: &str = "v1.";
+/// The v1 format: no token id.
+const DOMAIN_V1: &[u8] = b"ztgate-hmac-v1";
+const PREFIX_V1: &str = "v1.";
+/// The v2 format: a token id between the expiry and the subject, and in the MAC.
+const DOMAIN_V2: &[u8] = b"ztgate-hmac-v2";
+const PREFIX_V2: &str = "v2.";
+/// base64url without padding of [`TokenId::LEN`] bytes.
+const TOKEN_ID_B64_LEN: usize = 22;
 const MAC_LEN: usize = 32;
 /// base64url without padding of [`MAC_LEN`] bytes.
 const MAC_B64_LEN: usize = 43;
@@ -238,39 +265,49 @@ impl KeyRing {
         self.keys.iter().map(|k| k.kid.as_str())
     }
 
-    /// Mints a token for `subject` (non-empty, at most [`MAX_SUBJECT_LEN`] bytes, no control
+    /// Mints a v2 token for `subject` (non-empty, at most [`MAX_SUBJECT_LEN`] bytes, no control
     /// character or line break: see [`MintError::ControlCharacterInSubject`]), valid for
     /// `purpose` (`[A-Za-z0-9_.:-]{1,64}`) from `now` until `now + ttl`, signed with the
-    /// first key.
+    /// first key, with a fresh random [`TokenId`] (16 bytes from the operating system's
+    /// CSPRNG: [`TokenId::random`]).
     ///
     /// `ttl` counts whole seconds and must be between one second and [`MAX_TTL`]. The subject
-    /// is readable by whoever holds the token (it is signed, not encrypted).
+    /// and the id are readable by whoever holds the token (it is signed, not encrypted). To know
+    /// the id without verifying the token again (to record it next to the subject, say), make
+    /// it first with [`TokenId::random`] and mint with [`KeyRing::mint_with_id`].
     pub fn mint(&self, purpose: &str, subject: &str, now: u64, ttl: Duration) -> Result<String, MintError> {
-        if !is_purpose(purpose) {
-            return Err(MintError::InvalidPurpose);
-        }
-        if subject.is_empty() {
-            return Err(MintError::EmptySubject);
-        }
-        if subject.len() > MAX_SUBJECT_LEN {
-            return Err(MintError::SubjectTooLong);
-        }
-        if subject.chars().any(breaks_lines) {
-            return Err(MintError::ControlCharacterInSubject);
-        }
-        if ttl.as_secs() == 0 || ttl > MAX_TTL {
-            return Err(MintError::TtlOutOfRange);
-        }
-        let expires_at = now.checked_add(ttl.as_secs()).ok_or(MintError::TtlOutOfRange)?.to_string();
-        let key = &self.keys[0];
-        let mac = mac_over(key, purpose, &expires_at, subject.as_bytes()).finalize().into_bytes();
+        // The arguments are checked before the random source is asked.
+        check_mint_args(purpose, subject, now, ttl)?;
+        self.mint_with_id(purpose, subject, now, ttl, TokenId::random()?)
+    }
 
-        let len = VERSION_PREFIX.len() + key.kid.len() + expires_at.len() + subject.len().div_ceil(3) * 4;
-        let mut token = String::with_capacity(len + MAC_B64_LEN + 3);
-        token.push_str(VERSION_PREFIX);
+    /// Like [`KeyRing::mint`], with the token id `id` instead of a fresh random one.
+    ///
+    /// Ids must be unique: a revocation names an id, and refuses every token that carries it.
+    /// Make them with [`TokenId::random`] (never a counter, a hash of the subject, or an id
+    /// reused from another token); a fixed id is for test vectors.
+    pub fn mint_with_id(
+        &self,
+        purpose: &str,
+        subject: &str,
+        now: u64,
+        ttl: Duration,
+        id: TokenId,
+    ) -> Result<String, MintError> {
+        let expires_at = check_mint_args(purpose, subject, now, ttl)?.to_string();
+        let key = &self.keys[0];
+        let id = id.to_string();
+        let mac = mac_over(key, purpose, &expires_at, Some(&id), subject.as_bytes()).finalize().into_bytes();
+
+        let len =
+            PREFIX_V2.len() + key.kid.len() + expires_at.len() + id.len() + subject.len().div_ceil(3) * 4;
+        let mut token = String::with_capacity(len + MAC_B64_LEN + 4);
+        token.push_str(PREFIX_V2);
         token.push_str(&key.kid);
         token.push('.');
         token.push_str(&expires_at);
+        token.push('.');
+        token.push_str(&id);
         token.push('.');
         URL_SAFE_NO_PAD.encode_string(subject, &mut token);
         token.push('.');
@@ -278,8 +315,8 @@ impl KeyRing {
         Ok(token)
     }
 
-    /// Verifies `token` for `purpose` at `now` (Unix seconds), in the order the
-    /// [module docs](self) give.
+    /// Verifies `token` (v2, or v1 from an earlier minter) for `purpose` at `now` (Unix
+    /// seconds), in the order the [module docs](self) give.
     pub fn verify(&self, token: &str, purpose: &str, now: u64) -> Result<SignedToken, HmacTokenError> {
         if !is_purpose(purpose) {
             return Err(HmacTokenError::InvalidPurpose);
@@ -290,7 +327,7 @@ impl KeyRing {
         let parts = Parts::parse(token)?;
         let key = self.keys.iter().find(|k| k.kid == parts.kid).ok_or(HmacTokenError::UnknownKey)?;
         // `verify_slice` compares in constant time.
-        mac_over(key, purpose, parts.expiry, parts.subject.as_bytes())
+        mac_over(key, purpose, parts.expiry, parts.id, parts.subject.as_bytes())
             .verify_slice(&parts.mac)
             .map_err(|_| HmacTokenError::BadSignature)?;
         if now >= parts.expires_at {
@@ -304,8 +341,29 @@ impl KeyRing {
             purpose: purpose.to_owned(),
             expires_at: parts.expires_at,
             kid: key.kid.clone(),
+            id: parts.id.map(str::to_owned),
         })
     }
+}
+
+/// The checks of [`KeyRing::mint`] that need no key and no randomness; the expiry.
+fn check_mint_args(purpose: &str, subject: &str, now: u64, ttl: Duration) -> Result<u64, MintError> {
+    if !is_purpose(purpose) {
+        return Err(MintError::InvalidPurpose);
+    }
+    if subject.is_empty() {
+        return Err(MintError::EmptySubject);
+    }
+    if subject.len() > MAX_SUBJECT_LEN {
+        return Err(MintError::SubjectTooLong);
+    }
+    if subject.chars().any(breaks_lines) {
+        return Err(MintError::ControlCharacterInSubject);
+    }
+    if ttl.as_secs() == 0 || ttl > MAX_TTL {
+        return Err(MintError::TtlOutOfRange);
+    }
+    now.checked_add(ttl.as_secs()).ok_or(MintError::TtlOutOfRange)
 }
 
 impl fmt::Debug for KeyRing {
@@ -326,6 +384,68 @@ pub struct SignedToken {
     pub expires_at: u64,
     /// The key that signed it (to see how many live tokens an old key still carries).
     pub kid: String,
+    /// The token's id ([`TokenId`], as its 22 characters of base64url): what
+    /// [`RevocationKind::HmacToken`](super::shared_state::RevocationKind::HmacToken) revokes.
+    /// `None` for a v1 token, which has no id (revoke those by removing their key from the ring).
+    pub id: Option<String>,
+}
+
+/// The id of a v2 token: 16 bytes, written in the token (and compared, and revoked) as 22
+/// characters of canonical base64url without padding.
+///
+/// [`KeyRing::mint`] takes 16 fresh bytes from the operating system's CSPRNG for every token
+/// ([`TokenId::random`]), so ids are unique without any coordination between minters: two equal
+/// ids among 2^48 tokens have a chance of about 2^-33. An id is not a secret (whoever holds the
+/// token can read it, and it proves nothing without the MAC); it names one token, so that token
+/// can be revoked while the subject's others keep working. `Display` gives the 22 characters.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TokenId([u8; TokenId::LEN]);
+
+impl TokenId {
+    /// The length of an id in bytes.
+    pub const LEN: usize = 16;
+
+    /// A fresh id: 16 bytes from the operating system's CSPRNG (`getrandom(2)` and its
+    /// counterparts natively, `crypto.getRandomValues` in Workers). Fails only when the
+    /// platform has no random source to give.
+    pub fn random() -> Result<Self, MintError> {
+        let mut bytes = [0u8; Self::LEN];
+        getrandom::getrandom(&mut bytes).map_err(|_| MintError::RandomUnavailable)?;
+        Ok(Self(bytes))
+    }
+
+    /// The id made of these bytes (for test vectors; see [`KeyRing::mint_with_id`]).
+    pub const fn from_bytes(bytes: [u8; Self::LEN]) -> Self {
+        Self(bytes)
+    }
+
+    /// The id written as `text`: exactly 22 characters of canonical base64url (the form
+    /// `Display` gives and tokens carry); anything else is `None`.
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut bytes = [0u8; Self::LEN];
+        let canonical = text.len() == TOKEN_ID_B64_LEN
+            && URL_SAFE_NO_PAD.decode_slice(text, &mut bytes).is_ok_and(|written| written == Self::LEN);
+        canonical.then_some(Self(bytes))
+    }
+
+    /// The id's bytes.
+    pub const fn as_bytes(&self) -> &[u8; Self::LEN] {
+        &self.0
+    }
+}
+
+impl fmt::Display for TokenId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut text = [0u8; TOKEN_ID_B64_LEN];
+        let written = URL_SAFE_NO_PAD.encode_slice(self.0, &mut text).map_err(|_| fmt::Error)?;
+        f.write_str(std::str::from_utf8(&text[..written]).map_err(|_| fmt::Error)?)
+    }
+}
+
+impl fmt::Debug for TokenId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TokenId({self})")
+    }
 }
 
 /// Why a token was refused. `Display` is for people; no variant carries token bytes.
@@ -336,7 +456,7 @@ pub enum HmacTokenError {
     InvalidPurpose,
     /// Longer than [`MAX_TOKEN_LEN`]; refused without decoding.
     TooLong,
-    /// Not a strictly formed v1 token; says which part is wrong.
+    /// Not a strictly formed v2 or v1 token; says which part is wrong.
     Malformed(&'static str),
     /// The key id is not in the ring (never was, or was rotated out).
     UnknownKey,
@@ -402,6 +522,9 @@ pub enum MintError {
     ControlCharacterInSubject,
     /// The lifetime is under one second or over [`MAX_TTL`].
     TtlOutOfRange,
+    /// The operating system's random number generator gave no bytes for the token id: nothing
+    /// was minted (a token id is never made up from anything weaker).
+    RandomUnavailable,
 }
 
 impl fmt::Display for MintError {
@@ -412,6 +535,7 @@ impl fmt::Display for MintError {
             Self::SubjectTooLong => "subject is longer than 1024 bytes",
             Self::ControlCharacterInSubject => "subject must not contain control characters or line breaks",
             Self::TtlOutOfRange => "lifetime must be between 1 second and 400 days",
+            Self::RandomUnavailable => "the system random number generator failed",
         })
     }
 }
@@ -424,6 +548,9 @@ struct Parts<'a> {
     /// The expiry exactly as written (canonical decimal), for the MAC input.
     expiry: &'a str,
     expires_at: u64,
+    /// v2: the token id exactly as written (22 characters of canonical base64url), for the MAC
+    /// input. v1: `None`.
+    id: Option<&'a str>,
     subject: String,
     mac: [u8; MAC_LEN],
 }
@@ -432,21 +559,38 @@ impl<'a> Parts<'a> {
     fn parse(token: &'a str) -> Result<Self, HmacTokenError> {
         use HmacTokenError::Malformed;
 
-        const SHAPE: HmacTokenError = Malformed("expected v1.kid.expiry.subject.mac");
-        let rest = token.strip_prefix(VERSION_PREFIX).ok_or(Malformed("not a v1 token"))?;
-        // The MAC has a fixed length and the key id and expiry are short, so the dots are found
-        // without scanning the subject; a dot anywhere else fails base64url decoding.
-        let head_len = rest.len().checked_sub(MAC_B64_LEN + 1).ok_or(SHAPE)?;
+        let (v2, rest) = match (token.strip_prefix(PREFIX_V2), token.strip_prefix(PREFIX_V1)) {
+            (Some(rest), _) => (true, rest),
+            (None, Some(rest)) => (false, rest),
+            (None, None) => return Err(Malformed("not a v2 or v1 token")),
+        };
+        let shape = Malformed(if v2 {
+            "expected v2.kid.expiry.id.subject.mac"
+        } else {
+            "expected v1.kid.expiry.subject.mac"
+        });
+        // The MAC has a fixed length and the key id, expiry and token id are short, so the dots
+        // are found without scanning the subject; a dot anywhere else fails base64url decoding.
+        let head_len = rest.len().checked_sub(MAC_B64_LEN + 1).ok_or(shape)?;
         if rest.as_bytes()[head_len] != b'.' {
-            return Err(SHAPE);
+            return Err(shape);
         }
         let (head, mac) = (&rest[..head_len], &rest[head_len + 1..]);
-        let (kid, head) = split_at_dot(head, MAX_KID_LEN).ok_or(SHAPE)?;
-        let (expiry, subject) = split_at_dot(head, MAX_EXPIRY_DIGITS).ok_or(SHAPE)?;
+        let (kid, head) = split_at_dot(head, MAX_KID_LEN).ok_or(shape)?;
+        let (expiry, head) = split_at_dot(head, MAX_EXPIRY_DIGITS).ok_or(shape)?;
+        let (id, subject) = if v2 {
+            let (id, subject) = split_at_dot(head, TOKEN_ID_B64_LEN).ok_or(shape)?;
+            (Some(id), subject)
+        } else {
+            (None, head)
+        };
         if !is_kid(kid) {
             return Err(Malformed("invalid key id"));
         }
         let expires_at = parse_expiry(expiry).ok_or(Malformed("expiry is not a canonical decimal"))?;
+        if id.is_some_and(|id| TokenId::parse(id).is_none()) {
+            return Err(Malformed("token id is not 16 bytes of canonical base64url"));
+        }
 
         if subject.is_empty() {
             return Err(Malformed("empty subject"));
@@ -464,16 +608,27 @@ impl<'a> Parts<'a> {
         {
             return Err(Malformed("MAC is not 32 bytes of canonical base64url"));
         }
-        Ok(Self { kid, expiry, expires_at, subject, mac: tag })
+        Ok(Self { kid, expiry, expires_at, id, subject, mac: tag })
     }
 }
 
-/// The keyed MAC over `"ztgate-hmac-v1" 0x00 kid 0x00 purpose 0x00 expiry 0x00 subject`.
-/// Only the last field may contain 0x00 (the others are validated), so the input is unambiguous.
-fn mac_over(key: &HmacKey, purpose: &str, expiry: &str, subject: &[u8]) -> HmacSha256 {
+/// The keyed MAC of a v2 token (`id` is its token id) or of a v1 token (`id` is `None`):
+///
+/// - v2: `"ztgate-hmac-v2" 0x00 kid 0x00 purpose 0x00 expiry 0x00 id 0x00 subject`;
+/// - v1: `"ztgate-hmac-v1" 0x00 kid 0x00 purpose 0x00 expiry 0x00 subject`.
+///
+/// Only the last field may contain 0x00 (the others are validated), so each input is
+/// unambiguous, and the domain strings keep the two versions apart: a v1 subject that
+/// contains `id 0x00 subject` still has a MAC input that starts with `ztgate-hmac-v1`.
+fn mac_over(key: &HmacKey, purpose: &str, expiry: &str, id: Option<&str>, subject: &[u8]) -> HmacSha256 {
     let mut mac = key.keyed.clone();
-    for field in [DOMAIN, key.kid.as_bytes(), purpose.as_bytes(), expiry.as_bytes()] {
+    let domain = if id.is_some() { DOMAIN_V2 } else { DOMAIN_V1 };
+    for field in [domain, key.kid.as_bytes(), purpose.as_bytes(), expiry.as_bytes()] {
         mac.update(field);
+        mac.update(&[0]);
+    }
+    if let Some(id) = id {
+        mac.update(id.as_bytes());
         mac.update(&[0]);
     }
     mac.update(subject);
@@ -748,6 +903,7 @@ impl SignedTokenAuth {
                 subject: t.subject,
                 purpose: t.purpose,
                 expires_at: t.expires_at,
+                id: t.id,
             })),
             Err(e) => Attempt::Refused(e.into()),
         }
@@ -810,10 +966,41 @@ mod tests {
     #[test]
     fn max_lengths_add_up() {
         assert_eq!(MAX_SUBJECT_B64_LEN, 1366);
-        let longest =
-            VERSION_PREFIX.len() + MAX_KID_LEN + MAX_EXPIRY_DIGITS + MAX_SUBJECT_B64_LEN + MAC_B64_LEN + 3;
-        assert_eq!(longest, 1467);
-        assert!(longest <= MAX_TOKEN_LEN);
+        assert_eq!(TOKEN_ID_B64_LEN, (TokenId::LEN * 4).div_ceil(3));
+        let longest_v1 =
+            PREFIX_V1.len() + MAX_KID_LEN + MAX_EXPIRY_DIGITS + MAX_SUBJECT_B64_LEN + MAC_B64_LEN + 3;
+        assert_eq!(longest_v1, 1467);
+        let longest_v2 = PREFIX_V2.len()
+            + MAX_KID_LEN
+            + MAX_EXPIRY_DIGITS
+            + TOKEN_ID_B64_LEN
+            + MAX_SUBJECT_B64_LEN
+            + MAC_B64_LEN
+            + 4;
+        assert_eq!(longest_v2, 1490);
+        assert!(longest_v2 <= MAX_TOKEN_LEN);
+    }
+
+    #[test]
+    fn token_ids_are_22_canonical_characters() {
+        let id = TokenId::from_bytes([0xfb; 16]);
+        assert_eq!(id.to_string(), "-_v7-_v7-_v7-_v7-_v7-w");
+        assert_eq!(TokenId::parse(&id.to_string()), Some(id));
+        assert_eq!(format!("{id:?}"), "TokenId(-_v7-_v7-_v7-_v7-_v7-w)");
+        assert_eq!(TokenId::from_bytes([0; 16]).to_string(), "A".repeat(22));
+        // One character short or long, stray bits in the last one, padding, the standard
+        // alphabet, a dot: refused.
+        for bad in [
+            "A".repeat(21),
+            "A".repeat(23),
+            format!("{}B", "A".repeat(21)),
+            format!("{}==", "A".repeat(22)),
+            "+/v7-_v7-_v7-_v7-_v7-w".to_owned(),
+            format!("{}.", "A".repeat(21)),
+            String::new(),
+        ] {
+            assert_eq!(TokenId::parse(&bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -4,8 +4,8 @@
 //! fleet. Every operation is one atomic step in the store.
 //!
 //! - [`RevocationList`]: credentials revoked at run time, checked on every verified request
-//!   (an API key by name, an Access login by `sub` or `identity_nonce`, a client certificate
-//!   by fingerprint). A store that cannot answer makes the gate refuse (503
+//!   (an API key by name, an HMAC-signed token by its token id, an Access login by `sub` or
+//!   `identity_nonce`, a client certificate by fingerprint). A store that cannot answer makes the gate refuse (503
 //!   `state_unavailable`): a revoked key must not work just because the store is down.
 //! - [`RateLimiter`]: budgets per key (a client IP, a credential), spent by failed
 //!   authentications (the gate checks the budget *before* any signature work and answers 429
@@ -59,21 +59,26 @@ pub enum RevocationKind {
     AccessSub,
     /// A client certificate, by its SHA-256 fingerprint (64 lowercase hex digits).
     Cert,
+    /// One HMAC-signed token (v2), by its token id: the 22 characters of base64url that
+    /// [`SignedToken::id`](super::hmac_token::SignedToken::id) gives. The subject's other tokens
+    /// keep working; a v1 token has no id (remove its key from the ring instead).
+    HmacToken,
 }
 
 impl RevocationKind {
-    /// The stable name: `api_key`, `access_sub`, `cert`.
+    /// The stable name: `api_key`, `access_sub`, `cert`, `hmac_token`.
     pub fn name(self) -> &'static str {
         match self {
             Self::ApiKey => "api_key",
             Self::AccessSub => "access_sub",
             Self::Cert => "cert",
+            Self::HmacToken => "hmac_token",
         }
     }
 
     /// The kind called `name`.
     pub fn from_name(name: &str) -> Option<Self> {
-        [Self::ApiKey, Self::AccessSub, Self::Cert].into_iter().find(|k| k.name() == name)
+        [Self::ApiKey, Self::AccessSub, Self::Cert, Self::HmacToken].into_iter().find(|k| k.name() == name)
     }
 }
 
@@ -89,13 +94,21 @@ impl Revocation {
     pub const MAX_ID_BYTES: usize = 256;
 
     /// `id` of `kind`: 1 to [`Revocation::MAX_ID_BYTES`] bytes of printable ASCII without
-    /// spaces (what names, subs, nonces and fingerprints are); a fingerprint is lowercased.
+    /// spaces (what names, subs, nonces and fingerprints are); a fingerprint is lowercased; an
+    /// HMAC token id is exactly a [`TokenId`](super::hmac_token::TokenId)'s 22 characters of
+    /// canonical base64url (case matters), since no other id can ever match a token.
     pub fn new(kind: RevocationKind, id: impl Into<String>) -> Result<Self, ConfigError> {
         let mut id: String = id.into();
         if id.is_empty() || id.len() > Self::MAX_ID_BYTES || !id.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(ConfigError::new(
                 "revocation",
                 format!("a {} id is 1 to {} printable ASCII characters", kind.name(), Self::MAX_ID_BYTES),
+            ));
+        }
+        if kind == RevocationKind::HmacToken && super::hmac_token::TokenId::parse(&id).is_none() {
+            return Err(ConfigError::new(
+                "revocation",
+                "an hmac_token id is the 22 base64url characters of a v2 token's id (its 4th segment)",
             ));
         }
         if kind == RevocationKind::Cert {

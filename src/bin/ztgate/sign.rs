@@ -9,7 +9,7 @@ use hmac::{Hmac, Mac};
 use serde_json::json;
 use sha2::Sha256;
 use ztgate::clock::SystemClock;
-use ztgate::identity::hmac_token::KeyRing;
+use ztgate::identity::hmac_token::{KeyRing, TokenId};
 
 use crate::{Failure, Report, Scheme, check, input};
 
@@ -43,11 +43,19 @@ pub(crate) fn mint_link(
         }
     };
     let now = ztgate::clock::unix_now();
-    let token = ring.mint(purpose, subject, now, ttl)?;
+    // The id made first, so the report can give it: what `hmac_token` revocations name.
+    let id = TokenId::random()?;
+    let token = ring.mint_with_id(purpose, subject, now, ttl, id)?;
     let expires = now + ttl.as_secs();
     Ok(Report {
         text: format!("{token}\n"),
-        json: json!({"token": token, "purpose": purpose, "subject": subject, "expires": expires}),
+        json: json!({
+            "token": token,
+            "id": id.to_string(),
+            "purpose": purpose,
+            "subject": subject,
+            "expires": expires,
+        }),
         ok: true,
     })
 }
