@@ -17,10 +17,8 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use example_harness::{TempDb, collect, command_for, example_binary};
+use example_harness::{START_TIMEOUT, TempDb, collect, command_for, example_binary};
 
-const START_TIMEOUT: Duration = Duration::from_secs(30);
-const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How much later than its timeout a connection may be closed before the test fails: an upper
 /// bound on the close, generous for a loaded 2-core machine.
 const MARGIN: Duration = Duration::from_secs(3);
@@ -123,28 +121,13 @@ impl Server {
     }
 }
 
-/// Runs the example expecting it to exit on its own (bad configuration): status and stderr.
+/// Runs the example expecting it to exit on its own (bad configuration), on a throw-away
+/// database: status and stderr.
 fn run_to_exit(vars: &[(&str, &str)]) -> (ExitStatus, String) {
     let db = TempDb::new();
     let mut all = vec![("ZTGATE_LISTEN", "127.0.0.1:0".to_owned()), ("ZTGATE_DB", db.path())];
     all.extend(vars.iter().map(|(k, v)| (*k, (*v).to_owned())));
-    let mut child = command_for(Command::new(example_binary()), &all).spawn().expect("spawn");
-    let (stderr, stderr_thread) = collect(child.stderr.take().unwrap());
-    let deadline = Instant::now() + EXIT_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("still running after {EXIT_TIMEOUT:?}; stderr:\n{}", stderr.lock().unwrap());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    stderr_thread.join().unwrap();
-    let text = stderr.lock().unwrap().clone();
-    (status, text)
+    example_harness::run_to_exit(&all)
 }
 
 // ---------------------------------------------------------------------------------------------
