@@ -166,6 +166,10 @@ pub mod workers {
     //! - **Secrets**: [`WorkerSecret`] (`env.SECRET`) and [`SecretStoreSecret`] (a Secrets Store
     //!   binding's `await get()`), both [`SecretSource`](crate::secrets::SecretSource)s; wrap in
     //!   [`PerRequest`](crate::secrets::PerRequest) to read at most once per request.
+    //! - **Shared state for the fleet of isolates**: [`DurableState`] reaches one SQLite-backed
+    //!   Durable Object by name through the binding you name, and hands out the replay guard,
+    //!   the rate limiter and the revocation list; the Worker declares the object's class and
+    //!   delegates to [`StateObject`] (`docs/fleet-state.md`).
     //!
     //! ```ignore
     //! use std::sync::OnceLock;
@@ -201,6 +205,9 @@ pub mod workers {
     pub use crate::runtime::workers::WorkersSiteverify;
     pub use crate::runtime::workers::{
         ConsoleLog, SecretStoreSecret, WorkerSecret, WorkersFetcher, WorkersIdentityFetcher, set_webcrypto,
+    };
+    pub use crate::runtime::workers::{
+        DurableRateLimiter, DurableReplayGuard, DurableRevocations, DurableState, StateObject,
     };
 }
 

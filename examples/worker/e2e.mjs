@@ -11,10 +11,18 @@
 // - drives a second instance through Miniflare's dispatchFetch to set `request.cf`: the
 //   mTLS cases (verified, revoked, unknown revocation, absent, spoofed cf-cert-* headers, an
 //   empty tlsClientAuth object), 100 concurrent cold requests sharing one JWKS fetch, and
-//   Svix webhooks whose secret comes from a Worker secret or a Secrets Store binding;
+//   Svix webhooks whose secret comes from a Worker secret or a Secrets Store binding, and a
+//   Durable Object that cannot answer (replays and revocations refused, budgets let through)
+//   or is full (new records refused, old ones still answered);
 // - the edge cache: a new isolate (a new Miniflare instance, sharing the Cache API storage of
 //   the one before) verifies without fetching the JWKS, yet still fetches for a new kid; a copy
 //   past its max-age or with a body that is no JWKS is not used;
+// - fleet state in the Durable Object (ZTGATE_STATE, SQLite-backed), with wrangler dev
+//   restarted on the same storage between steps, each start a new workerd process and so a
+//   new isolate: a webhook replayed after a restart is 409, a revoked login is refused by the
+//   next isolate, and the failed-authentication budget (ZTGATE_AUTH_FAILURES=3/600s) is spent
+//   across isolates (2 failures in one, 1 in the next, then 429 with Retry-After, still 429 in a
+//   third);
 // - measures the per-request time of RS256 through WebCrypto against the pure-Rust path
 //   (ZTGATE_RS256=pure-rust), both warm, from the difference of two request sizes.
 //
@@ -125,10 +133,12 @@ function serveWorker(env) {
   let log = "";
   child.stdout.on("data", (d) => (log += d));
   child.stderr.on("data", (d) => (log += d));
+  const exited = new Promise((resolve) => child.once("exit", resolve));
   const stop = () => {
     try {
       process.kill(-child.pid, "SIGTERM");
     } catch {}
+    return exited;
   };
   return { child, stop, log: () => log };
 }
@@ -214,6 +224,8 @@ function miniflareOptions(bindings) {
     ],
     compatibilityDate: "2026-04-01",
     bindings,
+    // As wrangler.toml binds it; each instance keeps the object's storage in memory.
+    durableObjects: { ZTGATE_STATE: { className: "ZtgateState", useSQLite: true } },
     cf: false,
   };
 }
@@ -259,6 +271,55 @@ async function webhookCases(mf, secret, label) {
   await expect(`webhook via ${label}: signed with another secret`, await post(svix(`whsec_${crypto.randomBytes(24).toString("base64")}`, body), body), 401, { code: "invalid_credential" });
   const big = "x".repeat(1024 * 1024 + 1);
   await expect(`webhook via ${label}: body over 1 MiB`, await post(svix(secret, big), big), 413, { code: "payload_too_large" });
+}
+
+// The object cannot answer (here: bound as a class without SQL storage, so it answers every call
+// with an error): what must not pass unchecked is refused (503 state_unavailable: a webhook's
+// replay check, a verified request's revocation check), the failure budget lets requests through.
+async function stateUnavailableCases(bindings, key) {
+  const secret = `whsec_${crypto.randomBytes(24).toString("base64")}`;
+  const mf = new Miniflare({
+    ...miniflareOptions({ ...bindings, ZTGATE_WEBHOOK_SECRET: secret }),
+    durableObjects: { ZTGATE_STATE: { className: "ZtgateState", useSQLite: false } },
+  });
+  try {
+    const body = JSON.stringify({ type: "email.delivered" });
+    const post = await mf.dispatchFetch("http://worker.local/webhooks/inbound", { method: "POST", headers: svix(secret, body), body });
+    await expect("state unavailable: webhook refused, not accepted unchecked", post, 503, { code: "state_unavailable" });
+    const whoami = (token) => mf.dispatchFetch("http://worker.local/admin/whoami", { headers: { "cf-access-jwt-assertion": token } });
+    await expect("state unavailable: revocations unknown, valid token refused", await whoami(mint(key, user())), 503, { code: "state_unavailable" });
+    await expect("state unavailable: the failure budget lets through (healthz)", await mf.dispatchFetch("http://worker.local/healthz"), 200, { status: "ok" });
+    await expect("state unavailable: a bad token is still verified and refused", await whoami(mint(key, user(ADMIN, { aud: ["not-ours"] }))), 401, { code: "invalid_token" });
+  } finally {
+    await mf.dispose();
+  }
+}
+
+// A full object refuses rather than forgets: with room for 2 replay records and 1 revocation
+// (ZTGATE_STATE_BOUNDS), a third live delivery is 503 while the first two are still answered as
+// replays, and a second revocation is 503 while the first can be sent again.
+async function stateBoundsCases(bindings, key) {
+  const secret = `whsec_${crypto.randomBytes(24).toString("base64")}`;
+  const mf = miniflare({ ...bindings, ZTGATE_WEBHOOK_SECRET: secret, ZTGATE_STATE_BOUNDS: "2/100/1" });
+  try {
+    const body = JSON.stringify({ type: "email.delivered" });
+    const deliveries = [svix(secret, body), svix(secret, body), svix(secret, body)];
+    const post = (headers) => mf.dispatchFetch("http://worker.local/webhooks/inbound", { method: "POST", headers, body });
+    await expect("state bounds: delivery 1/2", await post(deliveries[0]), 200);
+    await expect("state bounds: delivery 2/2", await post(deliveries[1]), 200);
+    await expect("state bounds: a third live delivery is refused, nothing forgotten", await post(deliveries[2]), 503, { code: "state_unavailable" });
+    await expect("state bounds: delivery 1 still a replay", await post(deliveries[0]), 409, { code: "replayed" });
+    const revoke = (id) => mf.dispatchFetch("http://worker.local/admin/revocations", {
+      method: "POST",
+      headers: { "cf-access-jwt-assertion": mint(key, user()), "content-type": "application/json" },
+      body: JSON.stringify({ kind: "api_key", id }),
+    });
+    await expect("state bounds: revocation 1/1", await revoke("old-ci-key"), 201);
+    await expect("state bounds: a second revocation is refused", await revoke("other-key"), 503, { code: "state_unavailable" });
+    await expect("state bounds: the first again (twice is once)", await revoke("old-ci-key"), 201);
+  } finally {
+    await mf.dispose();
+  }
 }
 
 async function concurrentColdRequests(mf, key) {
@@ -366,6 +427,87 @@ async function edgeCacheCases(bindings) {
     `stale copy ${counts["past its max-age"]}, keyless copy ${counts["with no usable key"]}; 4 isolates in ${((Date.now() - t0) / 1000).toFixed(1)}s`);
 }
 
+// --- fleet state: the Durable Object across isolates -----------------------------------------
+// wrangler dev keeps the object's SQLite storage in ZTGATE_PERSIST_TO; stopping it and starting
+// it again on the same directory is a new workerd process: a new isolate (the Rust statics start
+// empty) and a new instance of the object, which finds only what it stored. Requests name their
+// client with CF-Connecting-IP (workerd keeps a client's header), so that the failure budget of
+// one client is not spent by the others' requests.
+async function fleetStateCases(bindings) {
+  const t0 = Date.now();
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ztgate-e2e-state-"));
+  const port = await freePort();
+  const base = `http://127.0.0.1:${port}`;
+  const secret = `whsec_${crypto.randomBytes(24).toString("base64")}`;
+  const env = {
+    ...bindings,
+    ZTGATE_CERTS_URL: `${bindings.ZTGATE_CERTS_URL}?run=${crypto.randomUUID()}`,
+    ZTGATE_WEBHOOK_SECRET: secret,
+    // 200 s per unit: a unit cannot come back during the restarts below.
+    ZTGATE_AUTH_FAILURES: "3/600s",
+    ZTGATE_LISTEN: `127.0.0.1:${port}`,
+    ZTGATE_PERSIST_TO: dir,
+  };
+  const k1 = jwks.keys[0];
+  const sprayer = "198.51.100.7";
+  const get = (p, token, ip) => fetch(`${base}${p}`, { headers: { "cf-connecting-ip": ip, ...(token ? { "cf-access-jwt-assertion": token } : {}) } });
+  const body = JSON.stringify({ type: "email.delivered", data: { to: "carol@acme.test" } });
+  const delivery = svix(secret, body);
+  const deliver = () => fetch(`${base}/webhooks/inbound`, { method: "POST", headers: { ...delivery, "cf-connecting-ip": "192.0.2.10" }, body });
+  const revokedSub = `e2e-revoked-${crypto.randomUUID()}`;
+  const revokedLogin = () => mint(k1, user(ADMIN, { sub: revokedSub, identity_nonce: `nonce-${revokedSub}` }));
+  const bad = (i) => mint(k1, user(ADMIN, { aud: [`not-ours-${i}`] }));
+  const tooMany = async (name, response) => {
+    const retryAfter = Number(response.headers.get("retry-after"));
+    await expect(name, response, 429, { code: "too_many_requests" });
+    if (!(Number.isInteger(retryAfter) && retryAfter >= 1 && retryAfter <= 200)) fail(`${name}: Retry-After ${response.headers.get("retry-after")}, expected 1..200 s`);
+    return retryAfter;
+  };
+  const isolates = [];
+  const isolate = async (run) => {
+    const server = serveWorker(env);
+    try {
+      await waitUp(base, server);
+      isolates.push(Date.now());
+      await run();
+    } finally {
+      await server.stop();
+    }
+  };
+  let waits = [];
+  try {
+    await isolate(async () => {
+      await expect("fleet state: webhook delivered", await deliver(), 200, { id: delivery["svix-id"] });
+      await expect("fleet state: webhook replayed, same isolate", await deliver(), 409, { code: "replayed" });
+      const revoke = await fetch(`${base}/admin/revocations`, {
+        method: "POST",
+        headers: { "cf-access-jwt-assertion": mint(k1, user()), "content-type": "application/json", "cf-connecting-ip": "192.0.2.20" },
+        body: JSON.stringify({ kind: "access_sub", id: revokedSub }),
+      });
+      await expect("fleet state: an admin revokes a login", revoke, 201, { revoked: { id: revokedSub, kind: "access_sub" } });
+      await expect("fleet state: the revoked login, same isolate", await get("/admin/whoami", revokedLogin(), "192.0.2.30"), 401, { code: "revoked" });
+      for (let i = 1; i <= 2; i++) {
+        await expect(`fleet state: failed authentication ${i}/3, first isolate`, await get("/admin/whoami", bad(i), sprayer), 401, { code: "invalid_token" });
+      }
+    });
+    await isolate(async () => {
+      await expect("fleet state: webhook replayed after a restart (new isolate)", await deliver(), 409, { code: "replayed" });
+      await expect("fleet state: the revoked login, new isolate", await get("/admin/whoami", revokedLogin(), "192.0.2.31"), 401, { code: "revoked" });
+      await expect("fleet state: revocations listed by the new isolate", await get("/admin/revocations", mint(k1, user()), "192.0.2.20"), 200, { revocations: [{ id: revokedSub, kind: "access_sub" }] });
+      await expect("fleet state: failed authentication 3/3, second isolate", await get("/admin/whoami", bad(3), sprayer), 401, { code: "invalid_token" });
+      waits.push(await tooMany("fleet state: budget spent across isolates", await get("/admin/whoami", bad(4), sprayer)));
+      waits.push(await tooMany("fleet state: even a valid token, before any signature check", await get("/admin/whoami", mint(k1, user()), sprayer)));
+      await expect("fleet state: another client keeps its budget", await get("/admin/whoami", mint(k1, user()), "192.0.2.40"), 200, { kind: "user" });
+    });
+    await isolate(async () => {
+      waits.push(await tooMany("fleet state: budget still spent in a third isolate", await get("/admin/whoami", mint(k1, user()), sprayer)));
+    });
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+  console.log(`e2e: fleet state: 3 isolates on one Durable Object in ${((Date.now() - t0) / 1000).toFixed(1)}s; Retry-After ${waits.join(", ")} s`);
+}
+
 async function median(mf, url, headers, samples) {
   const times = [];
   for (let i = 0; i < samples; i++) {
@@ -386,7 +528,8 @@ async function measure(bindings, key) {
   const headers = { "cf-access-jwt-assertion": mint(key, user()) };
   const rows = [];
   for (const engine of ["webcrypto", "pure-rust"]) {
-    const mf = miniflare({ ...bindings, ZTGATE_RS256: engine, ZTGATE_BENCH: "1" });
+    // No failure budget: each of the repeated checks would ask the Durable Object first.
+    const mf = miniflare({ ...bindings, ZTGATE_RS256: engine, ZTGATE_BENCH: "1", ZTGATE_AUTH_FAILURES: "off" });
     try {
       await median(mf, "http://worker.local/bench/identity?n=20", headers, 3); // warm up
       const one = await median(mf, "http://worker.local/bench/identity?n=1", headers, samples);
@@ -442,25 +585,33 @@ async function main() {
     ZTGATE_CERTS_URL: `http://127.0.0.1:${jwksPort}/cdn-cgi/access/certs`,
     // Decisions are logged by the run-local.sh case below; Miniflare cases and timings stay quiet.
     ZTGATE_LOG: "warn",
+    // Every request goes through the Durable Object's failure budget; the budget itself is
+    // proven by the fleet-state cases (3/600s), so here it is never reached.
+    ZTGATE_AUTH_FAILURES: "1000/60s",
   };
   const port = await freePort();
   const base = `http://127.0.0.1:${port}`;
   console.log(`e2e: JWKS on 127.0.0.1:${jwksPort}; serving the Worker with run-local.sh on ${base}`);
   // wrangler dev keeps its Cache API storage across runs (.wrangler/state): a certs URL of this
-  // run only, so that a copy left by an earlier run (other keys, same port) is never found.
+  // run only, so that a copy left by an earlier run (other keys, same port) is never found. The
+  // Durable Object's storage goes to a directory of this run only.
+  const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), "ztgate-e2e-state-"));
   const server = serveWorker({
     ...bindings,
     ZTGATE_CERTS_URL: `${bindings.ZTGATE_CERTS_URL}?run=${crypto.randomUUID()}`,
     ZTGATE_LISTEN: `127.0.0.1:${port}`,
     ZTGATE_LOG: "info",
+    ZTGATE_PERSIST_TO: stateDir,
   });
   try {
     await waitUp(base, server);
     await accessCases(base);
     await logCases(base, server);
   } finally {
-    server.stop();
+    await server.stop();
+    fs.rmSync(stateDir, { recursive: true, force: true });
   }
+  await fleetStateCases(bindings);
 
   console.log("e2e: Miniflare (dispatchFetch with request.cf)");
   jwks.keys.splice(1);
@@ -484,6 +635,8 @@ async function main() {
   } finally {
     await store.dispose();
   }
+  await stateUnavailableCases(bindings, jwks.keys[0]);
+  await stateBoundsCases(bindings, jwks.keys[0]);
   await edgeCacheCases(bindings);
   await measure(bindings, jwks.keys[0]);
   console.log(`e2e: OK, ${passed} cases in ${((Date.now() - started) / 1000).toFixed(1)}s`);

@@ -2,7 +2,9 @@
 # The ztgate Worker example in the local Workers runtime (workerd, through wrangler).
 #
 #   examples/worker/run-local.sh           build if needed, then serve on $ZTGATE_LISTEN
-#                                          (default 127.0.0.1:8787) until stopped
+#                                          (default 127.0.0.1:8787) until stopped, keeping the
+#                                          Durable Object's storage (and the Cache API) in
+#                                          $ZTGATE_PERSIST_TO (default .wrangler/state)
 #   examples/worker/run-local.sh --build   only build (build/index.js + build/index_bg.wasm)
 #   examples/worker/run-local.sh --install only install the tools below
 #
@@ -95,7 +97,7 @@ port="${listen##*:}"
 [[ -n "${host}" && "${port}" =~ ^[0-9]+$ ]] || die "ZTGATE_LISTEN=${listen} is not host:port"
 vars=()
 while IFS='=' read -r name value; do
-    [[ "${name}" == ZTGATE_LISTEN ]] && continue
+    [[ "${name}" == ZTGATE_LISTEN || "${name}" == ZTGATE_PERSIST_TO ]] && continue
     vars+=(--var "${name}:${value}")
 done < <(env | grep -E '^ZTGATE_[A-Z0-9_]+=' || true)
 
@@ -108,6 +110,8 @@ case "${ZTGATE_LOG:-info}" in
     warn | error | WARN | ERROR) log_level=warn ;;
     *) log_level=log ;;
 esac
+persist=()
+[[ -n "${ZTGATE_PERSIST_TO:-}" ]] && persist=(--persist-to "${ZTGATE_PERSIST_TO}")
 say "serving on http://${listen}"
 exec wrangler dev --ip "${host}" --port "${port}" --show-interactive-dev-session=false \
-    --log-level "${log_level}" "${vars[@]}"
+    --log-level "${log_level}" "${persist[@]}" "${vars[@]}"

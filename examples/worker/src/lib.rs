@@ -6,14 +6,27 @@
 //! | `GET /healthz` | public |
 //! | `GET /admin/whoami` (and every other `/admin/...` path) | an Access user on `ZTGATE_ADMIN_EMAILS`, or a service token on `ZTGATE_SERVICE_TOKENS` |
 //! | `GET /mtls/whoami` | a client certificate Cloudflare verified and found unrevoked (`request.cf.tlsClientAuth`) |
+//! | `POST /admin/revocations` `{"kind": "api_key"\|"access_sub"\|"cert", "id": ..}` | an admin, as above: the credential is refused by every isolate within a second (201) |
+//! | `GET /admin/revocations` | an admin: every revocation |
 //! | `POST /webhooks/inbound` | a Svix-signed delivery (secret `ZTGATE_WEBHOOK_SECRET`, or the Secrets Store binding `ZTGATE_WEBHOOK_SECRET_STORE`) |
 //! | anything else | nobody: 403 `no_policy` |
+//!
+//! Shared state lives in the Durable Object bound as `ZTGATE_STATE` (class [`ZtgateState`],
+//! SQLite-backed; `wrangler.toml` binds it), so every isolate sees the same: webhook replays
+//! (409 `replayed`, also after a restart), revocations (checked on every verified request) and
+//! the failed-authentication budget `ZTGATE_AUTH_FAILURES` per client IP (`CF-Connecting-IP`)
+//! and per credential, as `N/window` (default `20/300s`, `off` for none): beyond it, 429
+//! `too_many_requests` with `Retry-After` before any signature is checked. An object that cannot
+//! answer within a second refuses replays and revocation checks (503 `state_unavailable`) and
+//! lets the budget through with a warning (`docs/fleet-state.md`). `ZTGATE_STATE_BOUNDS`
+//! (`replays/rate_keys/revocations`, default `1000000/1000000/100000`) bounds the object.
 //!
 //! Configuration (each name a Worker var or secret) — `ZTGATE_TEAM_DOMAIN` (the exact `iss`, e.g.
 //! `https://acme.cloudflareaccess.com`), `ZTGATE_AUD` (comma-separated AUD tags),
 //! `ZTGATE_ADMIN_EMAILS`, `ZTGATE_SERVICE_TOKENS` (comma-separated), `ZTGATE_CERTS_URL` (JWKS,
-//! default `{team}/cdn-cgi/access/certs`). A missing or bad setting makes every request answer
-//! 500 `not_configured`, naming the variable. `ZTGATE_LOG` (`error`, `warn`, `info` — the default, one JSON line per decision on the
+//! default `{team}/cdn-cgi/access/certs`), `ZTGATE_AUTH_FAILURES` (above). A missing or bad
+//! setting, or no `ZTGATE_STATE` binding, makes every request answer 500 `not_configured`,
+//! naming it. `ZTGATE_LOG` (`error`, `warn`, `info` — the default, one JSON line per decision on the
 //! console, for `wrangler tail` — or `debug`). `ZTGATE_RS256=pure-rust` verifies signatures
 //! without WebCrypto (to compare the two; both give the same answers); `ZTGATE_BENCH=1` adds
 //! `GET /bench/identity?n=N` (admins only), which repeats the identity check N times.
@@ -21,16 +34,18 @@
 //! Run it locally with `examples/worker/run-local.sh`.
 
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use http::StatusCode;
 use serde_json::{Value, json};
-use worker::{Context, Env, Request, event};
+use worker::{Context, DurableObject, Env, Request, State, durable_object, event};
 use ztgate::clock::{Clock, SystemClock};
-use ztgate::identity::webhook::{InMemoryReplayGuard, WebhookVerifier};
+use ztgate::identity::shared_state::{Budget, RateLimit, Revocation, RevocationKind, RevocationList};
+use ztgate::identity::webhook::WebhookVerifier;
 use ztgate::identity::webhook::{append_capped, check_content_length};
 use ztgate::identity::{ClientCertAuth, Requirement, TokenCacheConfig};
 use ztgate::secrets::{PerRequest, SecretSource};
-use ztgate::workers::WorkersFetcher;
+use ztgate::workers::{DurableRevocations, DurableState, StateObject, WorkersFetcher};
 use ztgate::workers::{SecretStoreSecret, WorkerSecret};
 use ztgate::{AccessConfig, Gate, Policy, Principal, Rejection, RoutePolicies, Verified};
 
@@ -48,7 +63,60 @@ fn log_level(env: &Env) -> tracing::Level {
     }
 }
 
-static APP: OnceLock<Result<RoutePolicies, Misconfigured>> = OnceLock::new();
+/// The Durable Object binding that holds the fleet's shared state (`wrangler.toml`).
+const STATE_BINDING: &str = "ZTGATE_STATE";
+
+/// The shared-state Durable Object: the class workerd instantiates, delegating to ztgate's
+/// [`StateObject`] (replay records, GCRA budgets, revocations in the object's SQLite).
+#[durable_object(alarm)]
+pub struct ZtgateState {
+    inner: StateObject,
+}
+
+impl DurableObject for ZtgateState {
+    fn new(state: State, env: Env) -> Self {
+        let inner = StateObject::new(state);
+        let inner = match state_bounds(&env) {
+            Some((replays, rate_keys, revocations)) => inner.with_bounds(replays, rate_keys, revocations),
+            None => inner,
+        };
+        Self { inner }
+    }
+
+    async fn fetch(&self, req: Request) -> worker::Result<worker::Response> {
+        self.inner.fetch(req).await
+    }
+
+    async fn alarm(&self) -> worker::Result<worker::Response> {
+        self.inner.alarm().await
+    }
+}
+
+/// `ZTGATE_STATE_BOUNDS`: `replays/rate_keys/revocations`, the object's bounds (default
+/// `1000000/1000000/100000`); small ones let a test fill the object.
+fn state_bounds(env: &Env) -> Option<(u64, u64, u64)> {
+    let value = setting(env, "ZTGATE_STATE_BOUNDS")?;
+    let mut parts = value.split('/').map(|n| n.trim().parse::<u64>().ok().filter(|&n| n > 0));
+    match (parts.next().flatten(), parts.next().flatten(), parts.next().flatten(), parts.next()) {
+        (Some(replays), Some(rate_keys), Some(revocations), None) => Some((replays, rate_keys, revocations)),
+        _ => {
+            tracing::warn!(
+                outcome = "not_configured",
+                variable = "ZTGATE_STATE_BOUNDS",
+                "not N/N/N: default bounds"
+            );
+            None
+        }
+    }
+}
+
+static APP: OnceLock<Result<App, Misconfigured>> = OnceLock::new();
+
+/// What an isolate builds once: the route table, and the revocation list its gates check.
+struct App {
+    policies: RoutePolicies,
+    revocations: Arc<DurableRevocations>,
+}
 
 struct Misconfigured {
     variable: &'static str,
@@ -66,8 +134,8 @@ async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<http
     LOGGING.call_once(|| {
         ztgate::workers::ConsoleLog::install(log_level(&env));
     });
-    let policies = match APP.get_or_init(|| policies(&env)) {
-        Ok(policies) => policies,
+    let (policies, revocations) = match APP.get_or_init(|| app(&env)) {
+        Ok(app) => (&app.policies, &app.revocations),
         Err(e) => {
             let message = format!("{}: {}", e.variable, e.message);
             return Ok(json_response(
@@ -87,6 +155,16 @@ async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<http
     }
     if path == "/bench/identity" {
         return Ok(bench_identity(policies, &req).await);
+    }
+    if path == "/admin/revocations" {
+        return Ok(match req.method() {
+            worker::Method::Post => revoke(&mut req, revocations.as_ref(), &who).await,
+            worker::Method::Get => list_revocations(revocations.as_ref()).await,
+            _ => json_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                json!({ "code": "method_not_allowed", "message": "GET or POST" }),
+            ),
+        });
     }
     Ok(match (req.method(), path.as_str()) {
         (worker::Method::Get | worker::Method::Head, "/healthz") => {
@@ -108,14 +186,12 @@ async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<http
     })
 }
 
-/// Replays are refused per isolate; isolates share no memory, so a deployment that must
-/// dedupe across them records `replay_key` in D1 or a Durable Object instead.
-static REPLAYS: OnceLock<Arc<InMemoryReplayGuard>> = OnceLock::new();
-
 /// `POST /webhooks/inbound`: a Svix-signed delivery. The secret (`whsec_...`) is read through
 /// a `SecretSource` once for this request: from the Secrets Store binding
 /// `ZTGATE_WEBHOOK_SECRET_STORE` if there is one, else the Worker secret
-/// `ZTGATE_WEBHOOK_SECRET`. Unset: 503 `not_configured`, as in the admin server.
+/// `ZTGATE_WEBHOOK_SECRET`. Unset: 503 `not_configured`, as in the admin server. Deliveries
+/// are recorded in the shared-state Durable Object, so a replay to any isolate, or after a
+/// restart, is 409 `replayed`.
 async fn inbound_webhook(req: &mut Request, env: &Env) -> http::Response<String> {
     let source: Box<dyn SecretSource> = if env.secret_store("ZTGATE_WEBHOOK_SECRET_STORE").is_ok() {
         Box::new(SecretStoreSecret::new(env, "ZTGATE_WEBHOOK_SECRET_STORE"))
@@ -127,8 +203,11 @@ async fn inbound_webhook(req: &mut Request, env: &Env) -> http::Response<String>
         Ok(Ok(verifier)) => verifier,
         Ok(Err(_)) | Err(_) => return Rejection::NotConfigured { what: "webhook secret" }.to_response(),
     };
-    let replays = REPLAYS.get_or_init(|| Arc::new(InMemoryReplayGuard::with_capacity(10_000)));
-    let verifier = verifier.with_replay_guard(replays.clone());
+    let replays = match DurableState::new(env, STATE_BINDING) {
+        Ok(state) => state.replay_guard(),
+        Err(_) => return Rejection::NotConfigured { what: "shared state" }.to_response(),
+    };
+    let verifier = verifier.with_replay_guard(Arc::new(replays));
     let limit = verifier.max_body_bytes();
     // The same bounded copy the gate reads (more than 256 headers is 431, not truncated).
     let headers = match ztgate::workers::headers(req) {
@@ -187,6 +266,56 @@ async fn bench_identity(policies: &RoutePolicies, req: &Request) -> http::Respon
     json_response(StatusCode::OK, json!({ "checks": n }))
 }
 
+/// `POST /admin/revocations` `{"kind": .., "id": ..}`: stored in the Durable Object, refused by
+/// this isolate at once and by every other within a second (201).
+async fn revoke(
+    req: &mut Request,
+    list: &DurableRevocations,
+    who: &Verified<Principal>,
+) -> http::Response<String> {
+    let invalid = |message: &str| {
+        json_response(StatusCode::BAD_REQUEST, json!({ "code": "invalid_revocation", "message": message }))
+    };
+    let body = match read_capped(req, 4096).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return invalid("the body is not JSON");
+    };
+    let Some(kind) = body.get("kind").and_then(Value::as_str).and_then(RevocationKind::from_name) else {
+        return invalid("`kind` is a revocation kind such as api_key, access_sub or cert");
+    };
+    let Some(id) = body.get("id").and_then(Value::as_str) else {
+        return invalid("`id` is required");
+    };
+    let revocation = match Revocation::new(kind, id) {
+        Ok(revocation) => revocation,
+        Err(e) => return invalid(&e.to_string()),
+    };
+    if let Err(e) = list.revoke(&revocation).await {
+        tracing::error!(layer = "storage", outcome = "revoke_failed", error = ?e.to_string());
+        return Rejection::StateUnavailable { what: "revocation list" }.to_response();
+    }
+    tracing::warn!(layer = "storage", outcome = "revoked", principal = ?who.id(), kind = kind.name(), id = ?revocation.id());
+    json_response(StatusCode::CREATED, json!({ "revoked": { "kind": kind.name(), "id": revocation.id() } }))
+}
+
+/// `GET /admin/revocations`: every revocation, sorted.
+async fn list_revocations(list: &DurableRevocations) -> http::Response<String> {
+    match list.list().await {
+        Ok(all) => {
+            let all: Vec<Value> =
+                all.iter().map(|r| json!({ "kind": r.kind().name(), "id": r.id() })).collect();
+            json_response(StatusCode::OK, json!({ "revocations": all }))
+        }
+        Err(e) => {
+            tracing::error!(layer = "storage", outcome = "revocations_unavailable", error = ?e.to_string());
+            Rejection::StateUnavailable { what: "revocation list" }.to_response()
+        }
+    }
+}
+
 fn whoami(who: &Verified<Principal>) -> Value {
     match who.principal() {
         Principal::User(user) => json!({ "kind": "user", "email": user.email }),
@@ -216,6 +345,33 @@ fn list(env: &Env, name: &str) -> Vec<String> {
     setting(env, name)
         .map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect())
         .unwrap_or_default()
+}
+
+/// `ZTGATE_AUTH_FAILURES`: `N/window` (`20/300s`, `20/300`), `off` for no limit; unset is
+/// `20/300s`, as in the admin server.
+fn auth_failures(env: &Env) -> Result<Option<Budget>, Misconfigured> {
+    const NAME: &str = "ZTGATE_AUTH_FAILURES";
+    let value = setting(env, NAME).unwrap_or_else(|| "20/300s".to_owned());
+    if value.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    let bad = || Misconfigured::new(NAME, format!("{value:?} is not a budget such as 20/300s, or off"));
+    let (n, window) = value.split_once('/').ok_or_else(bad)?;
+    let n: u32 = n.trim().parse().map_err(|_| bad())?;
+    let window = window.trim();
+    let secs: u64 = window.strip_suffix('s').unwrap_or(window).parse().map_err(|_| bad())?;
+    Budget::new(n, Duration::from_secs(secs)).map(Some).map_err(|e| Misconfigured::new(NAME, e))
+}
+
+fn app(env: &Env) -> Result<App, Misconfigured> {
+    let state = DurableState::new(env, STATE_BINDING).map_err(|e| Misconfigured::new(STATE_BINDING, e))?;
+    let revocations = Arc::new(state.revocations());
+    let policies = policies(env)?.with_revocations(revocations.clone());
+    let policies = match auth_failures(env)? {
+        Some(budget) => policies.with_rate_limit(RateLimit::failures(Arc::new(state.rate_limiter(budget)))),
+        None => policies,
+    };
+    Ok(App { policies, revocations })
 }
 
 fn policies(env: &Env) -> Result<RoutePolicies, Misconfigured> {

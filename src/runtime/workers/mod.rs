@@ -32,11 +32,13 @@ use crate::identity::{
 use crate::secrets::{Secret, SecretError, SecretFuture, SecretSource};
 use response::read_checked;
 
+mod durable;
 mod edge_cache;
 mod log;
 mod response;
 mod webcrypto;
 
+pub use durable::{DurableRateLimiter, DurableReplayGuard, DurableRevocations, DurableState, StateObject};
 pub use log::ConsoleLog;
 pub use webcrypto::set_webcrypto;
 
