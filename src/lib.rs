@@ -48,7 +48,7 @@
 //!
 //! | feature | default | what it adds |
 //! |---|---|---|
-//! | `native` | yes | the native runtime: `ztgate::native` (reqwest JWKS fetcher), moka single-flight; [`outbound`]: fetching a URL a caller supplied, guarded against SSRF |
+//! | `native` | yes | the native runtime: `ztgate::native` (reqwest JWKS fetcher), moka single-flight; `ztgate::outbound`: fetching a URL a caller supplied, guarded against SSRF |
 //! | `aws_lc_rs` | yes | RS256 through aws-lc (≈10× faster than `rust_crypto`) |
 //! | `rust_crypto` | no | RS256 in pure Rust (pick instead of `aws_lc_rs`) |
 //! | `axum` | no | the `Verified<Principal>` extractor, `IntoResponse` for [`Rejection`] |
