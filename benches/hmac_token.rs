@@ -20,7 +20,7 @@ use sha2::Sha256;
 use ztgate::Gate;
 use ztgate::clock::FixedClock;
 use ztgate::identity::Requirement;
-use ztgate::identity::hmac_token::{HmacKey, KeyRing, SignedTokenAuth, TokenSource};
+use ztgate::identity::hmac_token::{HmacKey, KeyRing, SignedTokenAuth, TokenId, TokenSource};
 use ztgate::secrets::Secret;
 
 #[path = "ratio/mod.rs"]
@@ -39,9 +39,12 @@ fn bench(c: &mut Criterion) {
         ])
         .unwrap(),
     );
-    let token = ring.mint("unsubscribe", "alice@example.com", NOW, Duration::from_secs(TTL)).unwrap();
+    let id = TokenId::from_bytes([7; TokenId::LEN]);
+    let token = ring.mint_with_id("unsubscribe", "alice@example.com", NOW, Duration::from_secs(TTL), id).unwrap();
     let expiry = (NOW + TTL).to_string();
-    let mac_input = ["ztgate-hmac-v1", "2025-06", "unsubscribe", &expiry, "alice@example.com"].join("\0");
+    let id_text = id.to_string();
+    let mac_input =
+        ["ztgate-hmac-v2", "2025-06", "unsubscribe", &expiry, &id_text, "alice@example.com"].join("\0");
     let keyed = Hmac::<Sha256>::new_from_slice(CURRENT.as_bytes()).unwrap();
 
     // The baselines must compute the token's MAC, or they measure something else.
