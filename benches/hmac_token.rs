@@ -40,7 +40,8 @@ fn bench(c: &mut Criterion) {
         .unwrap(),
     );
     let id = TokenId::from_bytes([7; TokenId::LEN]);
-    let token = ring.mint_with_id("unsubscribe", "alice@example.com", NOW, Duration::from_secs(TTL), id).unwrap();
+    let token =
+        ring.mint_with_id("unsubscribe", "alice@example.com", NOW, Duration::from_secs(TTL), id).unwrap();
     let expiry = (NOW + TTL).to_string();
     let id_text = id.to_string();
     let mac_input =

@@ -25,7 +25,8 @@ const REVOKED: usize = 1_000;
 /// p50 and p99 of `samples`, in microseconds.
 fn percentiles(samples: &mut [Duration]) -> (f64, f64) {
     samples.sort();
-    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)].as_secs_f64() * 1e6;
+    let at =
+        |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)].as_secs_f64() * 1e6;
     (at(0.50), at(0.99))
 }
 

@@ -102,7 +102,18 @@ impl Drop for Redis {
 
 /// A production admin server on `redis`, with the budget `failures`.
 fn instance(jwks: &JwksServer, db: &TempDb, redis: &Redis, failures: &str) -> Server {
-    Server::start(&[
+    instance_with(jwks, db, redis, failures, &[])
+}
+
+/// [`instance`] with `extra` variables.
+fn instance_with(
+    jwks: &JwksServer,
+    db: &TempDb,
+    redis: &Redis,
+    failures: &str,
+    extra: &[(&'static str, &str)],
+) -> Server {
+    let mut vars = vec![
         ("ZTGATE_LISTEN", "127.0.0.1:0".into()),
         ("ZTGATE_TEAM_DOMAIN", TEAM.into()),
         ("ZTGATE_CERTS_URL", jwks.url()),
@@ -113,7 +124,9 @@ fn instance(jwks: &JwksServer, db: &TempDb, redis: &Redis, failures: &str) -> Se
         ("ZTGATE_WEBHOOK_SECRET", format!("whsec_{}", STANDARD.encode(WEBHOOK_KEY))),
         ("ZTGATE_REDIS_URL", redis.url()),
         ("ZTGATE_AUTH_FAILURES", failures.into()),
-    ])
+    ];
+    vars.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
+    Server::start(&vars)
 }
 
 async fn stats(server: &Server, key: &str, ip: &str) -> reqwest::Response {
@@ -214,6 +227,13 @@ async fn with_redis_down_revocations_and_replays_fail_closed_budgets_open_and_al
     let jwks = JwksServer::start(&[key()]).await;
     let db = TempDb::new();
     let a = instance(&jwks, &db, &redis, "2/60s");
+    // The operator's other choices: revocations and replays unchecked, budgets refused.
+    let (db_b, db_c) = (TempDb::new(), TempDb::new());
+    let open =
+        [("ZTGATE_REVOCATIONS_WHEN_UNAVAILABLE", "allow"), ("ZTGATE_REPLAYS_WHEN_UNAVAILABLE", "accept")];
+    let b = instance_with(&jwks, &db_b, &redis, "2/60s", &open);
+    let c =
+        instance_with(&jwks, &db_c, &redis, "2/60s", &[("ZTGATE_RATE_LIMITS_WHEN_UNAVAILABLE", "refuse")]);
     revoke(&a, "api_key", "backup").await;
     assert_eq!(stats(&a, OPS_KEY, "192.0.2.1").await.status(), StatusCode::OK);
 
@@ -228,9 +248,20 @@ async fn with_redis_down_revocations_and_replays_fail_closed_budgets_open_and_al
     // Budgets fail open: wrong keys are still just wrong (401), never 429 or 503.
     for _ in 0..4 {
         let (status, code) = code_of(stats(&a, "guess-0123456789abcdef0123456789", "192.0.2.2").await).await;
-        assert_eq!((status, code.as_str()), (StatusCode::UNAUTHORIZED, "invalid_credential"));
+        assert_eq!((status, code.as_str()), (StatusCode::UNAUTHORIZED, "invalid_credential"), "{}", a.logs());
     }
     assert!(a.logs().contains("rate_limiter_unavailable"), "{}", a.logs());
+    // Where the operator chose so: verified requests and signed webhooks pass unchecked (and
+    // say so), and a budget that cannot be checked refuses.
+    assert_eq!(stats(&b, OPS_KEY, "192.0.2.1").await.status(), StatusCode::OK);
+    assert_eq!(post_webhook(&b, &unique("open"), b"{}").await, StatusCode::OK);
+    assert!(
+        b.logs().contains("revocations_unchecked") && b.logs().contains("replay_unchecked"),
+        "{}",
+        b.logs()
+    );
+    let (status, code) = code_of(stats(&c, OPS_KEY, "192.0.2.1").await).await;
+    assert_eq!((status, code.as_str()), (StatusCode::SERVICE_UNAVAILABLE, "state_unavailable"));
 
     redis.restart();
     let deadline = Instant::now() + Duration::from_secs(15);

@@ -243,6 +243,21 @@ async fn a_revocation_list_that_cannot_answer_refuses_and_a_rate_limiter_lets_th
     let refusal = revocations_down.check(&req).await.unwrap_err();
     assert_eq!(refusal.code(), "state_unavailable");
     assert_eq!(refusal.status(), 503);
+    // ... unless the operator chose, by its long name, to let them through unchecked.
+    let unchecked = Gate::new(api_keys())
+        .with_revocations(Arc::new(Down))
+        .allow_unchecked_while_revocations_unavailable();
+    assert_eq!(code(&unchecked, &req).await, "ok");
+    let table = RoutePolicies::new()
+        .with_revocations(Arc::new(Down))
+        .allow_unchecked_while_revocations_unavailable()
+        .route("*", "/admin/{*rest}", api_keys())
+        .unwrap();
+    let gate = {
+        use ztgate::SelectGate;
+        table.select(req.method(), req.uri().path()).unwrap()
+    };
+    assert_eq!(code(&gate, &req).await, "ok");
     // A limiter that cannot answer lets requests through by default...
     let open = Gate::new(api_keys()).with_rate_limit(RateLimit::failures(Arc::new(Down)));
     assert_eq!(code(&open, &req).await, "ok");

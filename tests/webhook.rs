@@ -531,6 +531,17 @@ async fn replay_store_unreachable_fails_closed() {
 }
 
 #[tokio::test]
+async fn an_operator_may_accept_unchecked_while_the_replay_store_is_down_but_never_a_bad_signature() {
+    let verifier = svix()
+        .with_replay_guard(Arc::new(UnreachableStore))
+        .accept_unchecked_while_replay_store_unavailable();
+    let message = verifier.verify(&signed_svix("msg_1", NOW), BODY, NOW).await.unwrap();
+    assert!(!message.replay_checked(), "reported as checked");
+    let err = verifier.verify(&signed_svix("msg_1", NOW), b"tampered", NOW).await.unwrap_err();
+    assert_eq!(err.code(), "invalid_credential");
+}
+
+#[tokio::test]
 async fn concurrent_deliveries_of_one_message_are_accepted_once() {
     let (verifier, _) = svix_with_guard();
     let verifier = Arc::new(verifier);

@@ -229,6 +229,8 @@ pub(crate) struct Settings {
     pub(crate) redis_url: Option<String>,
     /// `POST /api/subscribe` requests per client IP.
     pub(crate) subscribe_limit: Budget,
+    /// What the gates do while a shared store cannot answer.
+    pub(crate) when_unavailable: WhenUnavailable,
     /// The human check of `POST /api/subscribe`; `None`: not configured (the route answers 503).
     pub(crate) turnstile: Option<Arc<TurnstileVerifier>>,
 }
@@ -340,6 +342,16 @@ impl Settings {
         let redis_url = src.get("ZTGATE_REDIS_URL")?.filter(|url| !url.is_empty());
         let subscribe_limit = budget(&src, "ZTGATE_SUBSCRIBE_LIMIT", DEFAULT_SUBSCRIBE_LIMIT)?;
         let turnstile = turnstile()?;
+        let when_unavailable = WhenUnavailable {
+            allow_unchecked_revocations: choice(
+                &src,
+                "ZTGATE_REVOCATIONS_WHEN_UNAVAILABLE",
+                "refuse",
+                "allow",
+            )?,
+            accept_unchecked_replays: choice(&src, "ZTGATE_REPLAYS_WHEN_UNAVAILABLE", "refuse", "accept")?,
+            refuse_unlimited: choice(&src, "ZTGATE_RATE_LIMITS_WHEN_UNAVAILABLE", "allow", "refuse")?,
+        };
         Ok(Self {
             sources: src,
             listen,
@@ -352,6 +364,7 @@ impl Settings {
             redis_url,
             subscribe_limit,
             turnstile,
+            when_unavailable,
         })
     }
 }
@@ -626,6 +639,28 @@ fn turnstile() -> Result<Option<Arc<TurnstileVerifier>>, EnvError> {
     let verifier = TurnstileVerifier::new(config, EnvSecret::new(SECRET), Arc::new(SystemClock))
         .map_err(named("ZTGATE_TURNSTILE_URL"))?;
     Ok(Some(Arc::new(verifier)))
+}
+
+/// What the gates do while a shared store (Redis) cannot answer. The defaults refuse what must
+/// not pass unchecked and let budgets through.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct WhenUnavailable {
+    /// Verified requests pass without the revocation check (default: 503).
+    pub(crate) allow_unchecked_revocations: bool,
+    /// Signed webhooks are accepted without the replay check (default: 503).
+    pub(crate) accept_unchecked_replays: bool,
+    /// Requests are refused when their budget cannot be checked (default: let through).
+    pub(crate) refuse_unlimited: bool,
+}
+
+/// `var` is `off_word` (default, `false`) or `on_word` (`true`).
+fn choice(src: &Sources, var: &'static str, off_word: &str, on_word: &str) -> Result<bool, EnvError> {
+    match src.get(var)?.as_deref() {
+        None => Ok(false),
+        Some(v) if v == off_word => Ok(false),
+        Some(v) if v == on_word => Ok(true),
+        Some(other) => Err(src.error(var, format!("{other:?} is neither {off_word} nor {on_word}"))),
+    }
 }
 
 /// A budget `N/window`, e.g. `20/300s`: N from 1 to 1,000,000 per a window of whole seconds

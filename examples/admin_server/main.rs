@@ -26,7 +26,7 @@
 //! | `GET /ops/stats` | an API key |
 //! | `GET /metrics` (Prometheus text: `ztgate_decisions_total`... see `ztgate::metrics`) | an API key |
 //! | `POST /admin/reload` | an Access admin **and** an API key: reads the configuration again (as SIGHUP does) |
-//! | `POST /admin/revocations` `{"kind": "api_key"\|"access_sub"\|"cert", "id": ..}` | an Access admin **and** an API key: every gate refuses that credential from the next request on (401 `revoked`) |
+//! | `POST /admin/revocations` `{"kind": "api_key"\|"hmac_token"\|"access_sub"\|"cert", "id": ..}` | an Access admin **and** an API key: every gate refuses that credential from the next request on (401 `revoked`) |
 //! | `GET /admin/revocations` | an Access admin: the list |
 //! | `POST /api/subscribe` `{"email": .., "turnstile": ..}` | public, with its own request budget per client; the handler verifies the Turnstile token before storing the subscriber, and answers their unsubscribe link token |
 //! | `GET /mtls/whoami` | a client certificate Cloudflare verified and found unrevoked |
@@ -77,6 +77,9 @@
 //! | `ZTGATE_TURNSTILE_ACTION` | the widget's `action` (default `subscribe`) |
 //! | `ZTGATE_TURNSTILE_URL` | the siteverify URL (default Cloudflare's; `http://` on loopback for tests) |
 //! | `ZTGATE_SUBSCRIBE_LIMIT` | `POST /api/subscribe` requests per client IP, `N/window` (default `5/3600s`); beyond, 429 |
+//! | `ZTGATE_REVOCATIONS_WHEN_UNAVAILABLE` | `refuse` (default: 503 `state_unavailable` while the revocation list cannot answer) or `allow` (verified requests pass unchecked, logged `revocations_unchecked`) |
+//! | `ZTGATE_REPLAYS_WHEN_UNAVAILABLE` | `refuse` (default: 503, the provider retries) or `accept` (signed webhooks accepted without the replay check, logged `replay_unchecked`) |
+//! | `ZTGATE_RATE_LIMITS_WHEN_UNAVAILABLE` | `allow` (default: requests pass unlimited, logged `rate_limiter_unavailable`) or `refuse` (503) |
 //! | `ZTGATE_AUTH_FAILURES` | failed authentications allowed per client IP (`CF-Connecting-IP`) and per credential, as `N/window` (default `20/300s`); beyond, 429 `too_many_requests` with `Retry-After`, before any signature is checked |
 //! | `ZTGATE_MAX_BODY_READS` | webhook bodies (unauthenticated, up to 1 MiB each) read at once (default `64`, at most `ZTGATE_MAX_CONNECTIONS`); beyond, 503 `overloaded` with `Retry-After` before reading |
 //!
@@ -157,8 +160,17 @@ async fn run() -> Result<(), Fatal> {
         .install_recorder()
         .map_err(|e| Fatal::Runtime(format!("metrics recorder: {e}")))?;
     let shared = match &settings.redis_url {
-        Some(url) => reload::SharedState::redis(url, settings.auth_failures, settings.subscribe_limit)?,
-        None => reload::SharedState::in_memory(settings.auth_failures, settings.subscribe_limit),
+        Some(url) => reload::SharedState::redis(
+            url,
+            settings.auth_failures,
+            settings.subscribe_limit,
+            settings.when_unavailable,
+        )?,
+        None => reload::SharedState::in_memory(
+            settings.auth_failures,
+            settings.subscribe_limit,
+            settings.when_unavailable,
+        ),
     };
     let reloader = Reloader::start(&settings, access.clone(), credentials, store.clone(), shared)
         .map_err(|e| Fatal::Runtime(format!("route policies: {e}")))?;

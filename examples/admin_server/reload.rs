@@ -23,7 +23,7 @@ use ztgate::redis::RedisStore;
 use ztgate::{ReloadablePolicies, RoutePolicies};
 
 use crate::LOG_TARGET;
-use crate::config::{CredentialSettings, Credentials, Identity, Settings};
+use crate::config::{CredentialSettings, Credentials, Identity, Settings, WhenUnavailable};
 use crate::routes::route_policies;
 use crate::serve::Limits;
 use crate::store::Store;
@@ -88,11 +88,17 @@ pub(crate) struct SharedState {
     pub(crate) subscribe_limit: RateLimit,
     /// The webhook replay guard; `None`: the SQLite store's (one instance, across restarts).
     pub(crate) replay: Option<Arc<dyn ReplayGuard>>,
+    /// What the gates do while the store cannot answer.
+    pub(crate) when_unavailable: WhenUnavailable,
 }
 
 impl SharedState {
     /// In memory, with `auth_failures` per client IP and per credential.
-    pub(crate) fn in_memory(auth_failures: Budget, subscribe: Budget) -> Self {
+    pub(crate) fn in_memory(
+        auth_failures: Budget,
+        subscribe: Budget,
+        when_unavailable: WhenUnavailable,
+    ) -> Self {
         let clock = Arc::new(ztgate::clock::SystemClock);
         let limiter = InMemoryRateLimiter::new(auth_failures, clock.clone());
         Self {
@@ -103,16 +109,19 @@ impl SharedState {
                 "subscribe",
             ),
             replay: None,
+            when_unavailable,
         }
+        .with_fault_choices()
     }
 
-    /// In the Redis at `url`, shared with every instance pointed at it. Revocations and
-    /// replays fail closed when Redis cannot answer (503 `state_unavailable`); rate limits fail
-    /// open with a warning.
+    /// In the Redis at `url`, shared with every instance pointed at it. By default revocations
+    /// and replays fail closed when Redis cannot answer (503 `state_unavailable`) and rate
+    /// limits fail open with a warning; `when_unavailable` says otherwise.
     pub(crate) fn redis(
         url: &str,
         auth_failures: Budget,
         subscribe: Budget,
+        when_unavailable: WhenUnavailable,
     ) -> Result<Self, ztgate::ConfigError> {
         let redis = RedisStore::connect(url)?;
         Ok(Self {
@@ -120,7 +129,18 @@ impl SharedState {
             auth_limit: RateLimit::failures(Arc::new(redis.rate_limiter(auth_failures))),
             subscribe_limit: RateLimit::requests(Arc::new(redis.rate_limiter(subscribe)), "subscribe"),
             replay: Some(Arc::new(redis.replay_guard())),
-        })
+            when_unavailable,
+        }
+        .with_fault_choices())
+    }
+
+    /// The budgets refuse while unchecked, if the operator said so.
+    fn with_fault_choices(mut self) -> Self {
+        if self.when_unavailable.refuse_unlimited {
+            self.auth_limit = self.auth_limit.fail_closed();
+            self.subscribe_limit = self.subscribe_limit.fail_closed();
+        }
+        self
     }
 }
 
@@ -287,7 +307,14 @@ fn assemble(
     // The replay guard: Redis for a fleet, else the same SQLite file (a replay is refused
     // across restarts).
     let guard = shared.replay.clone().unwrap_or_else(|| store.replay_guard());
-    let webhooks = credentials.webhook.map(|verifier| verifier.with_replay_guard(guard));
+    let webhooks = credentials.webhook.map(|verifier| {
+        let verifier = verifier.with_replay_guard(guard);
+        if shared.when_unavailable.accept_unchecked_replays {
+            verifier.accept_unchecked_while_replay_store_unavailable()
+        } else {
+            verifier
+        }
+    });
     let (api_keys, ring) = (credentials.api_keys, credentials.ring);
     let table = route_policies(
         access,

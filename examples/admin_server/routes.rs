@@ -159,6 +159,9 @@ pub(crate) fn route_policies(
     let mut policies = RoutePolicies::with_limits(limits)
         .with_revocations(shared.revocations.clone())
         .with_rate_limit(shared.auth_limit.clone());
+    if shared.when_unavailable.allow_unchecked_revocations {
+        policies = policies.allow_unchecked_while_revocations_unavailable();
+    }
     if dev {
         policies = policies.route("GET", CERTS_PATH, Requirement::public())?.route(
             "GET",

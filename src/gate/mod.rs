@@ -51,6 +51,8 @@ pub struct Gate<C = NoClaims> {
     hygiene: HeaderHygiene,
     login: Option<LoginRedirect>,
     revocations: Option<Arc<dyn RevocationList>>,
+    /// Let requests through (logged) when the revocation list cannot answer, instead of 503.
+    revocations_fail_open: bool,
     rate_limit: Option<RateLimit>,
 }
 
@@ -116,6 +118,7 @@ impl<C> Clone for Gate<C> {
             hygiene: self.hygiene.clone(),
             login: self.login.clone(),
             revocations: self.revocations.clone(),
+            revocations_fail_open: self.revocations_fail_open,
             rate_limit: self.rate_limit.clone(),
         }
     }
@@ -270,6 +273,19 @@ impl<C> Gate<C> {
         self.revocations.as_ref()
     }
 
+    /// When the revocation list cannot answer, let verified requests through unchecked
+    /// (logged as `revocations_unchecked`) instead of refusing them with 503. The default
+    /// refuses: an outage of the store is exactly when a revoked key must not start working.
+    pub fn allow_unchecked_while_revocations_unavailable(mut self) -> Self {
+        self.revocations_fail_open = true;
+        self
+    }
+
+    /// Whether verified requests pass unchecked while the revocation list cannot answer.
+    pub fn revocations_fail_open(&self) -> bool {
+        self.revocations_fail_open
+    }
+
     /// Budget requests per client (and, for failures, per credential): answered 429 with
     /// `Retry-After` before any verification once spent. See [`RateLimit`].
     pub fn with_rate_limit(mut self, limit: RateLimit) -> Self {
@@ -294,6 +310,7 @@ impl<C: Send + Sync + 'static> Gate<C> {
             hygiene: HeaderHygiene::default(),
             login: None,
             revocations: None,
+            revocations_fail_open: false,
             rate_limit: None,
         }
     }

@@ -66,6 +66,7 @@ pub struct RoutePolicies<C = NoClaims> {
     limits: RequestLimits,
     hygiene: HeaderHygiene,
     revocations: Option<Arc<dyn RevocationList>>,
+    revocations_fail_open: bool,
     failure_limit: Option<RateLimit>,
 }
 
@@ -76,6 +77,7 @@ impl<C> Clone for RoutePolicies<C> {
             limits: self.limits.clone(),
             hygiene: self.hygiene.clone(),
             revocations: self.revocations.clone(),
+            revocations_fail_open: self.revocations_fail_open,
             failure_limit: self.failure_limit.clone(),
         }
     }
@@ -113,6 +115,7 @@ impl<C: Send + Sync + 'static> RoutePolicies<C> {
             limits,
             hygiene: HeaderHygiene::default(),
             revocations: None,
+            revocations_fail_open: false,
             failure_limit: None,
         }
     }
@@ -122,6 +125,14 @@ impl<C: Send + Sync + 'static> RoutePolicies<C> {
     pub fn with_revocations(mut self, list: Arc<dyn RevocationList>) -> Self {
         self.map_gates(|rule| rule.gate.clone().with_revocations(list.clone()));
         self.revocations = Some(list);
+        self
+    }
+
+    /// Every rule's gate lets verified requests through unchecked while the revocation list
+    /// cannot answer (see [`Gate::allow_unchecked_while_revocations_unavailable`]).
+    pub fn allow_unchecked_while_revocations_unavailable(mut self) -> Self {
+        self.map_gates(|rule| rule.gate.clone().allow_unchecked_while_revocations_unavailable());
+        self.revocations_fail_open = true;
         self
     }
 
@@ -206,6 +217,9 @@ impl<C: Send + Sync + 'static> RoutePolicies<C> {
             Gate::with_claims(requirement, self.limits.clone()).with_header_hygiene(self.hygiene.clone());
         if let Some(list) = &self.revocations {
             gate = gate.with_revocations(list.clone());
+        }
+        if self.revocations_fail_open {
+            gate = gate.allow_unchecked_while_revocations_unavailable();
         }
         if let Some(limit) = &self.failure_limit {
             gate = gate.with_rate_limit(limit.clone());

@@ -143,6 +143,10 @@ pub(crate) async fn check_revocations<C>(
             tracing::warn!(layer = "identity", outcome = "revoked", mechanism, principal = ?principal.id());
             Err(Rejection::Revoked { mechanism })
         }
+        Err(e) if gate.revocations_fail_open() => {
+            tracing::warn!(layer = "identity", outcome = "revocations_unchecked", error = ?e.to_string(), principal = ?principal.id(), "revocation list unavailable: let through unchecked");
+            Ok(())
+        }
         Err(e) => {
             tracing::error!(layer = "identity", outcome = "state_unavailable", store = "revocation list", error = ?e.to_string());
             Err(Rejection::StateUnavailable { what: "revocation list" })

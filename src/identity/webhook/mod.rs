@@ -204,6 +204,8 @@ pub struct WebhookVerifier {
     tolerance: Duration,
     max_body_bytes: usize,
     replay: Option<Arc<dyn ReplayGuard>>,
+    /// Accept (unchecked, logged) when the replay store cannot answer, instead of 503.
+    replay_fail_open: bool,
 }
 
 impl WebhookVerifier {
@@ -281,7 +283,13 @@ impl WebhookVerifier {
     }
 
     fn with_key(key: Key) -> Self {
-        Self { key, tolerance: DEFAULT_TOLERANCE, max_body_bytes: DEFAULT_MAX_BODY_BYTES, replay: None }
+        Self {
+            key,
+            tolerance: DEFAULT_TOLERANCE,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            replay: None,
+            replay_fail_open: false,
+        }
     }
 
     /// Sets the timestamp tolerance (whole seconds, 1 s to [`MAX_TOLERANCE`]; default
@@ -310,6 +318,15 @@ impl WebhookVerifier {
     /// across instances, one store) between every verifier of an endpoint.
     pub fn with_replay_guard(mut self, guard: Arc<dyn ReplayGuard>) -> Self {
         self.replay = Some(guard);
+        self
+    }
+
+    /// When the replay store cannot answer, accept a correctly signed message without the
+    /// replay check (logged as `replay_unchecked`) instead of refusing it with a 503. The
+    /// default refuses: the provider retries later, and a replay sent during the outage is
+    /// caught then. Choose this only for deliveries whose repetition is harmless.
+    pub fn accept_unchecked_while_replay_store_unavailable(mut self) -> Self {
+        self.replay_fail_open = true;
         self
     }
 
@@ -381,6 +398,9 @@ impl WebhookVerifier {
             match guard.first_seen(&message.replay_key, now, message.replay_until).await {
                 Ok(true) => message.replay_checked = true,
                 Ok(false) => return Err(WebhookError::Replayed),
+                Err(e) if self.replay_fail_open => {
+                    tracing::warn!(layer = "identity", outcome = "replay_unchecked", error = ?e.to_string(), "replay store unavailable: accepted without the replay check");
+                }
                 Err(e) => return Err(WebhookError::ReplayStore(e)),
             }
         }
