@@ -423,7 +423,7 @@ impl std::error::Error for OutboundError {}
 ///     .build()?;
 /// // Checked without any network traffic: syntax, credentials, literal addresses.
 /// assert_eq!(fetcher.check_url("https://blog.example/post#c1")?, "https://blog.example/post");
-/// assert_eq!(fetcher.check_url("https://user:pw@blog.example/"), Err(OutboundError::Credentials));
+/// assert_eq!(fetcher.check_url("https://user:pw@blog.example/"), Err(OutboundError::Credentials)); // pragma: allowlist secret
 /// assert!(matches!(fetcher.check_url("gopher://blog.example/"), Err(OutboundError::Scheme(_))));
 /// // `localhost` is refused by what it resolves to.
 /// let refused = fetcher.get("http://localhost/admin").await.unwrap_err();

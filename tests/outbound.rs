@@ -348,10 +348,10 @@ async fn credentials_in_the_url_are_refused() {
     let fetcher = loopback_fetcher();
     let port = server.port();
     for url in [
-        format!("http://user:secret@127.0.0.1:{port}/page"),
+        format!("http://user:secret@127.0.0.1:{port}/page"), // pragma: allowlist secret
         format!("http://user@127.0.0.1:{port}/page"),
-        format!("http://:secret@127.0.0.1:{port}/page"),
-        "https://user:secret@example.com/".to_owned(),
+        format!("http://:secret@127.0.0.1:{port}/page"), // pragma: allowlist secret
+        "https://user:secret@example.com/".to_owned(),   // pragma: allowlist secret
     ] {
         assert_eq!(fetcher.get(&url).await.unwrap_err(), OutboundError::Credentials, "{url}");
         assert_eq!(fetcher.check_url(&url).unwrap_err(), OutboundError::Credentials, "{url}");

@@ -69,7 +69,7 @@ impl RevocationKind {
     /// The stable name: `api_key`, `access_sub`, `cert`, `hmac_token`.
     pub fn name(self) -> &'static str {
         match self {
-            Self::ApiKey => "api_key",
+            Self::ApiKey => "api_key", // pragma: allowlist secret
             Self::AccessSub => "access_sub",
             Self::Cert => "cert",
             Self::HmacToken => "hmac_token",
