@@ -126,7 +126,8 @@ fn raw(rest: &[u8]) {
         let canonical = match (v, id) {
             ("v1", None) => model_token(kid, secret.as_bytes(), purpose, expiry, &subject) == *token,
             ("v2", Some(id)) => {
-                is_token_id(id) && model_token_v2(kid, secret.as_bytes(), purpose, expiry, id, &subject) == *token
+                is_token_id(id)
+                    && model_token_v2(kid, secret.as_bytes(), purpose, expiry, id, &subject) == *token
             }
             _ => false,
         };
@@ -298,7 +299,14 @@ fn parse(spec: &str) {
     };
     assert_eq!(ring.kids().collect::<Vec<_>>(), entries.iter().map(|(k, _)| *k).collect::<Vec<_>>());
     let token = ring.mint("fuzz.parse", "subject", NOW, Duration::from_secs(60)).expect("mint");
-    assert!(is_model_minted(&token, entries[0].0, entries[0].1.as_bytes(), "fuzz.parse", NOW + 60, "subject"));
+    assert!(is_model_minted(
+        &token,
+        entries[0].0,
+        entries[0].1.as_bytes(),
+        "fuzz.parse",
+        NOW + 60,
+        "subject"
+    ));
     assert_eq!(ring.verify(&token, "fuzz.parse", NOW).expect("verify").kid, entries[0].0);
     // Rotation: what any key of the ring minted alone, the ring verifies.
     for (kid, secret) in entries.iter().take(4) {

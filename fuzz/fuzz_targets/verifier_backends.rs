@@ -85,9 +85,18 @@ fn verdict(verifier: &AccessVerifier, token: &str) -> String {
 /// Whether a verdict means the signature verified (accepted, or refused for its claims).
 fn passed_signature(verdict: &str) -> bool {
     verdict.starts_with("ok ")
-        || ["Issuer", "Audience", "MissingExpiry", "Expired", "NotYetValid", "IssuedInFuture"]
-            .iter()
-            .any(|e| verdict.strip_prefix("err ") == Some(e))
+        || [
+            "Issuer",
+            "Audience",
+            "TokenType",
+            "MissingExpiry",
+            "Expired",
+            "NotYetValid",
+            "IssuedInFuture",
+            "LifetimeTooLong",
+        ]
+        .iter()
+        .any(|e| verdict.strip_prefix("err ") == Some(e))
         || verdict.starts_with("err Claims(")
 }
 
