@@ -78,13 +78,14 @@ pub(crate) async fn after_refusal(limit: &RateLimit, keys: &[String], rejection:
     }
 }
 
-/// The ids under which the credentials of a verified request can be revoked, with the
-/// mechanism that proved each.
-fn revocation_ids<C>(principal: &Principal<C>, proofs: &[Proof]) -> Vec<(Revocation, &'static str)> {
-    let mut ids = Vec::new();
+/// The ids under which the credentials of a verified request can be revoked, and, at the same
+/// index, the mechanism that proved each.
+fn revocation_ids<C>(principal: &Principal<C>, proofs: &[Proof]) -> (Vec<Revocation>, Vec<&'static str>) {
+    let (mut ids, mut by) = (Vec::new(), Vec::new());
     let mut push = |kind, id: &str, mechanism| {
         if let Ok(r) = Revocation::new(kind, id) {
-            ids.push((r, mechanism));
+            ids.push(r);
+            by.push(mechanism);
         }
     };
     let first = proofs.first().map_or("", |p| p.mechanism);
@@ -113,7 +114,7 @@ fn revocation_ids<C>(principal: &Principal<C>, proofs: &[Proof]) -> Vec<(Revocat
             push(RevocationKind::Cert, fingerprint, proof.mechanism);
         }
     }
-    ids
+    (ids, by)
 }
 
 /// After verification: `Err` when a credential is revoked (401), or the list cannot answer
@@ -124,19 +125,18 @@ pub(crate) async fn check_revocations<C>(
     proofs: &[Proof],
 ) -> Result<(), Rejection> {
     let Some(list) = gate.revocations() else { return Ok(()) };
-    let ids = revocation_ids(principal, proofs);
-    if ids.is_empty() {
+    let (candidates, by) = revocation_ids(principal, proofs);
+    if candidates.is_empty() {
         return Ok(());
     }
-    let candidates: Vec<Revocation> = ids.iter().map(|(r, _)| r.clone()).collect();
     match list.any_revoked(&candidates).await {
         Ok(false) => Ok(()),
         Ok(true) => {
             // Which one, for the answer and the log (the rare path: one more look-up each).
-            let mut mechanism = ids[0].1;
-            for (revocation, by) in &ids {
+            let mut mechanism = by[0];
+            for (revocation, proved_by) in candidates.iter().zip(&by) {
                 if list.any_revoked(std::slice::from_ref(revocation)).await.unwrap_or(false) {
-                    mechanism = by;
+                    mechanism = proved_by;
                     break;
                 }
             }

@@ -223,7 +223,8 @@ impl RateLimiter for RedisRateLimiter {
 /// The local view of the revocation set.
 #[derive(Default)]
 struct View {
-    set: HashSet<String>,
+    /// Parsed once per change of the set, so a check allocates nothing.
+    set: HashSet<Revocation>,
     version: Option<u64>,
     /// When Redis last confirmed the view.
     checked: Option<Instant>,
@@ -253,7 +254,7 @@ impl RedisRevocations {
         if version != view.version || view.version.is_none() {
             let members: Vec<String> =
                 self.store.run(::redis::cmd("SMEMBERS").arg(self.store.key("revocations"))).await?;
-            view.set = members.into_iter().collect();
+            view.set = members.iter().filter_map(|k| Revocation::from_key(k)).collect();
             view.version = version;
         }
         view.checked = Some(Instant::now());
@@ -265,7 +266,7 @@ impl RevocationList for RedisRevocations {
     fn any_revoked<'a>(&'a self, candidates: &'a [Revocation]) -> BoxFuture<'a, Result<bool, StateError>> {
         Box::pin(async move {
             let view = self.fresh_view().await?;
-            Ok(candidates.iter().any(|c| view.set.contains(&c.key())))
+            Ok(candidates.iter().any(|c| view.set.contains(c)))
         })
     }
 
@@ -284,7 +285,7 @@ impl RevocationList for RedisRevocations {
             bounded::<()>(self.store.timeout, pipe.query_async(&mut connection)).await?;
             // This instance sees it at once; the others within the view's age.
             let mut view = self.view.lock().await;
-            view.set.insert(revocation.key());
+            view.set.insert(revocation.clone());
             Ok(())
         })
     }
