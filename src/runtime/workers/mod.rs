@@ -165,16 +165,8 @@ impl WorkersFetcher {
 
     /// A fetcher with explicit limits (both non-zero).
     pub fn with_limits(url: &str, timeout: Duration, max_bytes: usize) -> Result<Self, ConfigError> {
-        let parsed = worker::Url::parse(url)
-            .map_err(|e| ConfigError::new("certs_url", format!("{url:?} is not a URL: {e}")))?;
-        check_fetch_config(
-            "certs_url",
-            parsed.as_str(),
-            parsed.scheme(),
-            parsed.host_str(),
-            timeout,
-            max_bytes,
-        )?;
+        let Endpoint { url: parsed, timeout, max_bytes } =
+            Endpoint::checked("certs_url", url, timeout, max_bytes)?;
         Ok(Self { url: parsed, timeout, max_bytes, edge_cache: true, first_fetch_done: Arc::default() })
     }
 
@@ -340,14 +332,50 @@ async fn fetch_once(
 /// loopback).
 #[derive(Clone)]
 pub struct WorkersIdentityFetcher {
+    endpoint: Endpoint,
+}
+
+impl fmt::Debug for WorkersIdentityFetcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.endpoint.debug("WorkersIdentityFetcher", f)
+    }
+}
+
+impl WorkersIdentityFetcher {
+    /// A fetcher for `url` with the default timeout and size cap.
+    pub fn new(url: &str) -> Result<Self, ConfigError> {
+        let endpoint =
+            Endpoint::checked("identity_url", url, DEFAULT_FETCH_TIMEOUT, IdentityConfig::MAX_BYTES)?;
+        Ok(Self { endpoint })
+    }
+}
+
+/// A URL checked by the fetch rules, with the time and size bounds of each request to it.
+#[derive(Clone)]
+struct Endpoint {
     url: worker::Url,
     timeout: Duration,
     max_bytes: usize,
 }
 
-impl fmt::Debug for WorkersIdentityFetcher {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WorkersIdentityFetcher")
+impl Endpoint {
+    /// `url` parsed and checked (`https://` except on loopback, non-zero bounds); errors name
+    /// `setting`.
+    fn checked(
+        setting: &'static str,
+        url: &str,
+        timeout: Duration,
+        max_bytes: usize,
+    ) -> Result<Self, ConfigError> {
+        let parsed = worker::Url::parse(url)
+            .map_err(|e| ConfigError::new(setting, format!("{url:?} is not a URL: {e}")))?;
+        check_fetch_config(setting, parsed.as_str(), parsed.scheme(), parsed.host_str(), timeout, max_bytes)?;
+        Ok(Self { url: parsed, timeout, max_bytes })
+    }
+
+    /// `Debug` of the client called `name` that holds it.
+    fn debug(&self, name: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct(name)
             .field("url", &self.url.as_str())
             .field("timeout", &self.timeout)
             .field("max_bytes", &self.max_bytes)
@@ -355,29 +383,12 @@ impl fmt::Debug for WorkersIdentityFetcher {
     }
 }
 
-impl WorkersIdentityFetcher {
-    /// A fetcher for `url` with the default timeout and size cap.
-    pub fn new(url: &str) -> Result<Self, ConfigError> {
-        let parsed = worker::Url::parse(url)
-            .map_err(|e| ConfigError::new("identity_url", format!("{url:?} is not a URL: {e}")))?;
-        let (timeout, max_bytes) = (DEFAULT_FETCH_TIMEOUT, IdentityConfig::MAX_BYTES);
-        check_fetch_config(
-            "identity_url",
-            parsed.as_str(),
-            parsed.scheme(),
-            parsed.host_str(),
-            timeout,
-            max_bytes,
-        )?;
-        Ok(Self { url: parsed, timeout, max_bytes })
-    }
-}
-
 impl IdentityFetcher for WorkersIdentityFetcher {
     fn fetch<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Vec<u8>, FetchError>> {
         Box::pin(SendFuture::new(async move {
             let cookie = format!("CF_Authorization={token}");
-            bounded_fetch(&self.url, Some(&cookie), self.timeout, self.max_bytes).await.map(|doc| doc.body)
+            let Endpoint { url, timeout, max_bytes } = &self.endpoint;
+            bounded_fetch(url, Some(&cookie), *timeout, *max_bytes).await.map(|doc| doc.body)
         }))
     }
 }
@@ -490,18 +501,12 @@ pub(super) fn siteverify_client(
 /// declared and while streaming; no redirects; a JSON 200 only; `https://` except on loopback).
 #[derive(Clone)]
 pub struct WorkersSiteverify {
-    url: worker::Url,
-    timeout: Duration,
-    max_bytes: usize,
+    endpoint: Endpoint,
 }
 
 impl fmt::Debug for WorkersSiteverify {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WorkersSiteverify")
-            .field("url", &self.url.as_str())
-            .field("timeout", &self.timeout)
-            .field("max_bytes", &self.max_bytes)
-            .finish()
+        self.endpoint.debug("WorkersSiteverify", f)
     }
 }
 
@@ -514,17 +519,7 @@ impl WorkersSiteverify {
 
     /// A client with explicit limits (both non-zero); errors name setting `siteverify_url`.
     pub fn with_limits(url: &str, timeout: Duration, max_bytes: usize) -> Result<Self, ConfigError> {
-        let parsed = worker::Url::parse(url)
-            .map_err(|e| ConfigError::new("siteverify_url", format!("{url:?} is not a URL: {e}")))?;
-        check_fetch_config(
-            "siteverify_url",
-            parsed.as_str(),
-            parsed.scheme(),
-            parsed.host_str(),
-            timeout,
-            max_bytes,
-        )?;
-        Ok(Self { url: parsed, timeout, max_bytes })
+        Ok(Self { endpoint: Endpoint::checked("siteverify_url", url, timeout, max_bytes)? })
     }
 }
 
@@ -535,7 +530,8 @@ impl SiteverifyClient for WorkersSiteverify {
     ) -> BoxFuture<'a, Result<Vec<u8>, FetchError>> {
         Box::pin(SendFuture::new(async move {
             let outgoing = Outgoing::PostForm { body: request.body() };
-            bounded_send(&self.url, outgoing, self.timeout, self.max_bytes).await.map(|answer| answer.body)
+            let Endpoint { url, timeout, max_bytes } = &self.endpoint;
+            bounded_send(url, outgoing, *timeout, *max_bytes).await.map(|answer| answer.body)
         }))
     }
 }
