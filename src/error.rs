@@ -396,6 +396,20 @@ impl Rejection {
         self.spec().code
     }
 
+    /// The WebSocket close code for a connection ended by this rejection (RFC 6455 §7.4): 4401
+    /// for a 401 (the credential expired or was revoked: authenticate again), 4403 for a 403
+    /// (no longer allowed), 1013 "try again later" for a 503 (the revocation list could not
+    /// answer) and 1008 "policy violation" for anything else. The 4xxx codes mirror the HTTP
+    /// status, as many WebSocket APIs do, so a client can tell re-login from retry.
+    pub fn close_code(&self) -> u16 {
+        match self.status().as_u16() {
+            401 => 4401,
+            403 => 4403,
+            503 => 1013,
+            _ => 1008,
+        }
+    }
+
     /// The full response, for any body type that can be made from a `String`.
     pub fn to_response<B: From<String>>(&self) -> Response<B> {
         let spec = self.spec();

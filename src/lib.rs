@@ -119,7 +119,7 @@ pub mod storage;
 // The public interface is:
 pub use adapters::tower::{IdentityService, ResponseFuture};
 pub use error::{ConfigError, Rejection};
-pub use gate::{CachePolicy, Gate, GateBuilder, ReloadablePolicies, RoutePolicies, SelectGate};
+pub use gate::{CachePolicy, Call, Gate, GateBuilder, ReloadablePolicies, RoutePolicies, SelectGate};
 pub use gate::{HeaderHygiene, LoginRedirect};
 pub use identity::access_jwt::AccessConfig;
 pub use identity::policy::Policy;

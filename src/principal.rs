@@ -64,6 +64,19 @@ impl<C> Principal<C> {
         }
     }
 
+    /// When the credential that proved this principal expires (Unix seconds): an Access
+    /// user's or service token's `exp`, a signed token's expiry; `None` for credentials that do
+    /// not expire by themselves (API keys, client certificates, custom principals, anonymous).
+    /// A connection that outlives its request closes then (see [`Gate::recheck`](crate::Gate::recheck)).
+    pub fn expires_at(&self) -> Option<u64> {
+        match self {
+            Self::User(u) => Some(u.expires_at),
+            Self::Service(s) => Some(s.expires_at),
+            Self::SignedToken(t) => Some(t.expires_at),
+            Self::ApiKey(_) | Self::ClientCert(_) | Self::Custom(_) | Self::Anonymous => None,
+        }
+    }
+
     /// The user, if this principal is one.
     pub fn as_user(&self) -> Option<&AccessUser<C>> {
         match self {
@@ -275,6 +288,8 @@ impl<C: fmt::Debug> fmt::Debug for AccessUser<C> {
 pub struct ServiceToken {
     /// The `common_name` claim: the token's Client ID, e.g. `abc123.access`.
     pub common_name: String,
+    /// Unix seconds after which the token is refused (its `exp`).
+    pub expires_at: u64,
 }
 
 /// A caller holding a configured API key.

@@ -21,6 +21,7 @@ use crate::identity::{
 use crate::principal::{NoClaims, Principal, Verified};
 use crate::request::{RequestFacts, RequestLimits};
 
+mod call;
 mod forwarding;
 mod login;
 pub(crate) mod pipeline;
@@ -28,6 +29,7 @@ mod reload;
 mod routes;
 mod shared;
 
+pub use call::Call;
 pub use forwarding::HeaderHygiene;
 pub use login::LoginRedirect;
 pub use pipeline::SelectGate;
@@ -54,6 +56,8 @@ pub struct Gate<C = NoClaims> {
     /// Let requests through (logged) when the revocation list cannot answer, instead of 503.
     revocations_fail_open: bool,
     rate_limit: Option<RateLimit>,
+    /// What [`Gate::recheck`] reads the time from.
+    clock: Arc<dyn Clock>,
 }
 
 /// What the Tower layer does to the `Cache-Control` header of a response to a request it
@@ -120,6 +124,7 @@ impl<C> Clone for Gate<C> {
             revocations: self.revocations.clone(),
             revocations_fail_open: self.revocations_fail_open,
             rate_limit: self.rate_limit.clone(),
+            clock: self.clock.clone(),
         }
     }
 }
@@ -168,16 +173,7 @@ impl<C: DeserializeOwned + Send + Sync + 'static> Gate<C> {
         &self,
         req: &Request<B>,
     ) -> impl Future<Output = Result<Verified<Principal<C>>, Rejection>> + Send + 'static {
-        pipeline::authenticate(self, req.method(), req.uri().path(), |limits, declared| {
-            RequestFacts::read(
-                req.method(),
-                req.uri().path(),
-                req.uri().query(),
-                req.headers(),
-                limits,
-                declared,
-            )
-        })
+        SelectGate::check_call(self, Call::from_request(req))
     }
 
     /// The request layer alone, as this gate reads requests (its limits, and the headers its
@@ -203,6 +199,13 @@ impl<C: DeserializeOwned + Send + Sync + 'static> Gate<C> {
 }
 
 impl<C> Gate<C> {
+    /// Read time from `clock` in [`Gate::recheck`] (default: the system clock; a gate from
+    /// [`Gate::builder`] uses the builder's clock).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
     /// The request limits this gate reads requests with.
     pub fn limits(&self) -> &RequestLimits {
         &self.inner.limits
@@ -312,6 +315,7 @@ impl<C: Send + Sync + 'static> Gate<C> {
             revocations: None,
             revocations_fail_open: false,
             rate_limit: None,
+            clock: Arc::new(SystemClock),
         }
     }
 }
@@ -452,9 +456,9 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> GateBuilder<C> {
 
     /// Builds the gate: the Access mechanism alone, with the configured request limits.
     pub fn build(self) -> Result<Gate<C>, ConfigError> {
-        let limits = self.limits.clone();
+        let (limits, clock) = (self.limits.clone(), self.clock.clone());
         let access = self.build_mechanism()?;
-        Ok(Gate::with_claims(Requirement::mechanism(access), limits))
+        Ok(Gate::with_claims(Requirement::mechanism(access), limits).with_clock(clock))
     }
 
     /// Builds only the Access mechanism, to combine with others in a [`Requirement`]

@@ -27,7 +27,7 @@ use std::future::Future;
 use http::Method;
 use serde::de::DeserializeOwned;
 
-use super::{Gate, shared};
+use super::{Call, Gate, shared};
 use crate::error::Rejection;
 use crate::identity::mechanism::Outcome;
 use crate::metrics::{self, Mechanisms};
@@ -50,6 +50,22 @@ pub trait SelectGate: Clone + Send + Sync + 'static {
     /// ([`ReloadablePolicies`](crate::ReloadablePolicies)) while requests already in flight
     /// finish with the one they started with.
     fn select(&self, method: &Method, path: &str) -> Option<Gate<Self::Claims>>;
+
+    /// Proves who made `call`, without Tower: selects the gate (none is 403 `no_policy`),
+    /// reads the facts, verifies, logs and counts — the pipeline the Tower layer and the
+    /// Workers adapter run, for a tonic interceptor, a custom hyper service or a Worker RPC
+    /// method. The call is read before the future starts, so the future borrows nothing.
+    fn check_call(
+        &self,
+        call: Call<'_>,
+    ) -> impl Future<Output = Result<Verified<Principal<Self::Claims>>, Rejection>> + Send + 'static + use<Self>
+    where
+        Self::Claims: DeserializeOwned + Send + Sync + 'static,
+    {
+        verified(begin(self, call.method(), call.path(), |limits, declared| {
+            call.read_facts(limits, declared)
+        }))
+    }
 }
 
 impl<C: Send + Sync + 'static> SelectGate for Gate<C> {
@@ -70,7 +86,9 @@ pub(crate) trait Extract:
 impl<F: FnOnce(&RequestLimits, &[http::HeaderName]) -> Result<RequestFacts, RequestError>> Extract for F {}
 
 /// Selects the gate and reads the facts now (so the returned future borrows nothing of the
-/// request), then verifies. Refusals and successes are logged here, once.
+/// request), then verifies. Refusals and successes are logged here, once. For adapters whose
+/// request is not an `http` one (the Workers adapter); the others build a [`Call`].
+#[cfg(feature = "workers")]
 pub(crate) fn authenticate<G>(
     selector: &G,
     method: &Method,
@@ -81,8 +99,7 @@ where
     G: SelectGate,
     G::Claims: DeserializeOwned + Send + Sync + 'static,
 {
-    let checked = authenticate_for_response(selector, method, path, extract);
-    async move { checked.await.map(|(verified, _)| verified).map_err(|(rejection, _)| rejection) }
+    verified(begin(selector, method, path, extract))
 }
 
 /// What the Tower layer needs of a request: the proof or the refusal, each with the gate that
@@ -103,7 +120,17 @@ where
     G: SelectGate,
     G::Claims: DeserializeOwned + Send + Sync + 'static,
 {
-    let begun = begin(selector, method, path, extract);
+    finish(begin(selector, method, path, extract))
+}
+
+/// Verify what [`begin`] selected and read: the asynchronous half, generic only in the claims
+/// type, so its future borrows nothing of the request.
+fn finish<C>(
+    begun: Result<(Gate<C>, RequestFacts), Rejection>,
+) -> impl Future<Output = ForResponse<C>> + Send + 'static
+where
+    C: DeserializeOwned + Send + Sync + 'static,
+{
     async move {
         let (gate, facts) = begun.map_err(|rejection| (rejection, None))?;
         match check(&gate, &facts).await {
@@ -111,6 +138,17 @@ where
             Err(rejection) => Err((rejection, Some(gate))),
         }
     }
+}
+
+/// [`finish`], without the gate that decided.
+fn verified<C>(
+    begun: Result<(Gate<C>, RequestFacts), Rejection>,
+) -> impl Future<Output = Result<Verified<Principal<C>>, Rejection>> + Send + 'static
+where
+    C: DeserializeOwned + Send + Sync + 'static,
+{
+    let finished = finish(begun);
+    async move { finished.await.map(|(verified, _)| verified).map_err(|(rejection, _)| rejection) }
 }
 
 /// Select and extract: the synchronous half.

@@ -469,7 +469,7 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> AccessVerifier<C> {
             if common_name.is_empty() {
                 return Err(TokenError::Claims("empty common_name".into()));
             }
-            return Ok((Principal::Service(ServiceToken { common_name }), exp));
+            return Ok((Principal::Service(ServiceToken { common_name, expires_at: exp }), exp));
         }
         let mut email = claims
             .email

@@ -367,9 +367,9 @@ mod tests {
     fn requirements_are_for_logins_and_service_tokens_are_judged_by_their_list() {
         let policy: Policy =
             Policy::new().allow_service_tokens(["ci.access"]).require_auth_method(["hwk"]).require_warp();
-        let ci = Principal::Service(ServiceToken { common_name: "ci.access".into() });
+        let ci = Principal::Service(ServiceToken { common_name: "ci.access".into(), expires_at: 0 });
         assert_eq!(policy.decide(&ci, Some(10)), Decision::Allow);
-        let other = Principal::Service(ServiceToken { common_name: "other.access".into() });
+        let other = Principal::Service(ServiceToken { common_name: "other.access".into(), expires_at: 0 });
         assert_eq!(policy.decide(&other, Some(10)), Decision::Forbidden);
     }
 
