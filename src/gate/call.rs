@@ -2,8 +2,6 @@
 //! pipeline ([`SelectGate::check_call`](crate::SelectGate::check_call)), and the re-check of a proof a long-lived connection
 //! holds ([`Gate::recheck`]).
 
-use std::future::Future;
-
 use http::{HeaderMap, HeaderName, Method, Request, Uri};
 
 use super::{Gate, shared};
@@ -136,21 +134,16 @@ impl<C: Send + Sync + 'static> Gate<C> {
     /// credential expires, to close on time between two checks.
     ///
     /// It does not run the policy again: a reloaded policy applies to new connections.
-    pub fn recheck<'a>(
-        &'a self,
-        verified: &'a Verified<Principal<C>>,
-    ) -> impl Future<Output = Result<(), Rejection>> + Send + 'a {
-        async move {
-            let principal = verified.principal();
-            let now = self.clock.now();
-            let outcome = match principal.expires_at() {
-                Some(exp) if now >= exp => Err(Rejection::InvalidToken(TokenError::Expired)),
-                _ => shared::check_revocations(self, principal, verified.proofs()).await,
-            };
-            if let Err(rejection) = &outcome {
-                tracing::info!(layer = "identity", outcome = "session_ended", code = rejection.code(), principal = ?principal.id());
-            }
-            outcome
+    pub async fn recheck(&self, verified: &Verified<Principal<C>>) -> Result<(), Rejection> {
+        let principal = verified.principal();
+        let now = self.clock.now();
+        let outcome = match principal.expires_at() {
+            Some(exp) if now >= exp => Err(Rejection::InvalidToken(TokenError::Expired)),
+            _ => shared::check_revocations(self, principal, verified.proofs()).await,
+        };
+        if let Err(rejection) = &outcome {
+            tracing::info!(layer = "identity", outcome = "session_ended", code = rejection.code(), principal = ?principal.id());
         }
+        outcome
     }
 }

@@ -125,18 +125,14 @@ where
 
 /// Verify what [`begin`] selected and read: the asynchronous half, generic only in the claims
 /// type, so its future borrows nothing of the request.
-fn finish<C>(
-    begun: Result<(Gate<C>, RequestFacts), Rejection>,
-) -> impl Future<Output = ForResponse<C>> + Send + 'static
+async fn finish<C>(begun: Result<(Gate<C>, RequestFacts), Rejection>) -> ForResponse<C>
 where
     C: DeserializeOwned + Send + Sync + 'static,
 {
-    async move {
-        let (gate, facts) = begun.map_err(|rejection| (rejection, None))?;
-        match check(&gate, &facts).await {
-            Ok(verified) => Ok((verified, gate)),
-            Err(rejection) => Err((rejection, Some(gate))),
-        }
+    let (gate, facts) = begun.map_err(|rejection| (rejection, None))?;
+    match check(&gate, &facts).await {
+        Ok(verified) => Ok((verified, gate)),
+        Err(rejection) => Err((rejection, Some(gate))),
     }
 }
 
