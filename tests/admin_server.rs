@@ -2267,7 +2267,10 @@ async fn a_client_guessing_api_keys_gets_429_after_its_budget() {
     }
     let res = guess("guess-0123456789abcdef0123456789").await;
     assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(res.headers()["retry-after"], "20");
+    // 3 per 60 s: the next failure is allowed 20 s after the last (less the time the test took
+    // on a busy machine).
+    let retry_after: u64 = res.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((15..=20).contains(&retry_after), "Retry-After {retry_after}");
     assert_eq!(json_of(res).await["code"], "too_many_requests");
     // Blocked before any check: the right key from that client waits too.
     assert_eq!(guess(OPS_KEY).await.status(), StatusCode::TOO_MANY_REQUESTS);

@@ -24,6 +24,7 @@ use ztgate::{AccessConfig, ConfigError, Gate, Policy};
 
 use crate::LOG_TARGET;
 use crate::serve::Limits;
+use crate::ws::SocketLimits;
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_DB: &str = "ztgate-admin.sqlite";
@@ -33,6 +34,9 @@ const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Well below the usual 1,024 open files, leaving room for everything else the process opens.
 const DEFAULT_MAX_CONNECTIONS: usize = 512;
 const DEFAULT_MAX_BODY_READS: usize = 64;
+/// `GET /admin/ws`: sockets open at once, and how often each one's proof is checked again.
+const DEFAULT_MAX_WEBSOCKETS: usize = 256;
+const DEFAULT_WS_RECHECK: Duration = Duration::from_secs(10);
 /// `POST /api/subscribe` per client IP: 5 per hour.
 const DEFAULT_SUBSCRIBE_LIMIT: (u32, u64) = (5, 3600);
 /// Failed authentications per client IP and per credential: 20 per 5 minutes.
@@ -58,6 +62,8 @@ pub(crate) struct ServerSection {
     idle_timeout: Option<String>,
     max_connections: Option<u32>,
     max_body_reads: Option<u32>,
+    max_websockets: Option<u32>,
+    ws_recheck: Option<String>,
     auth_failures: Option<String>,
     redis_url: Option<String>,
 }
@@ -122,6 +128,10 @@ impl Sources {
             "ZTGATE_MAX_BODY_READS" => {
                 server?.max_body_reads.map(|v| (v.to_string(), "server.max_body_reads"))
             }
+            "ZTGATE_MAX_WEBSOCKETS" => {
+                server?.max_websockets.map(|v| (v.to_string(), "server.max_websockets"))
+            }
+            "ZTGATE_WS_RECHECK" => server?.ws_recheck.clone().map(|v| (v, "server.ws_recheck")),
             "ZTGATE_AUTH_FAILURES" => server?.auth_failures.clone().map(|v| (v, "server.auth_failures")),
             "ZTGATE_REDIS_URL" => server?.redis_url.clone().map(|v| (v, "server.redis_url")),
             "ZTGATE_TEAM_DOMAIN" => access.map(|a| (a.team_domain.clone(), "access.team_domain")),
@@ -223,6 +233,8 @@ pub(crate) struct Settings {
     pub(crate) limits: Limits,
     /// How many webhook bodies (unauthenticated, up to 1 MiB each) may be read at once.
     pub(crate) max_body_reads: usize,
+    /// `GET /admin/ws`: sockets open at once, and how often each one's proof is checked.
+    pub(crate) sockets: SocketLimits,
     /// Failed authentications allowed per client IP and per credential.
     pub(crate) auth_failures: Budget,
     /// Where the fleet's shared state lives; `None`: this process's memory.
@@ -338,6 +350,16 @@ impl Settings {
         };
         let max_body_reads =
             count(&src, "ZTGATE_MAX_BODY_READS", DEFAULT_MAX_BODY_READS, limits.max_connections)?;
+        let sockets = SocketLimits {
+            max: count(&src, "ZTGATE_MAX_WEBSOCKETS", DEFAULT_MAX_WEBSOCKETS, MAX_CONNECTIONS_LIMIT)?,
+            recheck: duration(
+                &src,
+                "ZTGATE_WS_RECHECK",
+                DEFAULT_WS_RECHECK,
+                Duration::from_millis(100)..=Duration::from_secs(300),
+                "an interval such as 10s or 500ms (from 100ms to 300s)",
+            )?,
+        };
         let auth_failures = budget(&src, "ZTGATE_AUTH_FAILURES", DEFAULT_AUTH_FAILURES)?;
         let redis_url = src.get("ZTGATE_REDIS_URL")?.filter(|url| !url.is_empty());
         let subscribe_limit = budget(&src, "ZTGATE_SUBSCRIBE_LIMIT", DEFAULT_SUBSCRIBE_LIMIT)?;
@@ -360,6 +382,7 @@ impl Settings {
             credentials,
             limits,
             max_body_reads,
+            sockets,
             auth_failures,
             redis_url,
             subscribe_limit,

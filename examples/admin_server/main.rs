@@ -22,6 +22,7 @@
 //! | `GET /cdn-cgi/access/certs` | public, dev mode only: the dev issuer's JWKS |
 //! | `DELETE /admin/notes/{id}` | an Access admin **and** an API key (both, in one request) |
 //! | `GET /admin/whoami`, `GET`/`POST /admin/notes`, `POST /admin/unsubscribe-links` | an Access admin |
+//! | `GET /admin/ws` (WebSocket) | an Access admin, refused (401/403 JSON) before any socket exists; each message is answered with the caller's id; the socket closes with 4401 when the token expires or the login is revoked (checked every `ZTGATE_WS_RECHECK` and before each answer), 4403 when the route no longer admits anyone |
 //! | any other `/admin` path | an Access admin (so unknown admin paths are 401 before 404) |
 //! | `GET /ops/stats` | an API key |
 //! | `GET /metrics` (Prometheus text: `ztgate_decisions_total`... see `ztgate::metrics`) | an API key |
@@ -81,6 +82,8 @@
 //! | `ZTGATE_REPLAYS_WHEN_UNAVAILABLE` | `refuse` (default: 503, the provider retries) or `accept` (signed webhooks accepted without the replay check, logged `replay_unchecked`) |
 //! | `ZTGATE_RATE_LIMITS_WHEN_UNAVAILABLE` | `allow` (default: requests pass unlimited, logged `rate_limiter_unavailable`) or `refuse` (503) |
 //! | `ZTGATE_AUTH_FAILURES` | failed authentications allowed per client IP (`CF-Connecting-IP`) and per credential, as `N/window` (default `20/300s`); beyond, 429 `too_many_requests` with `Retry-After`, before any signature is checked |
+//! | `ZTGATE_MAX_WEBSOCKETS` | `GET /admin/ws` sockets open at once (default `256`); beyond, 503 `too_many_sockets` before the upgrade. Upgraded sockets leave the connection cap |
+//! | `ZTGATE_WS_RECHECK` | how often an open socket's proof is checked again (default `10s`, 100 ms to 300 s); a socket also closes at its token's expiry |
 //! | `ZTGATE_MAX_BODY_READS` | webhook bodies (unauthenticated, up to 1 MiB each) read at once (default `64`, at most `ZTGATE_MAX_CONNECTIONS`); beyond, 503 `overloaded` with `Retry-After` before reading |
 //!
 //! Timeouts are whole seconds (`10`, `10s`) or milliseconds (`1500ms`), from 100 ms to 1 h.
@@ -109,6 +112,7 @@ mod reload;
 mod routes;
 mod serve;
 mod store;
+mod ws;
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -175,7 +179,16 @@ async fn run() -> Result<(), Fatal> {
     let reloader = Reloader::start(&settings, access.clone(), credentials, store.clone(), shared)
         .map_err(|e| Fatal::Runtime(format!("route policies: {e}")))?;
     let turnstile = settings.turnstile.clone();
-    let app = routes::app(reloader.clone(), turnstile, store, dev.as_ref(), settings.max_body_reads, metrics);
+    let sockets = ws::Sockets::new(settings.sockets);
+    let app = routes::app(
+        reloader.clone(),
+        turnstile,
+        store,
+        dev.as_ref(),
+        settings.max_body_reads,
+        sockets,
+        metrics,
+    );
 
     if let Some(dev) = &dev {
         dev.announce(dev_api_key.as_deref());

@@ -75,6 +75,7 @@ struct Fixed {
     db: std::path::PathBuf,
     limits: Limits,
     max_body_reads: usize,
+    sockets: crate::ws::SocketLimits,
     auth_failures: Budget,
 }
 
@@ -278,6 +279,7 @@ impl Reloader {
             (now.db != self.fixed.db, "db"),
             (now.limits != self.fixed.limits, "connection limits"),
             (now.max_body_reads != self.fixed.max_body_reads, "max_body_reads"),
+            (now.sockets != self.fixed.sockets, "websocket limits"),
             (now.auth_failures != self.fixed.auth_failures, "auth_failures"),
         ] {
             if changed {
@@ -335,6 +337,7 @@ fn fixed(settings: &Settings) -> Fixed {
         db: settings.db.clone(),
         limits: settings.limits,
         max_body_reads: settings.max_body_reads,
+        sockets: settings.sockets,
         auth_failures: settings.auth_failures,
     }
 }

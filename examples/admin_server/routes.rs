@@ -29,6 +29,7 @@ use crate::handlers::{
 };
 use crate::reload::{Live, Reloader, SharedState};
 use crate::store::Store;
+use crate::ws::{Sockets, WS_PATH, admin_ws};
 
 const MAX_BODY_BYTES: usize = 64 * 1024;
 /// The purpose unsubscribe links are minted and verified for: a token minted for anything
@@ -48,6 +49,8 @@ pub(crate) struct AppState {
     pub(crate) revocations: Arc<dyn RevocationList>,
     /// `POST /api/subscribe`'s human check; `None`: not configured (503).
     pub(crate) turnstile: Option<Arc<TurnstileVerifier>>,
+    /// `GET /admin/ws`: the open sockets' permits, and how often their proofs are checked.
+    pub(crate) sockets: Sockets,
 }
 
 /// The whole app: every route (the dev JWKS too when `dev` is given) and both fallbacks, under
@@ -58,15 +61,17 @@ pub(crate) fn app(
     store: Store,
     dev: Option<&DevIssuer>,
     max_body_reads: usize,
+    sockets: Sockets,
     metrics: PrometheusHandle,
 ) -> Router {
     let policies = reloader.policies();
     let revocations = reloader.revocations();
-    let state = AppState { store, live: reloader.live(), metrics, revocations, turnstile, reloader };
+    let state = AppState { store, live: reloader.live(), metrics, revocations, turnstile, reloader, sockets };
 
     let mut app = Router::new()
         .route("/healthz", get(healthz))
         .route("/admin/whoami", get(whoami))
+        .route(WS_PATH, get(admin_ws))
         .route("/admin/notes", get(list_notes).post(create_note))
         .route("/admin/notes/{id}", delete(delete_note))
         .route("/admin/unsubscribe-links", post(mint_unsubscribe_link))
@@ -192,6 +197,9 @@ pub(crate) fn route_policies(
         // So does a revocation.
         .route("POST", "/admin/revocations", Requirement::all_of([access.clone(), api_key.clone()]))?
         .route("GET", "/admin/whoami", access.clone())?
+        // The WebSocket upgrade: refused before any socket exists; the socket then checks the
+        // same proof on a timer and on each message.
+        .route("GET", WS_PATH, access.clone())?
         .route("GET", "/admin/notes", access.clone())?
         .route("POST", "/admin/notes", access.clone())?
         .route("POST", "/admin/unsubscribe-links", access.clone())?

@@ -44,8 +44,9 @@ use axum::body::{Body, Bytes};
 use axum::http::{HeaderValue, Request, Response, StatusCode, header};
 use axum::{BoxError, Router};
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
-use hyper::server::conn::http1;
+use hyper_util::rt::TokioExecutor;
 use hyper_util::rt::TokioIo;
+use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -105,9 +106,12 @@ pub(crate) async fn serve(
     );
     let registry = Arc::new(Registry::default());
     let graceful = GracefulShutdown::new();
-    let mut builder = http1::Builder::new();
+    // HTTP/1.1 only, through the builder that can hand a connection over to a WebSocket
+    // (`GET /admin/ws`) and still drain it gracefully at shutdown.
+    let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
     // The deadlines are the watchdog's (see the module docs); hyper's own timer stays off.
-    builder.header_read_timeout(None).max_buf_size(MAX_CONNECTION_BUFFER);
+    builder.http1().header_read_timeout(None).max_buf_size(MAX_CONNECTION_BUFFER);
+    let builder = Arc::new(builder);
     let mut fd_warning = Throttle::default();
     let mut cap_warning = Throttle::default();
     let mut error_warning = Throttle::default();
@@ -183,9 +187,11 @@ pub(crate) async fn serve(
         };
         let io = TokioIo::new(WatchedIo { inner: stream, conn: conn.clone() });
         let service = service(app.clone(), conn.clone(), limits.body_timeout);
-        let connection = graceful.watch(builder.serve_connection(io, service));
-        let registry = registry.clone();
+        let (watcher, builder, registry) = (graceful.watcher(), builder.clone(), registry.clone());
         tokio::spawn(async move {
+            // An upgraded connection (a WebSocket) leaves this task, the registry and the
+            // connection cap here: `ZTGATE_MAX_WEBSOCKETS` bounds those.
+            let connection = watcher.watch(builder.serve_connection_with_upgrades(io, service));
             let _leave = Leave { registry, conn: conn.clone() };
             tokio::select! {
                 served = connection => {
