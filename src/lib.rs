@@ -246,3 +246,8 @@ pub mod __private {
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// `docs/without-tower.md`'s example, compiled as a doc test so it cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/without-tower.md")]
+pub struct WithoutTowerDoctests;

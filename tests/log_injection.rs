@@ -224,6 +224,7 @@ fn no_tracing_event_formats_a_value_with_display() {
     let mut files = Vec::new();
     rust_files(&root.join("src"), &mut files);
     rust_files(&root.join("examples/admin_server"), &mut files);
+    rust_files(&root.join("examples/grpc_server"), &mut files);
     let mut events = 0;
     let mut offenders = Vec::new();
     for file in &files {

@@ -4,9 +4,9 @@
 //! shared-state look-up), so this is a small Tower layer on the server instead
 //! (`Server::builder().layer(AuthLayer::new(policies))`). Per call it:
 //!
-//! 1. proves the caller once, in [`prove`]: the gate [`RoutePolicies`] selects for the method
-//!    path (`/ztgate.admin.v1.Admin/WhoAmI`), then [`Gate::check`](ztgate::Gate::check) on the
-//!    request's method, URI and headers (gRPC metadata are HTTP/2 headers);
+//! 1. proves the caller once, in [`prove`]: [`SelectGate::check_call`] with the request's
+//!    method, URI and headers (gRPC metadata are HTTP/2 headers), under the gate
+//!    [`RoutePolicies`] selects for the method path (`/ztgate.admin.v1.Admin/WhoAmI`);
 //! 2. on success, puts the [`Verified<Principal>`] into the request extensions, where the
 //!    handlers take it from (`request.extensions()`, see [`caller`]);
 //! 3. on refusal, answers the gRPC status of the [`Rejection`] itself ([`status_of`]): the
@@ -23,29 +23,20 @@ use tonic::body::Body;
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Status};
 use tower::{Layer, Service};
-use ztgate::{Principal, Rejection, RoutePolicies, SelectGate as _, Verified};
-
-/// Longest method path written to a log event.
-const MAX_LOGGED_PATH: usize = 256;
+use ztgate::{Call, Principal, Rejection, RoutePolicies, SelectGate, Verified};
 
 /// Proves who sent `request`, under the policy `policies` declares for its method path, and
 /// gives the request back with the [`Verified<Principal>`] in its extensions.
 ///
-/// The one call into ztgate: everything the interceptor knows about identity comes from here.
-/// It takes the request by value because the future of [`Gate::check`](ztgate::Gate::check)
-/// is tied to the borrow of the gate and the request it was given (Rust 2024 captures every
-/// lifetime in scope), and a body type need not be `Sync` for the call to be `Send`.
+/// The one call into ztgate: [`SelectGate::check_call`] with the request's parts (the pipeline
+/// the Tower layer runs: select, read, verify, log and count; a method nobody declared is 403
+/// `no_policy`). The check reads the request before its future starts and borrows nothing, so
+/// the future can be awaited while the request moves on.
 pub async fn prove<B>(
     policies: &RoutePolicies,
     mut request: http::Request<B>,
 ) -> Result<http::Request<B>, Rejection> {
-    let Some(gate) = policies.select(request.method(), request.uri().path()) else {
-        // Deny by default: a method nobody declared is closed, not open.
-        let path: String = request.uri().path().chars().take(MAX_LOGGED_PATH).collect();
-        tracing::warn!(layer = "identity", outcome = "no_policy", method = ?request.method().as_str(), path = ?path);
-        return Err(Rejection::NoPolicy);
-    };
-    let verified = gate.check(&request).await?;
+    let verified = policies.check_call(Call::from_request(&request)).await?;
     request.extensions_mut().insert(verified);
     Ok(request)
 }

@@ -172,7 +172,7 @@ impl<C: DeserializeOwned + Send + Sync + 'static> Gate<C> {
     pub fn check<B>(
         &self,
         req: &Request<B>,
-    ) -> impl Future<Output = Result<Verified<Principal<C>>, Rejection>> + Send + 'static {
+    ) -> impl Future<Output = Result<Verified<Principal<C>>, Rejection>> + Send + 'static + use<B, C> {
         SelectGate::check_call(self, Call::from_request(req))
     }
 
