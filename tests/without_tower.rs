@@ -88,6 +88,14 @@ async fn the_future_borrows_nothing_of_the_call() {
     };
     let handle = tokio::spawn(future);
     assert_eq!(handle.await.unwrap().unwrap().principal().id(), "api_key:deploy-bot");
+
+    // Gate::check too: neither the gate nor the request outlives the block.
+    let future = {
+        let gate = Gate::new(api_keys());
+        let req = http::Request::builder().uri("/x").header("x-api-key", SECRET).body(()).unwrap();
+        gate.check(&req)
+    };
+    assert_eq!(tokio::spawn(future).await.unwrap().unwrap().principal().id(), "api_key:deploy-bot");
 }
 
 fn verified_cert() -> ClientCertFacts {
