@@ -17,7 +17,7 @@ use ztgate::{BoxFuture, Call, Gate, Principal, Rejection, RoutePolicies, SelectG
 const KEY: &str = "deploy-bot:k3y-0f-at-least-32-bytes-long-for-the-bot"; // pragma: allowlist secret
 const SECRET: &str = "k3y-0f-at-least-32-bytes-long-for-the-bot"; // pragma: allowlist secret
 const NOW: u64 = 1_800_000_000;
-const FINGERPRINT: &str = "aa11bb22cc33dd44ee55ff6600112233445566778899aabbccddeeff00112233";
+const FINGERPRINT: &str = "aa11bb22cc33dd44ee55ff6600112233445566778899aabbccddeeff00112233"; // pragma: allowlist secret
 
 fn api_keys() -> Requirement {
     Requirement::mechanism(ApiKeyAuth::new(Arc::new(ApiKeys::parse(KEY).unwrap())))
