@@ -414,23 +414,38 @@ async fn a_rotation_publishes_the_previous_key_so_tokens_of_both_verify() {
     serve_hyper(listener, issuer_with(&bare_url, Algorithm::Rs256, rsa_pem(), clock()).discovery_service());
     assert!(!ztgate_verifies(&format!("{bare_url}/.well-known/jwks.json"), old_token.expose()).await);
 
-    // A previous key may be given as a public key, and more than four are refused.
-    let public = {
+    // A previous key may be given as the public JWK the old JWKS published (an RSA key beside
+    // an ES256 signing key here), under a fixed kid; a public PEM, or a JWK that is not a key
+    // for the algorithm, is left out; more than four previous keys are refused.
+    let old = issuer_with("https://id.example.com", Algorithm::Rs256, rsa_pem(), clock());
+    let old_jwks: Value = serde_json::from_str(&old.jwks_document().await.unwrap()).unwrap();
+    let old_jwk = old_jwks["keys"][0].to_string();
+    let public_pem = {
         let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
         let der = aws_lc_rs::signature::KeyPair::public_key(&pair).as_der().unwrap();
         pem("PUBLIC KEY", der.as_ref())
     };
+    let weak_jwk = old_jwk.replace(old_jwks["keys"][0]["n"].as_str().unwrap(), "AQAB");
     let with_public = WorkloadIssuer::with_previous_keys(
         config("https://id.example.com"),
         Algorithm::Es256,
         StaticSecret::new(ec_pem()),
-        vec![PreviousKey::new(Algorithm::Rs256, StaticSecret::new(public)).with_key_id("old-2029").unwrap()],
+        vec![
+            PreviousKey::new(Algorithm::Rs256, StaticSecret::new(old_jwk.clone()))
+                .with_key_id("old-2029")
+                .unwrap(),
+            PreviousKey::new(Algorithm::Rs256, StaticSecret::new(public_pem)),
+            PreviousKey::new(Algorithm::Es256, StaticSecret::new(old_jwk)),
+            PreviousKey::new(Algorithm::Rs256, StaticSecret::new(weak_jwk)),
+        ],
         clock(),
     )
     .unwrap();
     let document: Value = serde_json::from_str(&with_public.jwks_document().await.unwrap()).unwrap();
+    assert_eq!(document["keys"].as_array().unwrap().len(), 2, "{document}");
     assert_eq!(document["keys"][1]["kid"], "old-2029");
-    assert_eq!(document["keys"][1]["kty"], "RSA");
+    assert_eq!(document["keys"][1]["n"], old_jwks["keys"][0]["n"]);
+    assert_eq!((&document["keys"][1]["kty"], &document["keys"][1]["alg"]), (&"RSA".into(), &"RS256".into()));
     let discovery: Value = serde_json::from_str(with_public.discovery_document()).unwrap();
     assert_eq!(discovery["id_token_signing_alg_values_supported"], serde_json::json!(["ES256", "RS256"]));
     let five = (0..5).map(|_| PreviousKey::new(Algorithm::Es256, StaticSecret::new(ec_pem()))).collect();

@@ -6,11 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jwt_simple::prelude::{
-    Audiences, ECDSAP256KeyPairLike as _, ES256KeyPair, ES256PublicKey, JWTClaims, NoCustomClaims,
-    RS256KeyPair, RS256PublicKey, RSAKeyPairLike as _, UnixTimeStamp,
-};
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 
@@ -208,9 +204,9 @@ fn check_kid(kid: String) -> Result<String, ConfigError> {
 // Keys.
 
 /// A key published in the JWKS beside the signing key, so tokens it signed stay verifiable
-/// while a rotation settles (see `docs/workload-identity.md`). Its source holds a PEM private
-/// key (PKCS#8, or PKCS#1 for RSA) or a public key (`-----BEGIN PUBLIC KEY-----`); only the
-/// public part is ever published.
+/// while a rotation settles (see `docs/workload-identity.md`). Its source holds the old PEM
+/// private key, or its public JWK as the JWKS published it (a JSON object); only the public
+/// part is ever published, under its RFC 7638 thumbprint or the configured `kid`.
 #[derive(Debug)]
 pub struct PreviousKey {
     algorithm: Algorithm,
@@ -231,9 +227,27 @@ impl PreviousKey {
     }
 }
 
+/// The private half of the signing key (aws-lc).
 enum Signer {
-    Rs256(RS256KeyPair),
-    Es256(ES256KeyPair),
+    Rs256(aws_lc_rs::rsa::KeyPair),
+    Es256(aws_lc_rs::signature::EcdsaKeyPair),
+}
+
+impl Signer {
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, IssueError> {
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        match self {
+            Signer::Rs256(pair) => {
+                let mut signature = vec![0; pair.public_modulus_len()];
+                pair.sign(&aws_lc_rs::signature::RSA_PKCS1_SHA256, &rng, message, &mut signature)
+                    .map_err(|_| IssueError::Signing)?;
+                Ok(signature)
+            }
+            Signer::Es256(pair) => {
+                Ok(pair.sign(&rng, message).map_err(|_| IssueError::Signing)?.as_ref().to_vec())
+            }
+        }
+    }
 }
 
 /// A key parsed from its source, remembered by the digest of the source's bytes so that a
@@ -252,6 +266,140 @@ fn key_error(algorithm: Algorithm, what: &'static str) -> IssueError {
     IssueError::Key { algorithm, reason: what }
 }
 
+/// The label and DER body of a PEM document (the first one in `text`).
+fn pem_der(text: &str) -> Option<(&str, Vec<u8>)> {
+    let rest = &text[text.find("-----BEGIN ")? + 11..];
+    let (label, rest) = rest.split_once("-----")?;
+    let body = &rest[..rest.find(&format!("-----END {label}-----"))?];
+    let body: String = body.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    Some((label, STANDARD.decode(body).ok()?))
+}
+
+/// The required members of a public JWK, as RFC 7638 orders them.
+enum PublicKey {
+    Rsa { n: Vec<u8>, e: Vec<u8> },
+    Ec { x: Vec<u8>, y: Vec<u8> },
+}
+
+impl PublicKey {
+    fn jwk(&self, kid: &str, algorithm: Algorithm) -> serde_json::Value {
+        let mut jwk = match self {
+            PublicKey::Rsa { n, e } => {
+                serde_json::json!({ "kty": "RSA", "n": URL_SAFE_NO_PAD.encode(n), "e": URL_SAFE_NO_PAD.encode(e) })
+            }
+            PublicKey::Ec { x, y } => serde_json::json!({
+                "kty": "EC", "crv": "P-256", "x": URL_SAFE_NO_PAD.encode(x), "y": URL_SAFE_NO_PAD.encode(y)
+            }),
+        };
+        if let Some(members) = jwk.as_object_mut() {
+            members.insert("kid".into(), kid.into());
+            members.insert("alg".into(), algorithm.as_str().into());
+            members.insert("use".into(), "sig".into());
+        }
+        jwk
+    }
+
+    /// RFC 7638: SHA-256 over the required members in lexicographic order, no whitespace.
+    fn thumbprint(&self) -> String {
+        let canonical = match self {
+            PublicKey::Rsa { n, e } => format!(
+                r#"{{"e":"{}","kty":"RSA","n":"{}"}}"#,
+                URL_SAFE_NO_PAD.encode(e),
+                URL_SAFE_NO_PAD.encode(n)
+            ),
+            PublicKey::Ec { x, y } => format!(
+                r#"{{"crv":"P-256","kty":"EC","x":"{}","y":"{}"}}"#,
+                URL_SAFE_NO_PAD.encode(x),
+                URL_SAFE_NO_PAD.encode(y)
+            ),
+        };
+        URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes()))
+    }
+}
+
+fn parse_private(algorithm: Algorithm, text: &str) -> Result<(Signer, PublicKey), IssueError> {
+    let (label, der) = pem_der(text).ok_or_else(|| key_error(algorithm, "not a PEM document"))?;
+    match algorithm {
+        Algorithm::Rs256 => {
+            let pair = match label {
+                "PRIVATE KEY" => aws_lc_rs::rsa::KeyPair::from_pkcs8(&der),
+                "RSA PRIVATE KEY" => aws_lc_rs::rsa::KeyPair::from_der(&der),
+                _ => return Err(key_error(algorithm, "not a PEM private key (PKCS#8 or PKCS#1)")),
+            }
+            .map_err(|_| key_error(algorithm, "not an RSA private key"))?;
+            if !(256..=512).contains(&pair.public_modulus_len()) {
+                return Err(key_error(algorithm, "the RSA modulus is not 2048 to 4096 bits"));
+            }
+            let components: aws_lc_rs::rsa::PublicKeyComponents<Vec<u8>> =
+                aws_lc_rs::signature::KeyPair::public_key(&pair).into();
+            let public = PublicKey::Rsa { n: components.n, e: components.e };
+            Ok((Signer::Rs256(pair), public))
+        }
+        Algorithm::Es256 => {
+            if !matches!(label, "PRIVATE KEY" | "EC PRIVATE KEY") {
+                return Err(key_error(algorithm, "not a PEM private key (PKCS#8 or SEC 1)"));
+            }
+            let pair = aws_lc_rs::signature::EcdsaKeyPair::from_private_key_der(
+                &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+                &der,
+            )
+            .map_err(|_| key_error(algorithm, "not a P-256 private key"))?;
+            let point = aws_lc_rs::signature::KeyPair::public_key(&pair).as_ref().to_vec();
+            let public = ec_point(&point).ok_or_else(|| key_error(algorithm, "not a P-256 private key"))?;
+            Ok((Signer::Es256(pair), public))
+        }
+    }
+}
+
+/// `x` and `y` of an uncompressed P-256 point (`04 ‖ x ‖ y`).
+fn ec_point(point: &[u8]) -> Option<PublicKey> {
+    match point {
+        [4, rest @ ..] if rest.len() == 64 => {
+            Some(PublicKey::Ec { x: rest[..32].to_vec(), y: rest[32..].to_vec() })
+        }
+        _ => None,
+    }
+}
+
+/// A public JWK as a previous JWKS published it: its key members only, checked by the rules
+/// a verifier applies (for RSA, ztgate's own key filter; for EC, a point on P-256).
+fn parse_public_jwk(algorithm: Algorithm, text: &str) -> Result<PublicKey, IssueError> {
+    let jwk: serde_json::Value = serde_json::from_str(text)
+        .map_err(|_| key_error(algorithm, "neither a PEM private key nor a JWK"))?;
+    let member = |name: &str| -> Result<Vec<u8>, IssueError> {
+        let value = jwk.get(name).and_then(serde_json::Value::as_str);
+        let value = value.ok_or_else(|| key_error(algorithm, "a JWK member is missing"))?;
+        URL_SAFE_NO_PAD.decode(value).map_err(|_| key_error(algorithm, "a JWK member is not base64url"))
+    };
+    let kty = jwk.get("kty").and_then(serde_json::Value::as_str);
+    match (algorithm, kty) {
+        (Algorithm::Rs256, Some("RSA")) => {
+            let (n, e) = (member("n")?, member("e")?);
+            let review = serde_json::json!({
+                "kty": "RSA", "kid": "previous", "n": URL_SAFE_NO_PAD.encode(&n), "e": URL_SAFE_NO_PAD.encode(&e)
+            });
+            crate::identity::jwks::review_key(review).map_err(|reason| key_error(algorithm, reason))?;
+            Ok(PublicKey::Rsa { n, e })
+        }
+        (Algorithm::Es256, Some("EC"))
+            if jwk.get("crv").and_then(serde_json::Value::as_str) == Some("P-256") =>
+        {
+            let (x, y) = (member("x")?, member("y")?);
+            if x.len() != 32 || y.len() != 32 {
+                return Err(key_error(algorithm, "not a P-256 point"));
+            }
+            let point = [&[4u8][..], &x, &y].concat();
+            aws_lc_rs::signature::ParsedPublicKey::new(
+                &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED,
+                &point,
+            )
+            .map_err(|_| key_error(algorithm, "not a P-256 point"))?;
+            Ok(PublicKey::Ec { x, y })
+        }
+        _ => Err(key_error(algorithm, "the JWK is not a key for the algorithm")),
+    }
+}
+
 fn load_key(
     algorithm: Algorithm,
     secret: &Secret,
@@ -259,60 +407,16 @@ fn load_key(
     signing: bool,
 ) -> Result<LoadedKey, IssueError> {
     let digest: [u8; 32] = Sha256::digest(secret.expose()).into();
-    let pem = std::str::from_utf8(secret.expose()).map_err(|_| key_error(algorithm, "not a PEM text"))?;
-    let public_only = pem.contains("-----BEGIN PUBLIC KEY-----");
-    if signing && public_only {
-        return Err(key_error(algorithm, "a public key cannot sign"));
-    }
-    let (signer, public_jwk, thumbprint) = match algorithm {
-        Algorithm::Rs256 => {
-            let (signer, public) = if public_only {
-                let public = RS256PublicKey::from_pem(pem)
-                    .map_err(|_| key_error(algorithm, "not a PEM RSA public key"))?;
-                (None, public)
-            } else {
-                let pair = RS256KeyPair::from_pem(pem)
-                    .map_err(|_| key_error(algorithm, "not a PEM RSA private key (PKCS#8 or PKCS#1)"))?;
-                let public = pair.public_key();
-                (Some(Signer::Rs256(pair)), public)
-            };
-            let bits = public.to_components().n.len() * 8;
-            if !(2048..=4096).contains(&bits) {
-                return Err(key_error(algorithm, "the RSA modulus is not 2048 to 4096 bits"));
-            }
-            (signer, public.to_jwk(), public.jwk_thumbprint())
-        }
-        Algorithm::Es256 => {
-            let (signer, public) = if public_only {
-                let public = ES256PublicKey::from_pem(pem)
-                    .map_err(|_| key_error(algorithm, "not a PEM P-256 public key"))?;
-                (None, public)
-            } else {
-                let pair = ES256KeyPair::from_pem(pem)
-                    .map_err(|_| key_error(algorithm, "not a PEM P-256 private key (PKCS#8)"))?;
-                let public = pair.public_key();
-                (Some(Signer::Es256(pair)), public)
-            };
-            (signer, public.to_jwk(), public.jwk_thumbprint())
-        }
-    };
-    let kid = kid.map_or(thumbprint, str::to_owned);
-    let mut jwk: serde_json::Value = serde_json::from_str(&public_jwk)
-        .map_err(|_| key_error(algorithm, "the public JWK did not build"))?;
-    let members = jwk.as_object_mut().ok_or_else(|| key_error(algorithm, "the public JWK did not build"))?;
-    members.insert("kid".into(), kid.clone().into());
-    members.insert("alg".into(), algorithm.as_str().into());
-    members.insert("use".into(), "sig".into());
-    // Only the signer is kept for the signing key; a previous key's private half is dropped here.
-    let signer = if signing {
-        let signer = signer.ok_or_else(|| key_error(algorithm, "a public key cannot sign"))?;
-        Some(match signer {
-            Signer::Rs256(pair) => Signer::Rs256(pair.with_key_id(&kid)),
-            Signer::Es256(pair) => Signer::Es256(pair.with_key_id(&kid)),
-        })
+    let text = std::str::from_utf8(secret.expose()).map_err(|_| key_error(algorithm, "not text"))?;
+    let (signer, public) = if signing || text.contains("-----BEGIN ") {
+        let (signer, public) = parse_private(algorithm, text)?;
+        // A previous key's private half is dropped here: only its public JWK is kept.
+        (signing.then_some(signer), public)
     } else {
-        None
+        (None, parse_public_jwk(algorithm, text)?)
     };
+    let kid = kid.map_or_else(|| public.thumbprint(), str::to_owned);
+    let jwk = public.jwk(&kid, algorithm);
     Ok(LoadedKey { digest, kid, signer, jwk })
 }
 
@@ -588,27 +692,29 @@ impl WorkloadIssuer {
         let now = self.inner.clock.now();
         let expires_at = now.saturating_add(config.ttl.as_secs());
         let jwt_id = random_id()?;
-        let audiences = match config.audiences.as_slice() {
-            [one] => Audiences::AsString(one.clone()),
-            many => Audiences::AsSet(many.iter().cloned().collect()),
+        let audience = match config.audiences.as_slice() {
+            [one] => serde_json::Value::from(one.as_str()),
+            many => serde_json::Value::from(many.to_vec()),
         };
-        let claims = JWTClaims {
-            issued_at: Some(UnixTimeStamp::from_secs(now)),
-            expires_at: Some(UnixTimeStamp::from_secs(expires_at)),
-            invalid_before: Some(UnixTimeStamp::from_secs(now)),
-            issuer: Some(config.issuer.clone()),
-            subject: Some(config.subject.clone()),
-            audiences: Some(audiences),
-            jwt_id: Some(jwt_id.clone()),
-            nonce: None,
-            custom: NoCustomClaims {},
-        };
-        let token = match &key.signer {
-            Some(Signer::Rs256(pair)) => pair.sign(claims),
-            Some(Signer::Es256(pair)) => pair.sign(claims),
-            None => return Err(IssueError::Signing),
-        }
-        .map_err(|_| IssueError::Signing)?;
+        let header =
+            serde_json::json!({ "alg": self.inner.current.algorithm.as_str(), "kid": key.kid, "typ": "JWT" });
+        let claims = serde_json::json!({
+            "iss": config.issuer,
+            "sub": config.subject,
+            "aud": audience,
+            "iat": now,
+            "nbf": now,
+            "exp": expires_at,
+            "jti": jwt_id,
+        });
+        let signing_input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let signer = key.signer.as_ref().ok_or(IssueError::Signing)?;
+        let signature = signer.sign(signing_input.as_bytes())?;
+        let token = format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(signature));
         Ok(IssuedToken { token, key_id: key.kid.clone(), jwt_id, issued_at: now, expires_at })
     }
 
@@ -710,6 +816,27 @@ mod tests {
         ] {
             assert_eq!(ok(bad).unwrap_err().setting(), "workload.issuer", "{bad}");
         }
+    }
+
+    #[test]
+    fn the_thumbprint_is_rfc7638s_own_example() {
+        let n = "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZ\
+                 CiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZ\
+                 gnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniI\
+                 qbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw";
+        let key = PublicKey::Rsa { n: URL_SAFE_NO_PAD.decode(n).unwrap(), e: vec![1, 0, 1] };
+        assert_eq!(key.thumbprint(), "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs");
+    }
+
+    #[test]
+    fn pem_documents_are_read_by_label_whatever_their_line_length() {
+        let (label, der) =
+            pem_der("junk\n-----BEGIN EC PRIVATE KEY-----\nAAEC\nAw==\n-----END EC PRIVATE KEY-----\n")
+                .unwrap();
+        assert_eq!((label, der), ("EC PRIVATE KEY", vec![0, 1, 2, 3]));
+        assert!(pem_der("-----BEGIN PRIVATE KEY-----\nAAEC\n-----END PUBLIC KEY-----").is_none());
+        assert!(pem_der("-----BEGIN PRIVATE KEY-----\n!!!!\n-----END PRIVATE KEY-----").is_none());
+        assert!(pem_der("no pem").is_none());
     }
 
     #[test]

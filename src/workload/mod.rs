@@ -16,7 +16,7 @@
 //!  cloud ◄──── temporary credentials, cached until expiry − margin ◄─────────────┘ {iss}/.well-known/…
 //! ```
 //!
-//! - **Tokens**: RS256 (2048–4096-bit RSA) or ES256 (P-256), signed by jwt-simple; claims
+//! - **Tokens**: RS256 (2048–4096-bit RSA) or ES256 (P-256), signed by aws-lc; claims
 //!   `iss`, `sub`, `aud`, `iat`, `nbf`, `exp` (1 min to 1 h after `iat`, default 5 min) and a
 //!   random `jti`; the header's `kid` is the key's RFC 7638 thumbprint unless configured. The
 //!   key is PEM (PKCS#8; PKCS#1 too for RSA), read on every signature and parsed again only
@@ -42,7 +42,10 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! # let pem = jwt_simple::prelude::ES256KeyPair::generate().to_pem()?;
+//! # use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+//! # use base64::Engine as _;
+//! # let der = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &aws_lc_rs::rand::SystemRandom::new())?;
+//! # let pem = format!("-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n", base64::prelude::BASE64_STANDARD.encode(der.as_ref()));
 //! // In production: FileSecret::new("/run/secrets/workload-key.pem"), or a secret store.
 //! let key = StaticSecret::new(pem);
 //! let config = IssuerConfig::new("https://id.example.com", "system:billing-exporter", ["sts.amazonaws.com"])?;
