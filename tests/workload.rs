@@ -339,6 +339,20 @@ async fn the_jwks_is_503_while_the_signing_key_cannot_be_read_and_discovery_stil
     assert_eq!(response.text().await.unwrap(), r#"{"code":"keys_unavailable"}"#);
     discover(&issuer_url).await;
     assert!(matches!(issuer.sign().await, Err(IssueError::Secret(SecretError::Missing(_)))));
+
+    // A key store that never answers: 503 after a bound, not a request held open for ever.
+    #[derive(Debug)]
+    struct Silent;
+    impl SecretSource for Silent {
+        fn get(&self) -> SecretFuture<'_> {
+            Box::pin(std::future::pending())
+        }
+    }
+    let (listener, addr) = bind().await;
+    let silent = WorkloadIssuer::new(config(&format!("http://{addr}")), Algorithm::Es256, Silent, clock());
+    serve_hyper(listener, silent.discovery_service());
+    let response = http().get(format!("http://{addr}/.well-known/jwks.json")).send().await.unwrap();
+    assert_eq!(response.status(), 503);
 }
 
 #[tokio::test]
@@ -860,6 +874,49 @@ async fn credentials_are_renewed_before_they_expire_by_the_injected_clock() {
     assert_eq!(sts.hits(), 8);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inside_the_refresh_margin_valid_credentials_outlive_a_slow_or_failed_renewal() {
+    let clock = clock();
+    let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let (now, state) = (clock.clone(), up.clone());
+    let sts = FakeSts::start(move |n, _| {
+        if state.load(Ordering::SeqCst) {
+            let expiration = ztgate::clock::Clock::now(&*now) + 3600;
+            (Duration::from_millis(300), Reply::Credentials { key: key_id(n), expiration })
+        } else {
+            (Duration::ZERO, Reply::Xml(503, String::new()))
+        }
+    })
+    .await;
+    let aws = credentials_for(&sts, clock.clone(), Algorithm::Es256, ec_pem());
+    let first = format!("ASIA{}", key_id(0));
+    assert_eq!(aws.credentials().await.unwrap().access_key_id(), first);
+
+    // Due for renewal: one caller renews (slowly); the others get the still-valid ones at once.
+    clock.advance(Duration::from_secs(3300));
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let aws = aws.clone();
+        calls.spawn(async move { aws.credentials().await.unwrap().access_key_id().to_owned() });
+    }
+    let keys = bounded(calls.join_all()).await;
+    let second = format!("ASIA{}", key_id(1));
+    assert!(keys.iter().all(|k| *k == first || *k == second), "{keys:?}");
+    assert!(keys.contains(&second) && keys.contains(&first), "{keys:?}");
+    assert_eq!((aws.exchanges(), sts.hits()), (2, 2), "one renewal");
+
+    // STS goes down at the next renewal: the valid credentials are still handed out...
+    up.store(false, Ordering::SeqCst);
+    clock.advance(Duration::from_secs(3300));
+    assert_eq!(bounded(aws.credentials()).await.unwrap().access_key_id(), second);
+    assert_eq!(sts.hits(), 2 + 3, "the renewal was tried, three attempts");
+    clock.set(NOW + 3300 + 3600 - 31);
+    assert_eq!(bounded(aws.credentials()).await.unwrap().access_key_id(), second);
+    // ...until 30 s before they expire; then the failure reaches the caller.
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(bounded(aws.credentials()).await.unwrap_err(), StsError::Status(503));
+}
+
 /// Runs `call` under a generous outer bound: a hang fails the test instead of stalling it.
 async fn bounded<T>(call: impl Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(20), call).await.expect("the call hung")
@@ -1063,10 +1120,10 @@ async fn malformed_answers_are_refused_and_not_retried() {
             "no session token",
             good.replace("<SessionToken>FwoGZXIvYXdzE&amp;example+session/token==</SessionToken>", ""),
         ),
-        ("an empty secret", good.replace("wJalrXUtnFEMI/K7MDENG/bPxRfiCYAAAABBBBCCCCDDDD", "")),
+        ("an empty secret", good.replace("wJalrXUtnFEMI/K7MDENG/bPxRfiCYAAAABBBBCCCCDDDD", "")), // pragma: allowlist secret
         (
             "two access keys",
-            good.replace("<AccessKeyId>", "<AccessKeyId>ASIAXXXXXXXXXXXXXXXX</AccessKeyId><AccessKeyId>"),
+            good.replace("<AccessKeyId>", "<AccessKeyId>ASIAXXXXXXXXXXXXXXXX</AccessKeyId><AccessKeyId>"), // pragma: allowlist secret
         ),
         ("a bad access key", good.replace("<AccessKeyId>ASIA", "<AccessKeyId>ASIA/../")),
         ("a local expiration", good.replace("2030-01-01T01:00:00Z", "2030-01-01 01:00:00")),

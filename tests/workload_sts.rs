@@ -82,7 +82,7 @@ fn rsa_pem() -> String {
     let key = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
     let body = STANDARD.encode(key.as_der().unwrap().as_ref());
     let lines: Vec<&str> = body.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap()).collect();
-    format!("-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n", lines.join("\n"))
+    format!("-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n", lines.join("\n")) // pragma: allowlist secret
 }
 
 fn http() -> reqwest::Client {
@@ -171,7 +171,7 @@ async fn a_signed_token_buys_credentials_from_moto_that_moto_then_recognises() {
     assert!((now + 800..=now + 960).contains(&credentials.expiration()), "asked for 900 s");
     assert_eq!(caller_arn(&moto, credentials.access_key_id(), credentials.session_token()).await, assumed);
     // The check is live: a key moto never issued is someone else.
-    assert_ne!(caller_arn(&moto, "ASIAZZZZZZZZZZZZZZZZ", "none").await, assumed);
+    assert_ne!(caller_arn(&moto, "ASIAZZZZZZZZZZZZZZZZ", "none").await, assumed); // pragma: allowlist secret
 
     // 2. The cached provider: many concurrent calls, one exchange, and moto knows the result.
     let aws = WebIdentityCredentials::new(issuer.clone(), sts.clone(), clock.clone());

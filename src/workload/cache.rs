@@ -10,10 +10,16 @@ use super::issuer::WorkloadIssuer;
 use super::sts::{AwsCredentials, StsClient, StsError};
 use crate::clock::Clock;
 
-/// Credentials and the time (by the clock) from which they are renewed.
+/// Credentials are not handed out in their last seconds: a request signed that close to
+/// their expiry may reach AWS after it.
+const EXPIRY_SAFETY: u64 = 30;
+
+/// Credentials, the time (by the clock) from which they are renewed, and the time until which
+/// they may still be handed out while a renewal runs or after it failed.
 struct Cached {
     credentials: Arc<AwsCredentials>,
     renew_at: u64,
+    usable_until: u64,
 }
 
 /// What the waiters of an exchange learn once it ends: nothing (it succeeded: read the
@@ -46,9 +52,13 @@ struct Inner {
 /// - **Bounded**: every call returns within the STS [`deadline`](super::StsConfig::with_deadline),
 ///   the wait for another caller's exchange included, with the credentials or an
 ///   [`StsError`]; never a hang. A caller dropped mid-exchange hands the exchange to a waiter.
-/// - **Time** is read from the injected [`Clock`]: credentials are renewed from
-///   `expiration − margin` (the margin capped at half their lifetime) and refused once
-///   expired, even if STS just sent them.
+/// - **Renewal before expiry**: from `expiration − margin` (the margin capped at half their
+///   lifetime) the next call renews them. Meanwhile the other callers keep getting the current
+///   credentials, which are still valid, and if the renewal fails they keep getting them until
+///   30 s before they expire; only then does a failure reach the callers. So an STS outage
+///   shorter than the margin is not seen at all.
+/// - **Time** is read from the injected [`Clock`]; credentials that are already expired when
+///   they arrive are refused, even if STS just sent them.
 ///
 /// Cheap to clone (one `Arc`); the fast path is one atomic load.
 #[derive(Clone)]
@@ -83,15 +93,23 @@ impl WebIdentityCredentials {
         Self { inner: Arc::new(inner) }
     }
 
-    /// Fresh credentials: the cached ones, or new ones from one exchange.
+    /// Valid credentials: the cached ones, or new ones from one exchange.
     pub async fn credentials(&self) -> Result<Arc<AwsCredentials>, StsError> {
         if let Some(credentials) = self.fresh() {
             return Ok(credentials);
         }
         let deadline = self.inner.sts.config().deadline();
         let until = tokio::time::Instant::now() + deadline;
+        if let Some(usable) = self.usable() {
+            // Due for renewal but still valid: one caller renews, the others use these.
+            let Ok(last) = self.inner.exchange.try_lock() else { return Ok(usable) };
+            if let Some(credentials) = self.fresh() {
+                return Ok(credentials);
+            }
+            return Ok(self.lead(last, until).await.unwrap_or(usable));
+        }
         let seen = self.inner.ended.load(Ordering::SeqCst);
-        let mut last = match tokio::time::timeout_at(until, self.inner.exchange.lock()).await {
+        let last = match tokio::time::timeout_at(until, self.inner.exchange.lock()).await {
             Ok(guard) => guard,
             Err(_) => return Err(StsError::DeadlineExceeded { deadline, attempts: 0, last: None }),
         };
@@ -104,6 +122,15 @@ impl WebIdentityCredentials {
             // The exchange this call waited for failed: its answer is this call's too.
             return Err(failure.clone());
         }
+        self.lead(last, until).await
+    }
+
+    /// Runs the exchange, holding `last` so that no other runs meanwhile, and records its outcome.
+    async fn lead(
+        &self,
+        mut last: tokio::sync::MutexGuard<'_, LastExchange>,
+        until: tokio::time::Instant,
+    ) -> Result<Arc<AwsCredentials>, StsError> {
         self.inner.started.fetch_add(1, Ordering::SeqCst);
         let outcome = self.exchange(until).await;
         last.failure = outcome.as_ref().err().cloned();
@@ -112,10 +139,10 @@ impl WebIdentityCredentials {
             Ok(credentials) => tracing::info!(
                 layer = "workload",
                 outcome = "sts_credentials",
-                access_key_id = credentials.access_key_id(),
+                role = credentials.assumed_role_arn().unwrap_or(""),
                 expiration = credentials.expiration()
             ),
-            Err(e) => tracing::warn!(layer = "workload", outcome = "sts_failed", error = %e),
+            Err(e) => tracing::warn!(layer = "workload", outcome = "sts_failed", error = ?e.to_string()),
         }
         outcome
     }
@@ -137,6 +164,12 @@ impl WebIdentityCredentials {
         (self.inner.clock.now() < cached.renew_at).then(|| cached.credentials.clone())
     }
 
+    fn usable(&self) -> Option<Arc<AwsCredentials>> {
+        let current = self.inner.current.load();
+        let cached = current.as_ref()?;
+        (self.inner.clock.now() < cached.usable_until).then(|| cached.credentials.clone())
+    }
+
     /// Signs a token and exchanges it, all before `until`; caches what comes back.
     async fn exchange(&self, until: tokio::time::Instant) -> Result<Arc<AwsCredentials>, StsError> {
         let deadline = self.inner.sts.config().deadline();
@@ -152,10 +185,12 @@ impl WebIdentityCredentials {
         }
         let margin = self.inner.sts.config().refresh_margin().as_secs().min((expiration - now) / 2);
         let credentials = Arc::new(credentials);
-        self.inner.current.store(Some(Arc::new(Cached {
+        let cached = Cached {
             credentials: credentials.clone(),
             renew_at: expiration - margin,
-        })));
+            usable_until: expiration.saturating_sub(EXPIRY_SAFETY),
+        };
+        self.inner.current.store(Some(Arc::new(cached)));
         Ok(credentials)
     }
 }

@@ -6,7 +6,7 @@
 //! | request | answer |
 //! |---|---|
 //! | `GET {path}/.well-known/openid-configuration` | 200, the discovery document, `Cache-Control: public, max-age=3600` |
-//! | `GET {path}/.well-known/jwks.json` | 200, the JWKS, `Cache-Control: public, max-age=300`; 503 `keys_unavailable` with `Retry-After` when the signing key cannot be read |
+//! | `GET {path}/.well-known/jwks.json` | 200, the JWKS, `Cache-Control: public, max-age=300`; 503 `keys_unavailable` with `Retry-After` when the signing key cannot be read (or its source does not answer within 5 s) |
 //! | another method on those paths | 405 with `Allow: GET` |
 //! | any other path | 404 |
 //!
@@ -31,6 +31,8 @@ use crate::BoxFuture;
 const DISCOVERY_CACHE: &str = "public, max-age=3600";
 /// The JWKS changes with a rotation: verifiers should see a new key within minutes.
 const JWKS_CACHE: &str = "public, max-age=300";
+/// The longest a request waits for the key sources when the JWKS is (re)built; then 503.
+const JWKS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Document {
@@ -111,10 +113,14 @@ impl<B> Service<Request<B>> for DiscoveryService {
         Box::pin(async move {
             Ok(match document {
                 Document::Discovery => json(issuer.discovery_document().to_owned(), DISCOVERY_CACHE),
-                Document::Jwks => match issuer.jwks_document().await {
-                    Ok(jwks) => json(jwks.to_string(), JWKS_CACHE),
-                    Err(e) => {
-                        tracing::warn!(layer = "workload", outcome = "jwks_unavailable", error = %e);
+                Document::Jwks => match tokio::time::timeout(JWKS_TIMEOUT, issuer.jwks_document()).await {
+                    Ok(Ok(jwks)) => json(jwks.to_string(), JWKS_CACHE),
+                    failed => {
+                        let reason = match failed {
+                            Ok(Err(e)) => e.to_string(),
+                            _ => "the key sources did not answer in time".to_owned(),
+                        };
+                        tracing::warn!(layer = "workload", outcome = "jwks_unavailable", error = ?reason);
                         let mut response = error(StatusCode::SERVICE_UNAVAILABLE, "keys_unavailable");
                         response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("5"));
                         response

@@ -588,8 +588,8 @@ impl fmt::Debug for WorkloadIssuer {
 }
 
 impl WorkloadIssuer {
-    /// An issuer for `config` that signs with the `algorithm` key in `key` (PEM: PKCS#8, or
-    /// PKCS#1 for RSA) and reads the time from `clock`.
+    /// An issuer for `config` that signs with the `algorithm` key in `key` (PEM: PKCS#8; also
+    /// PKCS#1 for RSA and SEC 1 for P-256) and reads the time from `clock`.
     ///
     /// The key is not read here: a missing or malformed key is an [`IssueError`] from the
     /// first [`sign`](WorkloadIssuer::sign) (call it at start-up to fail early).
@@ -754,7 +754,7 @@ impl WorkloadIssuer {
                     keys.push(key.jwk.clone());
                 }
                 Err(e) => {
-                    tracing::warn!(layer = "workload", outcome = "previous_key_unavailable", error = %e);
+                    tracing::warn!(layer = "workload", outcome = "previous_key_unavailable", error = ?e.to_string());
                 }
             }
         }
@@ -825,16 +825,16 @@ mod tests {
                  gnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniI\
                  qbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw";
         let key = PublicKey::Rsa { n: URL_SAFE_NO_PAD.decode(n).unwrap(), e: vec![1, 0, 1] };
-        assert_eq!(key.thumbprint(), "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs");
+        assert_eq!(key.thumbprint(), "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"); // pragma: allowlist secret
     }
 
     #[test]
     fn pem_documents_are_read_by_label_whatever_their_line_length() {
         let (label, der) =
-            pem_der("junk\n-----BEGIN EC PRIVATE KEY-----\nAAEC\nAw==\n-----END EC PRIVATE KEY-----\n")
+            pem_der("junk\n-----BEGIN EC PRIVATE KEY-----\nAAEC\nAw==\n-----END EC PRIVATE KEY-----\n") // pragma: allowlist secret
                 .unwrap();
         assert_eq!((label, der), ("EC PRIVATE KEY", vec![0, 1, 2, 3]));
-        assert!(pem_der("-----BEGIN PRIVATE KEY-----\nAAEC\n-----END PUBLIC KEY-----").is_none());
+        assert!(pem_der("-----BEGIN PRIVATE KEY-----\nAAEC\n-----END PUBLIC KEY-----").is_none()); // pragma: allowlist secret
         assert!(pem_der("-----BEGIN PRIVATE KEY-----\n!!!!\n-----END PRIVATE KEY-----").is_none());
         assert!(pem_der("no pem").is_none());
     }

@@ -19,7 +19,7 @@
 //! - **Tokens**: RS256 (2048–4096-bit RSA) or ES256 (P-256), signed by aws-lc; claims
 //!   `iss`, `sub`, `aud`, `iat`, `nbf`, `exp` (1 min to 1 h after `iat`, default 5 min) and a
 //!   random `jti`; the header's `kid` is the key's RFC 7638 thumbprint unless configured. The
-//!   key is PEM (PKCS#8; PKCS#1 too for RSA), read on every signature and parsed again only
+//!   key is PEM (PKCS#8; PKCS#1 or SEC 1 too), read on every signature and parsed again only
 //!   when its bytes change, so a rotated key is used at once.
 //! - **Rotation**: [`PreviousKey`]s are published in the JWKS beside the signing key (never
 //!   used to sign), so tokens the old key signed stay verifiable while verifiers catch up.

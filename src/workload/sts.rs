@@ -212,7 +212,7 @@ impl StsConfig {
 
 /// Temporary AWS credentials. `Debug` shows the access key id (an identifier, as in
 /// CloudTrail), the expiry and the role; never the secret key or the session token.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct AwsCredentials {
     access_key_id: String,
     secret_access_key: String,
@@ -443,7 +443,7 @@ impl StsClient {
                 match self.attempt(&form).await {
                     Ok(credentials) => return Ok(credentials),
                     Err(e) if e.is_retryable() && attempts < config.max_attempts => {
-                        tracing::info!(layer = "workload", outcome = "sts_retry", attempt = attempts, error = %e);
+                        tracing::info!(layer = "workload", outcome = "sts_retry", attempt = attempts, error = ?e.to_string());
                         last = Some(e);
                         tokio::time::sleep(backoff(config.backoff, attempts)).await;
                     }
