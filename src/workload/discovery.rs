@@ -1,20 +1,5 @@
 //! The discovery document and the JWKS as a Tower service: what a cloud fetches to verify the
 //! workload's tokens.
-//!
-//! [`DiscoveryService`] answers two paths and nothing else:
-//!
-//! | request | answer |
-//! |---|---|
-//! | `GET {path}/.well-known/openid-configuration` | 200, the discovery document, `Cache-Control: public, max-age=3600` |
-//! | `GET {path}/.well-known/jwks.json` | 200, the JWKS, `Cache-Control: public, max-age=300`; 503 `keys_unavailable` with `Retry-After` when the signing key cannot be read (or its source does not answer within 5 s) |
-//! | another method on those paths | 405 with `Allow: GET` |
-//! | any other path | 404 |
-//!
-//! `{path}` is the issuer URL's path (empty for an origin such as `https://id.example.com`).
-//! Each document is also answered without it, so the service works both where it sees the
-//! whole path (plain hyper, axum's `route_service`) and where a router stripped the issuer's
-//! path (axum's `nest_service("/workload", ..)` for an issuer `https://host/workload`).
-//! Bodies are JSON (`application/json`), with `X-Content-Type-Options: nosniff`.
 
 use std::convert::Infallible;
 use std::fmt;
@@ -41,8 +26,23 @@ enum Document {
 }
 
 /// A Tower [`Service`] answering `GET /.well-known/openid-configuration` and
-/// `GET /.well-known/jwks.json` for a [`WorkloadIssuer`] (see the [module](self) for the exact
-/// answers). Build it with [`WorkloadIssuer::discovery_service`]; cheap to clone.
+/// `GET /.well-known/jwks.json` for a [`WorkloadIssuer`]. Build it with
+/// [`WorkloadIssuer::discovery_service`]; cheap to clone.
+///
+/// It answers two paths and nothing else:
+///
+/// | request | answer |
+/// |---|---|
+/// | `GET {path}/.well-known/openid-configuration` | 200, the discovery document, `Cache-Control: public, max-age=3600` |
+/// | `GET {path}/.well-known/jwks.json` | 200, the JWKS, `Cache-Control: public, max-age=300`; 503 `keys_unavailable` with `Retry-After` when the signing key cannot be read (or its source does not answer within 5 s) |
+/// | another method on those paths | 405 with `Allow: GET` |
+/// | any other path | 404 |
+///
+/// `{path}` is the issuer URL's path (empty for an origin such as `https://id.example.com`).
+/// Each document is also answered without it, so the service works both where it sees the
+/// whole path (plain hyper, axum's `route_service`) and where a router stripped the issuer's
+/// path (axum's `nest_service("/workload", ..)` for an issuer `https://host/workload`).
+/// Bodies are JSON (`application/json`), with `X-Content-Type-Options: nosniff`.
 ///
 /// ```
 /// # use std::sync::Arc;
@@ -53,8 +53,8 @@ enum Document {
 /// # let config = IssuerConfig::new("https://id.example.com", "svc", ["sts.amazonaws.com"])?;
 /// # let issuer = WorkloadIssuer::new(config, Algorithm::Es256, EnvSecret::new("KEY"), Arc::new(SystemClock));
 /// let app: axum::Router = axum::Router::new()
-///     .route_service("/.well-known/openid-configuration", issuer.discovery_service())
-///     .route_service("/.well-known/jwks.json", issuer.discovery_service());
+///    .route_service("/.well-known/openid-configuration", issuer.discovery_service())
+///    .route_service("/.well-known/jwks.json", issuer.discovery_service());
 /// # let _ = app;
 /// # Ok(())
 /// # }
