@@ -400,13 +400,14 @@ fn parse_public_jwk(algorithm: Algorithm, text: &str) -> Result<PublicKey, Issue
     }
 }
 
+/// The key in `secret` (whose SHA-256 is `digest`), with its signer if it is the signing key.
 fn load_key(
     algorithm: Algorithm,
     secret: &Secret,
+    digest: [u8; 32],
     kid: Option<&str>,
     signing: bool,
 ) -> Result<LoadedKey, IssueError> {
-    let digest: [u8; 32] = Sha256::digest(secret.expose()).into();
     let text = std::str::from_utf8(secret.expose()).map_err(|_| key_error(algorithm, "not text"))?;
     let (signer, public) = if signing || text.contains("-----BEGIN ") {
         let (signer, public) = parse_private(algorithm, text)?;
@@ -443,7 +444,7 @@ impl KeySlot {
         {
             return Ok(key.clone());
         }
-        let key = Arc::new(load_key(self.algorithm, &secret, self.key_id.as_deref(), self.signing)?);
+        let key = Arc::new(load_key(self.algorithm, &secret, digest, self.key_id.as_deref(), self.signing)?);
         *self.lock() = Some(key.clone());
         Ok(key)
     }
