@@ -678,8 +678,8 @@ impl WorkloadIssuer {
     /// A token for the configured audiences, valid from now for the configured lifetime, with
     /// a fresh random `jti`. The header names the key (`kid`) and `typ: JWT`.
     ///
-    /// Signing runs on the calling task: about a millisecond for RS256 with pure-Rust RSA,
-    /// less for ES256 (see `benches/workload.rs`); a token is signed once per exchange.
+    /// Signing runs on the calling task: about 0.8 ms for 2048-bit RS256 and 30 µs for ES256
+    /// (`benches/workload.rs`); a token is signed once per exchange.
     pub async fn sign(&self) -> Result<IssuedToken, IssueError> {
         let key = self.inner.current.load().await?;
         {
