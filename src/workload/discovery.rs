@@ -70,11 +70,14 @@ impl fmt::Debug for DiscoveryService {
     }
 }
 
-impl DiscoveryService {
-    pub(crate) fn new(issuer: WorkloadIssuer) -> Self {
-        Self { issuer }
+impl WorkloadIssuer {
+    /// The Tower service that answers this issuer's discovery document and JWKS.
+    pub fn discovery_service(&self) -> DiscoveryService {
+        DiscoveryService { issuer: self.clone() }
     }
+}
 
+impl DiscoveryService {
     fn document(&self, path: &str) -> Option<Document> {
         let prefix = self.issuer.config().path();
         let under = |suffix: &str| {

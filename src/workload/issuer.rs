@@ -780,11 +780,6 @@ impl WorkloadIssuer {
             _ => None,
         }
     }
-
-    /// The Tower service that answers the discovery document and the JWKS.
-    pub fn discovery_service(&self) -> super::discovery::DiscoveryService {
-        super::discovery::DiscoveryService::new(self.clone())
-    }
 }
 
 /// 128 bits from the operating system's CSPRNG, base64url.
