@@ -57,6 +57,7 @@
 //! | `redis` | no | `ztgate::redis`: the replay guard, revocations and rate limits shared by a fleet through Redis |
 //! | `config` | no | `ztgate::config`: one TOML file into the builders' types (routes, keys by digest or reference), for reloads |
 //! | `cli` | no | the `ztgate` binary: `inspect`, `verify`, `jwks`, `mint-link`, `sign-webhook`, `check-config` |
+//! | `workload` | no | `ztgate::workload`: outbound workload identity — short-lived RS256/ES256 JWTs from a key in a [`SecretSource`](secrets::SecretSource), their OIDC discovery document and JWKS as a Tower service, and AWS STS `AssumeRoleWithWebIdentity` credentials, cached |
 //! | `workers` | no | the Cloudflare Workers runtime (wasm32): `ztgate::workers` — Workers fetch for the JWKS, JS clock, RS256 through WebCrypto, `request.cf` client certificates, Worker secrets. Build with `--no-default-features --features workers --target wasm32-unknown-unknown` |
 //!
 //! Counters and histograms go through the [`metrics`](mod@crate::metrics) facade (names and labels in
@@ -115,6 +116,8 @@ pub mod outbound;
 pub mod request;
 pub mod secrets;
 pub mod storage;
+#[cfg(feature = "workload")]
+pub mod workload;
 
 // The public interface is:
 pub use adapters::tower::{IdentityService, ResponseFuture};

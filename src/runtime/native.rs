@@ -208,7 +208,7 @@ impl HttpFetcher {
 
 /// A client for `url` under the fetch rules (`https://` except on loopback, the timeout for the
 /// whole request, no redirects, no proxy); errors name `setting`.
-fn bounded_client(
+pub(crate) fn bounded_client(
     setting: &'static str,
     url: &str,
     timeout: Duration,
@@ -305,7 +305,7 @@ impl KeyFetcher for HttpFetcher {
     }
 }
 
-fn classify(e: reqwest::Error) -> FetchError {
+pub(crate) fn classify(e: reqwest::Error) -> FetchError {
     if e.is_timeout() {
         FetchError::Timeout
     } else {
