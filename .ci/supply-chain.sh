@@ -18,7 +18,7 @@ set -euo pipefail
 #         The duplicate skips in deny.toml are written for the native graph, hence
 #         `--allow unnecessary-skip` here.
 DENY_GRAPHS=(
-    "native|--features axum,dev,config,redis|"
+    "native|--features axum,dev,config,redis,workload|"
     "wasm32|--target wasm32-unknown-unknown --no-default-features --features workers --exclude-dev|--allow unnecessary-skip"
 )
 CARGO_DENY_VERSION="0.20.2"    # known to work with the offline advisory-db layout below

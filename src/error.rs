@@ -25,9 +25,11 @@ impl ConfigError {
         Self { setting, message: message.into() }
     }
 
-    /// The setting at fault: one of `team_domain`, `audiences`, `leeway`, `max_lifetime`, `certs_url`,
-    /// `policy`, `fetcher`, `api_keys`, `hmac_keys`, `webhook_secret`, `webhook_tolerance`,
-    /// `routes`. These names are stable, so a program can map them to its own
+    /// The setting at fault, e.g. `team_domain`, `audiences`, `leeway`, `max_lifetime`,
+    /// `certs_url`, `policy`, `fetcher`, `api_keys`, `hmac_keys`, `webhook_secret`,
+    /// `webhook_tolerance`, `routes`, `rate_limit`, `redis_url`; prefixed by their part for the
+    /// token cache (`token_cache.*`), the outbound fetcher (`outbound.*`), the workload issuer
+    /// (`workload.*`) and the STS client (`sts.*`). These names are stable, so a program can map them to its own
     /// configuration keys (the admin server maps `team_domain` to `ZTGATE_TEAM_DOMAIN`).
     pub fn setting(&self) -> &'static str {
         self.setting
