@@ -202,12 +202,13 @@ pub mod workers {
     //! `examples/worker/` is a complete Worker with the admin server's routes and configuration.
 
     pub use crate::adapters::workers::{MAX_HEADERS, check, client_cert, headers, request_facts};
+    pub use crate::adapters::workers::{RPC_METHOD, RPC_TOKEN_PARAM, RpcCredential, check_rpc, scheduled};
     pub use crate::runtime::workers::WorkersSiteverify;
     pub use crate::runtime::workers::{
         ConsoleLog, SecretStoreSecret, WorkerSecret, WorkersFetcher, WorkersIdentityFetcher, set_webcrypto,
     };
     pub use crate::runtime::workers::{
-        DurableRateLimiter, DurableReplayGuard, DurableRevocations, DurableState, StateObject,
+        DurableClaims, DurableRateLimiter, DurableReplayGuard, DurableRevocations, DurableState, StateObject,
     };
 }
 
