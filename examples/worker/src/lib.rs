@@ -9,7 +9,21 @@
 //! | `POST /admin/revocations` `{"kind": "api_key"\|"access_sub"\|"cert", "id": ..}` | an admin, as above: the credential is refused by every isolate within a second (201) |
 //! | `GET /admin/revocations` | an admin: every revocation |
 //! | `POST /webhooks/inbound` | a Svix-signed delivery (secret `ZTGATE_WEBHOOK_SECRET`, or the Secrets Store binding `ZTGATE_WEBHOOK_SECRET_STORE`) |
+//! | `GET /admin/events` | an admin: what the cron trigger, the queue consumer and RPC stored, and the consumer's refusals counted by code |
+//! | `POST /admin/queue/send` (body: the message, e.g. `{"kind":"note","text":".."}`) | an admin: signed into an envelope with `ZTGATE_QUEUE_KEYS` and sent to the queue (202) |
+//! | `POST /admin/queue/send-raw` (body: sent as is) | an admin: what a sender with write access to the queue but not the key can send, for tests (202) |
+//! | `POST /admin/maintenance` | nobody, in effect: an admin passes the gate, but storage records maintenance for the cron trigger only (403 `forbidden`) |
 //! | anything else | nobody: 403 `no_policy` |
+//!
+//! Three more event sources, each with its identity (`src/events.rs`, `docs/workers.md`):
+//!
+//! | event | who is calling | stored by |
+//! |---|---|---|
+//! | cron trigger `*/30 * * * *` (`#[event(scheduled)]`) | the platform: `scheduled:<cron>`, from the runtime's event | `store::record_maintenance` (that principal only) |
+//! | queue `ztgate-events` (`#[event(queue)]`, producer `ZTGATE_QUEUE`) | the holder of `ZTGATE_QUEUE_KEYS`: each message a signed envelope (purpose `queue:ztgate-events`), opened before storage; refused ones are acknowledged, logged and counted, never retried; a storage failure is retried | `store::record_message`, idempotent by envelope id |
+//! | RPC `record_note({ signed_token } \| { access_jwt }, note)` through a service binding | a token signed with `ZTGATE_RPC_KEYS` for `rpc:record_note`, or an Access JWT, checked at the route `RPC /rpc/record_note` | `store::record_note` (machines only: a signed token or a service token) |
+//!
+//! Application data lives in a second Durable Object, `ZTGATE_STORE` (class [`AppStore`]).
 //!
 //! Shared state lives in the Durable Object bound as `ZTGATE_STATE` (class [`ZtgateState`],
 //! SQLite-backed; `wrangler.toml` binds it), so every isolate sees the same: webhook replays
@@ -24,7 +38,10 @@
 //! Configuration (each name a Worker var or secret) — `ZTGATE_TEAM_DOMAIN` (the exact `iss`, e.g.
 //! `https://acme.cloudflareaccess.com`), `ZTGATE_AUD` (comma-separated AUD tags),
 //! `ZTGATE_ADMIN_EMAILS`, `ZTGATE_SERVICE_TOKENS` (comma-separated), `ZTGATE_CERTS_URL` (JWKS,
-//! default `{team}/cdn-cgi/access/certs`), `ZTGATE_AUTH_FAILURES` (above). A missing or bad
+//! default `{team}/cdn-cgi/access/certs`), `ZTGATE_AUTH_FAILURES` (above), `ZTGATE_QUEUE_KEYS`
+//! and `ZTGATE_RPC_KEYS` (HMAC key rings, `kid:secret,...`; without the first the consumer retries
+//! every batch, without the second RPC takes Access JWTs only), `ZTGATE_QUEUE_NAME` (the queue
+//! `ZTGATE_QUEUE` sends to, default `ztgate-events`). A missing or bad
 //! setting, or no `ZTGATE_STATE` binding, makes every request answer 500 `not_configured`,
 //! naming it. `ZTGATE_LOG` (`error`, `warn`, `info` — the default, one JSON line per decision on the
 //! console, for `wrangler tail` — or `debug`). `ZTGATE_RS256=pure-rust` verifies signatures
