@@ -32,7 +32,13 @@ pub enum Principal<C = NoClaims> {
     /// The platform itself, running a cron trigger: no credential and no HTTP request, the
     /// runtime's own event is the proof. Only ztgate hands one out inside a [`Verified`], from
     /// the event object the runtime passes to a scheduled handler
-    /// (`ztgate::workers::scheduled` in a Worker); no request can be verified as one.
+    /// (`ztgate::workers::scheduled` in a Worker); no request can be verified as one. Code
+    /// outside ztgate cannot even build the principal (the variant is `#[non_exhaustive]`), so
+    /// a test or a handler cannot pass one where a scheduled job's is expected:
+    ///
+    /// ```compile_fail
+    /// let platform = ztgate::Principal::Scheduled { cron: "*/5 * * * *".into() };
+    /// ```
     #[non_exhaustive]
     Scheduled {
         /// The cron expression of the trigger that fired, e.g. `*/5 * * * *` (at most

@@ -25,11 +25,11 @@ use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use ztgate::Principal;
-use ztgate::identity::hmac_token::MAX_TTL;
 use ztgate::identity::envelope::{
     EnvelopeError, EnvelopeVerifier, InMemoryClaims, MAX_ENVELOPE_BYTES, OpenedEnvelope, SignEnvelopeError,
     sign_envelope,
 };
+use ztgate::identity::hmac_token::MAX_TTL;
 use ztgate_fuzz::{NOW, hmac_ring, runtime};
 
 const QUEUE: &str = "fuzz";
@@ -71,13 +71,18 @@ fn clock(byte: u8) -> u64 {
     [NOW, NOW + 599, NOW + 600, NOW - 1, 0, u64::MAX][usize::from(byte % 6)]
 }
 
-fn verifier() -> (EnvelopeVerifier, Arc<InMemoryClaims>) {
+fn fresh_verifier() -> (EnvelopeVerifier, Arc<InMemoryClaims>) {
     let claims = Arc::new(InMemoryClaims::with_capacity(8));
     let ring = Arc::new(hmac_ring().clone());
     (EnvelopeVerifier::new(ring, QUEUE, claims.clone()).expect("queue name"), claims)
 }
 
-fn open(verifier: &EnvelopeVerifier, envelope: &str, delivery: &str, now: u64) -> Result<OpenedEnvelope, EnvelopeError> {
+fn open(
+    verifier: &EnvelopeVerifier,
+    envelope: &str,
+    delivery: &str,
+    now: u64,
+) -> Result<OpenedEnvelope, EnvelopeError> {
     runtime().block_on(verifier.verify(envelope, delivery, now))
 }
 
@@ -92,7 +97,13 @@ fn members(envelope: &str) -> Option<(String, String)> {
 }
 
 /// What every opened envelope must be, and what a second delivery of it must get.
-fn check_opened(verifier: &EnvelopeVerifier, envelope: &str, delivery: &str, now: u64, opened: &OpenedEnvelope) {
+fn check_opened(
+    verifier: &EnvelopeVerifier,
+    envelope: &str,
+    delivery: &str,
+    now: u64,
+    opened: &OpenedEnvelope,
+) {
     assert!(envelope.len() <= MAX_ENVELOPE_BYTES);
     let (token, body) = members(envelope).expect("an opened envelope has a token and a body");
     assert_eq!(opened.body(), body);
@@ -112,7 +123,7 @@ fn raw(rest: &[u8]) {
     let now = clock(choice);
     let delivery = DELIVERIES[usize::from(choice / 6) % DELIVERIES.len()];
     let envelope = String::from_utf8_lossy(text);
-    let (verifier, claims) = verifier();
+    let (verifier, claims) = fresh_verifier();
     match open(&verifier, &envelope, delivery, now) {
         Ok(opened) => check_opened(&verifier, &envelope, delivery, now, &opened),
         Err(e) => {
@@ -136,7 +147,7 @@ fn seal(rest: &[u8]) {
         Err(SignEnvelopeError::Mint(_)) => return assert_eq!(ttl, Duration::ZERO),
         Err(e) => panic!("sealing {} bytes: {e:?}", body.len()),
     };
-    let (verifier, _) = verifier();
+    let (verifier, _) = fresh_verifier();
     let now = clock(*clock_byte);
     let opened = open(&verifier, &sealed, "msg-1", now);
     // The token's own window: refused from its expiry on, and from further back than its
@@ -161,7 +172,7 @@ fn seal(rest: &[u8]) {
     let original = members(&sealed).expect("sealed JSON");
     for (i, op) in mutation.chunks(3).enumerate() {
         let Some(changed) = change(&sealed, op) else { continue };
-        let (verifier, _) = verifier();
+        let (verifier, _) = fresh_verifier();
         if let Ok(opened) = open(&verifier, &changed, &format!("copy-{i}"), NOW) {
             assert_eq!(members(&changed).as_ref(), Some(&original), "a changed envelope opened: {changed:?}");
             assert_eq!(opened.body(), original.1);
@@ -178,7 +189,7 @@ fn swap(rest: &[u8]) {
     let seal = |body: &str| sign_envelope(hmac_ring(), QUEUE, body, NOW, Duration::from_secs(60));
     let (Ok(a), Ok(b)) = (seal(first), seal(second)) else { return };
     let ((token_a, body_a), (token_b, body_b)) = (members(&a).expect("JSON"), members(&b).expect("JSON"));
-    let (verifier, claims) = verifier();
+    let (verifier, claims) = fresh_verifier();
     for (token, body) in [(&token_a, &body_b), (&token_b, &body_a)] {
         let swapped = serde_json::json!({ "token": token, "body": body }).to_string();
         if swapped.len() <= MAX_ENVELOPE_BYTES {
