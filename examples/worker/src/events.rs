@@ -43,6 +43,10 @@ const MAX_RPC_CREDENTIAL_UNITS: u32 = 16 * 1024;
 
 // --- RPC ------------------------------------------------------------------------------------
 
+/// An RPC method's answer before it becomes a JS object: the HTTP status it stands for, and
+/// the JSON members beside it.
+type Answer = (StatusCode, Value);
+
 #[wasm_bindgen(module = "cloudflare:workers")]
 extern "C" {
     /// The Worker's bindings, as `import { env } from "cloudflare:workers"`: an RPC method is
@@ -78,7 +82,7 @@ async fn rpc_record_note(
     env: &Env,
     credential: &wasm_bindgen::JsValue,
     note: &wasm_bindgen::JsValue,
-) -> (StatusCode, Value) {
+) -> Answer {
     let app = match crate::app_for(env) {
         Ok(app) => app,
         Err(misconfigured) => return misconfigured,
@@ -122,15 +126,14 @@ enum CredentialKind {
 
 /// `{ signed_token }` or `{ access_jwt }`: exactly one, a string of bounded length. Neither is
 /// "no credential" (the gate answers 401 `missing_credential`); both is refused, never guessed.
-#[allow(clippy::type_complexity)]
-fn rpc_credential(
-    value: &wasm_bindgen::JsValue,
-) -> Result<Option<(CredentialKind, String)>, (StatusCode, Value)> {
+fn rpc_credential(value: &wasm_bindgen::JsValue) -> Result<Option<(CredentialKind, String)>, Answer> {
     if !value.is_object() {
         return Ok(None);
     }
     let field = |name: &str| js_sys::Reflect::get(value, &name.into()).ok().filter(|v| !v.is_undefined());
-    let invalid = |message: &str| {
+    let invalid = |message: &'static str| {
+        // Refused before the pipeline, so logged here (the argument's shape only).
+        tracing::info!(layer = "request", outcome = "refused", via = "rpc", reason = message);
         (StatusCode::UNAUTHORIZED, json!({ "code": "invalid_credential", "message": message }))
     };
     match (field("signed_token"), field("access_jwt")) {
@@ -156,11 +159,11 @@ fn bounded_string(value: &wasm_bindgen::JsValue, max: u32) -> Option<String> {
     (text.len() <= max as usize).then_some(text)
 }
 
-fn rejected(rejection: &Rejection) -> (StatusCode, Value) {
+fn rejected(rejection: &Rejection) -> Answer {
     (rejection.status(), json!({ "code": rejection.code(), "message": rejection.to_string() }))
 }
 
-fn store_refused(who: &Verified<Principal>, e: StoreError) -> (StatusCode, Value) {
+fn store_refused(who: &Verified<Principal>, e: StoreError) -> Answer {
     match e {
         StoreError::Refused(why) => {
             tracing::warn!(layer = "storage", outcome = "refused", principal = ?who.id(), reason = why);
