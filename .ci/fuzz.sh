@@ -14,10 +14,10 @@
 #   FUZZ_JOBS=1 bash .ci/fuzz.sh                       # one target at a time (default: one per core)
 #
 # The time: FUZZ_TARGETS plus FUZZ_JWT_SIMPLE_TARGETS runs of FUZZ_SECONDS each, FUZZ_JOBS at a
-# time (CI: 7 + 1 runs of 60 s, 2 at a time, so 4 rounds: the 8th run fills the slot a 7th target
-# alone left idle). The jwt_simple build runs in the background while the first targets fuzz, and
-# every run starts its binary directly (a copy taken after each build), so the two builds never
-# wait for each other or rebuild what the other replaced.
+# time (CI: 8 + 1 runs of 60 s, 2 at a time, so 5 rounds). The jwt_simple build runs in the
+# background while the first targets fuzz, and every run starts its binary directly (a copy
+# taken after each build), so the two builds never wait for each other or rebuild what the
+# other replaced.
 #
 # Needs the nightly toolchain (installed on the project's machines; this script cannot download
 # one) and installs cargo-fuzz from crates.io when it is missing.
@@ -28,7 +28,7 @@ export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 export CARGO_TERM_COLOR=never
 
 FUZZ_SECONDS="${FUZZ_SECONDS:-60}"
-FUZZ_TARGETS="${FUZZ_TARGETS:-access_jwt differential_jwt request_facts jwks_parse hmac_token webhook_headers client_cert}"
+FUZZ_TARGETS="${FUZZ_TARGETS:-access_jwt differential_jwt request_facts jwks_parse hmac_token webhook_headers client_cert envelope}"
 FUZZ_JWT_SIMPLE_TARGETS="${FUZZ_JWT_SIMPLE_TARGETS-access_jwt}"
 FUZZ_SANITIZER="${FUZZ_SANITIZER:-address}"
 FUZZ_FEATURES="${FUZZ_FEATURES:-}"

@@ -172,7 +172,15 @@ pub mod workers {
     //! - **Shared state for the fleet of isolates**: [`DurableState`] reaches one SQLite-backed
     //!   Durable Object by name through the binding you name, and hands out the replay guard,
     //!   the rate limiter and the revocation list; the Worker declares the object's class and
-    //!   delegates to [`StateObject`] (`docs/fleet-state.md`).
+    //!   delegates to [`StateObject`] (`docs/fleet-state.md`). It also holds the claims on signed
+    //!   queue envelopes ([`DurableState::envelope_claims`]).
+    //! - **Event sources without a request**, each with its identity (`docs/workers.md`): a cron
+    //!   trigger is the platform itself, [`Principal::Scheduled`](crate::Principal::Scheduled),
+    //!   proven by the runtime's event ([`scheduled`]); a Workers RPC call over a service binding
+    //!   carries the caller's credential as an argument, checked by the same route table and
+    //!   pipeline as a request ([`check_rpc`], at the pseudo-route `RPC /rpc/<method>`); a queue
+    //!   message is a signed envelope opened before its body reaches storage
+    //!   ([`identity::envelope`](crate::identity::envelope), claims in the Durable Object).
     //!
     //! ```ignore
     //! use std::sync::OnceLock;
@@ -205,12 +213,13 @@ pub mod workers {
     //! `examples/worker/` is a complete Worker with the admin server's routes and configuration.
 
     pub use crate::adapters::workers::{MAX_HEADERS, check, client_cert, headers, request_facts};
+    pub use crate::adapters::workers::{RPC_METHOD, RPC_TOKEN_PARAM, RpcCredential, check_rpc, scheduled};
     pub use crate::runtime::workers::WorkersSiteverify;
     pub use crate::runtime::workers::{
         ConsoleLog, SecretStoreSecret, WorkerSecret, WorkersFetcher, WorkersIdentityFetcher, set_webcrypto,
     };
     pub use crate::runtime::workers::{
-        DurableRateLimiter, DurableReplayGuard, DurableRevocations, DurableState, StateObject,
+        DurableClaims, DurableRateLimiter, DurableReplayGuard, DurableRevocations, DurableState, StateObject,
     };
 }
 

@@ -29,6 +29,22 @@ pub enum Principal<C = NoClaims> {
     ClientCert(ClientCertPrincipal),
     /// Whoever a mechanism of your own proved (see [`Mechanism`](crate::identity::Mechanism)).
     Custom(CustomPrincipal),
+    /// The platform itself, running a cron trigger: no credential and no HTTP request, the
+    /// runtime's own event is the proof. Only ztgate hands one out inside a [`Verified`], from
+    /// the event object the runtime passes to a scheduled handler
+    /// (`ztgate::workers::scheduled` in a Worker); no request can be verified as one. Code
+    /// outside ztgate cannot even build the principal (the variant is `#[non_exhaustive]`), so
+    /// a test or a handler cannot pass one where a scheduled job's is expected:
+    ///
+    /// ```compile_fail
+    /// let platform = ztgate::Principal::Scheduled { cron: "*/5 * * * *".into() };
+    /// ```
+    #[non_exhaustive]
+    Scheduled {
+        /// The cron expression of the trigger that fired, e.g. `*/5 * * * *` (at most
+        /// [`Principal::MAX_CRON_LEN`] bytes of printable ASCII).
+        cron: String,
+    },
     /// Nobody: a route declared public.
     Anonymous,
 }
@@ -37,7 +53,7 @@ impl<C> Principal<C> {
     /// A stable identifier for logs and audit trails: `user:<email>` (the email ASCII-lowercased,
     /// so one person has one id), `service:<common_name>` (exactly as sent),
     /// `api_key:<name>`, `signed:<purpose>:<subject>`, `cert:<sha256 fingerprint>`,
-    /// `custom:<kind>:<id>`, `anonymous`.
+    /// `custom:<kind>:<id>`, `scheduled:<cron>`, `anonymous`.
     pub fn id(&self) -> String {
         match self {
             Self::User(u) => format!("user:{}", u.email),
@@ -46,12 +62,13 @@ impl<C> Principal<C> {
             Self::SignedToken(t) => format!("signed:{}:{}", t.purpose, t.subject),
             Self::ClientCert(c) => format!("cert:{}", c.fingerprint_sha256),
             Self::Custom(c) => format!("custom:{}:{}", c.kind, c.id),
+            Self::Scheduled { cron } => format!("scheduled:{cron}"),
             Self::Anonymous => "anonymous".to_owned(),
         }
     }
 
-    /// `"user"`, `"service"`, `"api_key"`, `"signed_token"`, `"client_cert"`, `"custom"` or
-    /// `"anonymous"`.
+    /// `"user"`, `"service"`, `"api_key"`, `"signed_token"`, `"client_cert"`, `"custom"`,
+    /// `"scheduled"` or `"anonymous"`.
     pub fn kind(&self) -> &'static str {
         match self {
             Self::User(_) => "user",
@@ -60,6 +77,7 @@ impl<C> Principal<C> {
             Self::SignedToken(_) => "signed_token",
             Self::ClientCert(_) => "client_cert",
             Self::Custom(_) => "custom",
+            Self::Scheduled { .. } => "scheduled",
             Self::Anonymous => "anonymous",
         }
     }
@@ -92,6 +110,21 @@ impl<C> Principal<C> {
             _ => None,
         }
     }
+
+    /// The cron expression, if this principal is the platform running a cron trigger
+    /// ([`Principal::Scheduled`]).
+    pub fn as_scheduled(&self) -> Option<&str> {
+        match self {
+            Self::Scheduled { cron } => Some(cron),
+            _ => None,
+        }
+    }
+}
+
+impl Principal {
+    /// The longest cron expression a [`Principal::Scheduled`] carries, in bytes. Cloudflare's
+    /// are five fields (`*/5 * * * *`, `0 3 * * MON-FRI`); anything longer is not one.
+    pub const MAX_CRON_LEN: usize = 128;
 }
 
 /// A person authenticated by Cloudflare Access.

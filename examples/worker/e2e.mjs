@@ -24,7 +24,15 @@
 //   across isolates (2 failures in one, 1 in the next, then 429 with Retry-After, still 429 in a
 //   third);
 // - measures the per-request time of RS256 through WebCrypto against the pure-Rust path
-//   (ZTGATE_RS256=pure-rust), both warm, from the difference of two request sizes.
+//   (ZTGATE_RS256=pure-rust), both warm, from the difference of two request sizes;
+// - the event sources without a browser, each with its own identity: the cron trigger
+//   (wrangler dev --test-scheduled, GET /__scheduled?cron=...) records a maintenance run as the
+//   platform's own principal, which no HTTP caller can obtain; queue messages (wrangler dev's
+//   local queue) are signed envelopes: tampered, forged, for another queue, expired, replayed,
+//   swapped or garbage ones are never stored, never retried, logged without their text and
+//   counted, while a genuine one whose storage step fails is retried and stored once; Workers
+//   RPC (Miniflare, a second Worker calling record_note over a service binding): refused without
+//   a valid credential before storage is asked (the note count does not move).
 //
 // Exits non-zero on the first failed case. Only loopback traffic.
 import { spawn } from "node:child_process";
@@ -66,6 +74,24 @@ function mint(key, claims, header = {}) {
   const p = b64url(JSON.stringify(claims));
   const signature = crypto.sign("sha256", Buffer.from(`${h}.${p}`), key.privateKey);
   return `${h}.${p}.${b64url(signature)}`;
+}
+
+// HMAC-signed tokens (v2, docs/hmac-token-format.md) and queue envelopes, made here with
+// node:crypto, independently of the Worker's Rust code.
+function hmacKey(kid) {
+  return { kid, secret: crypto.randomBytes(32).toString("base64url") };
+}
+
+function hmacToken(key, purpose, subject, expiresAt = now() + 600) {
+  const id = b64url(crypto.randomBytes(16));
+  const input = `ztgate-hmac-v2\0${key.kid}\0${purpose}\0${expiresAt}\0${id}\0${subject}`;
+  const mac = crypto.createHmac("sha256", key.secret).update(input).digest();
+  return `v2.${key.kid}.${expiresAt}.${id}.${b64url(subject)}.${b64url(mac)}`;
+}
+
+function envelope(key, queue, body, expiresAt = now() + 600) {
+  const digest = crypto.createHash("sha256").update(body).digest("hex");
+  return JSON.stringify({ token: hmacToken(key, `queue:${queue}`, digest, expiresAt), body });
 }
 
 function user(email = ADMIN, extra = {}) {
@@ -214,6 +240,11 @@ function miniflare(bindings) {
 }
 
 function miniflareOptions(bindings) {
+  return { ...miniflareWorker(bindings), cf: false };
+}
+
+// One Worker's options (the ones a `workers: [...]` entry takes).
+function miniflareWorker(bindings) {
   return {
     rootPath: here,
     scriptPath: path.join(here, "build/index.js"),
@@ -224,9 +255,11 @@ function miniflareOptions(bindings) {
     ],
     compatibilityDate: "2026-04-01",
     bindings,
-    // As wrangler.toml binds it; each instance keeps the object's storage in memory.
-    durableObjects: { ZTGATE_STATE: { className: "ZtgateState", useSQLite: true } },
-    cf: false,
+    // As wrangler.toml binds them; each instance keeps the objects' storage in memory.
+    durableObjects: {
+      ZTGATE_STATE: { className: "ZtgateState", useSQLite: true },
+      ZTGATE_STORE: { className: "AppStore", useSQLite: true },
+    },
   };
 }
 
@@ -573,6 +606,224 @@ async function logCases(base, server) {
   console.log(`  ok  decision logged as one JSON line (${line.length} bytes), token absent`);
 }
 
+
+// --- event sources without a browser: cron, queue, RPC -----------------------------------------
+const QUEUE = "ztgate-events";
+const queueKey = hmacKey("q1");
+const rpcKey = hmacKey("r1");
+
+async function adminJson(base, p, init = {}) {
+  const headers = { "cf-access-jwt-assertion": mint(jwks.keys[0], user()), ...(init.headers || {}) };
+  const r = await fetch(`${base}${p}`, { ...init, headers });
+  const text = await r.text();
+  try {
+    return { status: r.status, json: JSON.parse(text) };
+  } catch {
+    fail(`${p}: not JSON (${r.status}): ${text.slice(0, 200)}`);
+  }
+}
+
+const events = async (base) => (await adminJson(base, "/admin/events")).json;
+
+// Polls GET /admin/events until `done(summary)`, within `seconds`.
+async function eventually(base, what, done, seconds = 60) {
+  const deadline = Date.now() + seconds * 1000;
+  let last;
+  while (Date.now() < deadline) {
+    last = await events(base);
+    if (done(last)) return last;
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  fail(`${what}: not within ${seconds}s; last summary ${JSON.stringify(last)}`);
+}
+
+function ok(name) {
+  passed += 1;
+  console.log(`  ok  ${name}`);
+}
+
+// The cron trigger, fired by wrangler dev --test-scheduled: the platform's principal records a
+// maintenance run; over HTTP nobody can, whatever their credential; a cron string that is no
+// cron (too long, a line break) is refused before storage.
+async function scheduledCases(base, server) {
+  const CRON = "*/30 * * * *";
+  const fire = async (cron) => {
+    const r = await fetch(`${base}/__scheduled?cron=${encodeURIComponent(cron)}`);
+    await r.text();
+    if (r.status !== 200) fail(`/__scheduled answered ${r.status}`);
+  };
+  const before = await events(base);
+  if (before.maintenance.runs !== 0) fail(`scheduled: ${before.maintenance.runs} runs before the first trigger`);
+  await fire(CRON);
+  const after = await eventually(base, "scheduled: the cron trigger records a run", (e) => e.maintenance.runs === 1);
+  if (after.maintenance.last.cron !== CRON || after.maintenance.last.by !== `scheduled:${CRON}`) {
+    fail(`scheduled: the run was recorded as ${JSON.stringify(after.maintenance.last)}`);
+  }
+  ok("scheduled: the cron trigger reaches storage as scheduled:<cron>");
+  const http = (token) => fetch(`${base}/admin/maintenance`, { method: "POST", headers: { "cf-access-jwt-assertion": token } });
+  await expect("scheduled: an admin over HTTP cannot record a maintenance run", await http(mint(jwks.keys[0], user())), 403, { code: "forbidden" });
+  await expect("scheduled: nor can a service token", await http(mint(jwks.keys[0], service())), 403, { code: "forbidden" });
+  await expect("scheduled: nor anyone unauthenticated", await fetch(`${base}/admin/maintenance`, { method: "POST" }), 401, { code: "missing_credential" });
+  await fire("x".repeat(200));
+  await fire("* * * * *\n{\"outcome\":\"verified\"}");
+  // Each /__scheduled request waits for the handler: a refused cron would have been stored by
+  // now. One more genuine run, then exactly two.
+  await fire(CRON);
+  const last = await eventually(base, "scheduled: the second genuine run", (e) => e.maintenance.runs >= 2);
+  if (last.maintenance.runs !== 2) fail(`scheduled: ${last.maintenance.runs} runs, expected 2 (a refused cron was stored)`);
+  const refusals = server.log().split("\n").filter((l) => l.includes('"via":"scheduled"') && l.includes('"outcome":"refused"'));
+  if (refusals.length !== 2) fail(`scheduled: ${refusals.length} refusals logged, expected 2`);
+  if (server.log().split("\n").some((l) => l.trimStart().startsWith('{"outcome":"verified"'))) fail("scheduled: a cron string started a log line");
+  ok("scheduled: a cron string of 200 bytes, or with a line break, is refused and logged, never stored");
+}
+
+// Queue messages through wrangler dev's local queue (max_retries 3, batches of up to 1 s).
+async function queueCases(base, server) {
+  const t0 = Date.now();
+  const send = async (name, body, raw = true) => {
+    const r = await fetch(`${base}/admin/queue/${raw ? "send-raw" : "send"}`, {
+      method: "POST",
+      headers: { "cf-access-jwt-assertion": mint(jwks.keys[0], user()), "content-type": "text/plain" },
+      body,
+    });
+    // Sending is plumbing, not a case: what counts is what the consumer does with it.
+    const text = await r.text();
+    if (r.status !== 202) fail(`queue: ${name}: sending answered ${r.status}: ${text.slice(0, 200)}`);
+  };
+  const note = (text, extra = {}) => JSON.stringify({ kind: "note", text, ...extra });
+  const marker = `secret-${crypto.randomUUID()}`;
+  await expect("queue: sending needs an admin", await fetch(`${base}/admin/queue/send-raw`, { method: "POST", body: "x" }), 401, { code: "missing_credential" });
+
+  const genuine = envelope(queueKey, QUEUE, note("signed by a producer holding the key"));
+  await send("signed by the Worker", note("signed by the Worker"), false);
+  await send("signed by a producer", genuine);
+  let e = await eventually(base, "queue: genuine messages stored", (e) => e.queue.stored === 2);
+  ok("queue: genuine messages (signed by the Worker, and by another producer) are stored");
+
+  // Every attack at once; each must end acknowledged, counted once, never stored.
+  const sealed = envelope(queueKey, QUEUE, note(`tampered-${marker}`));
+  const tampered = JSON.stringify({ ...JSON.parse(sealed), body: note(`tampered-${marker}!`) });
+  const [a, b] = [envelope(queueKey, QUEUE, note(`a-${marker}`)), envelope(queueKey, QUEUE, note(`b-${marker}`))].map((x) => JSON.parse(x));
+  const attacks = [
+    ["a tampered body", tampered],
+    ["bodies swapped between two valid envelopes (1)", JSON.stringify({ token: a.token, body: b.body })],
+    ["bodies swapped between two valid envelopes (2)", JSON.stringify({ token: b.token, body: a.body })],
+    ["an envelope for another queue", envelope(queueKey, "other-queue", note(`other-${marker}`))],
+    ["a key id of the ring with another secret", envelope({ kid: queueKey.kid, secret: hmacKey("x").secret }, QUEUE, note(`forged-${marker}`))],
+    ["a key the ring does not have", envelope(hmacKey("q9"), QUEUE, note(`unknown-${marker}`))],
+    ["an expired envelope", envelope(queueKey, QUEUE, note(`expired-${marker}`), now() - 5)],
+    ["the genuine envelope replayed", genuine],
+    ["no envelope at all", `garbage-${marker}`],
+    ["a genuine envelope of an unknown message", envelope(queueKey, QUEUE, JSON.stringify({ kind: "NOT A KIND", text: marker }))],
+  ];
+  for (const [name, body] of attacks) await send(name, body);
+  // A genuine message whose storage step fails twice: retried, then stored once.
+  await send("a genuine message whose storage fails twice", envelope(queueKey, QUEUE, note("stored on the third attempt", { fail_first: 2 })));
+  const expected = { bad_signature: 2, body_mismatch: 3, expired: 1, invalid_payload: 1, malformed: 1, replayed: 1, unknown_key: 1 };
+  const counted = (e) => Object.entries(expected).every(([k, n]) => (e.queue.rejected[k] || 0) >= n);
+  e = await eventually(base, "queue: every attack counted, the flaky message stored", (e) => counted(e) && e.queue.stored === 3);
+  // One more round trip through the queue: a retried refusal would have come back by now.
+  await send("a last genuine message", envelope(queueKey, QUEUE, note("last")));
+  e = await eventually(base, "queue: the last message stored", (e) => e.queue.stored === 4);
+  if (JSON.stringify(e.queue.rejected) !== JSON.stringify(expected)) {
+    fail(`queue: refusals counted ${JSON.stringify(e.queue.rejected)}, expected exactly ${JSON.stringify(expected)} (a refused message was retried, or missed)`);
+  }
+  ok(`queue: 10 attacks each acknowledged and counted once, never retried: ${JSON.stringify(expected)}`);
+  if (e.queue.records.some((r) => r.text.includes(marker))) fail(`queue: an attack was stored: ${JSON.stringify(e.queue.records)}`);
+  if (e.queue.stored !== 4) fail(`queue: ${e.queue.stored} records stored, expected 4`);
+  ok("queue: nothing of the attacks reached storage (4 genuine records)");
+  const flaky = e.queue.records.filter((r) => r.text === "stored on the third attempt");
+  if (flaky.length !== 1 || e.queue.storage_failures !== 2) {
+    fail(`queue: the flaky message was stored ${flaky.length} times after ${e.queue.storage_failures} storage failures, expected once after 2`);
+  }
+  if (!flaky[0].by.startsWith(`signed:queue:${QUEUE}:`)) fail(`queue: stored as ${flaky[0].by}`);
+  ok("queue: a genuine message whose storage failed was retried (2 failures) and stored once");
+  const log = server.log();
+  if (log.includes(marker)) fail("queue: a message's text reached the Worker's log");
+  if (log.includes(JSON.parse(genuine).token)) fail("queue: an envelope's token reached the Worker's log");
+  const rejectedLines = log.split("\n").filter((l) => l.includes('"outcome":"rejected"') && l.includes('"via":"queue"'));
+  if (rejectedLines.length !== 10) fail(`queue: ${rejectedLines.length} rejections logged, expected 10`);
+  for (const code of Object.keys(expected)) {
+    if (!rejectedLines.some((l) => l.includes(`"code":"${code}"`))) fail(`queue: no rejection logged with code ${code}`);
+  }
+  ok("queue: each rejection logged as one JSON line with its code, no message text, no token");
+  console.log(`e2e: queue: 15 messages through the local queue in ${((Date.now() - t0) / 1000).toFixed(1)}s`);
+}
+
+// Workers RPC: a second Worker (caller/index.js) calls record_note on the Rust Worker through a
+// service binding, in one Miniflare instance.
+async function rpcCases(bindings) {
+  const worker = miniflareWorker({ ...bindings, ZTGATE_RPC_KEYS: `${rpcKey.kid}:${rpcKey.secret}`, ZTGATE_QUEUE_KEYS: `${queueKey.kid}:${queueKey.secret}` });
+  const mf = new Miniflare({
+    cf: false,
+    workers: [
+      { name: "ztgate-worker-example", ...worker },
+      {
+        name: "caller",
+        modules: true,
+        scriptPath: path.join(here, "caller/index.js"),
+        compatibilityDate: "2026-04-01",
+        serviceBindings: { ZTGATE: "ztgate-worker-example" },
+      },
+    ],
+  });
+  try {
+    const caller = await mf.getWorker("caller");
+    const call = async (credential, note = "hello over RPC") => {
+      const r = await caller.fetch("http://caller.local/call", { method: "POST", body: JSON.stringify({ credential, note }) });
+      if (r.status !== 200) fail(`rpc: the caller answered ${r.status}: ${await r.text()}`);
+      return r.json();
+    };
+    const notes = async () => {
+      const r = await mf.dispatchFetch("http://worker.local/admin/events", { headers: { "cf-access-jwt-assertion": mint(jwks.keys[0], user()) } });
+      return (await r.json()).rpc;
+    };
+    let count = 0;
+    const rpc = async (name, credential, status, code, note) => {
+      const answer = await call(credential, note);
+      if (answer.status !== status || (code && answer.code !== code)) fail(`${name}: ${JSON.stringify(answer)}, expected ${status} ${code || ""}`);
+      if (status === 201) count += 1;
+      const stored = (await notes()).notes;
+      if (stored !== count) fail(`${name}: ${stored} notes stored, expected ${count}`);
+      ok(`${name} -> ${status}${code ? ` ${code}` : ""}, ${count} note(s) stored`);
+      return answer;
+    };
+    const token = (opts = {}) => hmacToken(opts.key || rpcKey, opts.purpose || "rpc:record_note", "billing-worker", opts.expiresAt);
+    const valid = await rpc("rpc: a token signed for record_note", { signed_token: token() }, 201);
+    if (valid.by !== "signed:rpc:record_note:billing-worker") fail(`rpc: stored by ${valid.by}`);
+    await rpc("rpc: no credential", undefined, 401, "missing_credential");
+    await rpc("rpc: an empty credential object", {}, 401, "missing_credential");
+    await rpc("rpc: a token signed with another secret", { signed_token: token({ key: { kid: rpcKey.kid, secret: hmacKey("x").secret } }) }, 401, "invalid_credential");
+    await rpc("rpc: a token for another method", { signed_token: token({ purpose: "rpc:delete_everything" }) }, 401, "invalid_credential");
+    await rpc("rpc: an expired token", { signed_token: token({ expiresAt: now() - 5 }) }, 401, "invalid_credential");
+    await rpc("rpc: a queue envelope's token", { signed_token: JSON.parse(envelope(queueKey, QUEUE, "{}")).token }, 401, "invalid_credential");
+    await rpc("rpc: a token that is not one", { signed_token: "v2.garbage&token=x" }, 401, "invalid_credential");
+    await rpc("rpc: two credentials at once", { signed_token: token(), access_jwt: mint(jwks.keys[0], service()) }, 401, "invalid_credential");
+    await rpc("rpc: an Access JWT for another audience", { access_jwt: mint(jwks.keys[0], { ...service(), aud: ["not-ours"] }) }, 401, "invalid_token");
+    await rpc("rpc: an admin's Access JWT (a person, not a service): storage refuses", { access_jwt: mint(jwks.keys[0], user()) }, 403, "forbidden");
+    await rpc("rpc: a valid token with a note over 1 KiB", { signed_token: token() }, 400, "invalid_note", "x".repeat(1025));
+    await rpc("rpc: an Access service token", { access_jwt: mint(jwks.keys[0], service()) }, 201);
+    // The same pipeline as HTTP: a token revoked by its id is refused over RPC too.
+    const revocable = token();
+    await rpc("rpc: a token about to be revoked", { signed_token: revocable }, 201);
+    const id = revocable.split(".")[3];
+    const revoke = await mf.dispatchFetch("http://worker.local/admin/revocations", {
+      method: "POST",
+      headers: { "cf-access-jwt-assertion": mint(jwks.keys[0], user()), "content-type": "application/json" },
+      body: JSON.stringify({ kind: "hmac_token", id }),
+    });
+    await expect("rpc: an admin revokes that token by its id", revoke, 201);
+    await rpc("rpc: the revoked token", { signed_token: revocable }, 401, "revoked");
+    // RPC only: HTTP has no route to the method.
+    await expect("rpc: POST /rpc/record_note over HTTP", await mf.dispatchFetch("http://worker.local/rpc/record_note", { method: "POST", body: "{}" }), 403, { code: "no_policy" });
+    const last = await notes();
+    if (last.notes !== 3 || last.last.by !== "signed:rpc:record_note:billing-worker") fail(`rpc: notes ${JSON.stringify(last)}`);
+    ok("rpc: 3 notes stored, each by a valid signed token or service token");
+  } finally {
+    await mf.dispose();
+  }
+}
+
 // --- main ------------------------------------------------------------------------------------
 async function main() {
   jwks.keys.push(makeKey("k1"));
@@ -602,16 +853,21 @@ async function main() {
     ZTGATE_LISTEN: `127.0.0.1:${port}`,
     ZTGATE_LOG: "info",
     ZTGATE_PERSIST_TO: stateDir,
+    ZTGATE_QUEUE_KEYS: `${queueKey.kid}:${queueKey.secret}`,
+    ZTGATE_TEST_SCHEDULED: "1",
   });
   try {
     await waitUp(base, server);
     await accessCases(base);
     await logCases(base, server);
+    await scheduledCases(base, server);
+    await queueCases(base, server);
   } finally {
     await server.stop();
     fs.rmSync(stateDir, { recursive: true, force: true });
   }
   await fleetStateCases(bindings);
+  await rpcCases(bindings);
 
   console.log("e2e: Miniflare (dispatchFetch with request.cf)");
   jwks.keys.splice(1);

@@ -8,6 +8,10 @@
 #   examples/worker/run-local.sh --build   only build (build/index.js + build/index_bg.wasm)
 #   examples/worker/run-local.sh --install only install the tools below
 #
+# ZTGATE_TEST_SCHEDULED=1 serves with `wrangler dev --test-scheduled`: GET /__scheduled?cron=...
+# then runs the Worker's scheduled handler, as a cron trigger would. For local tests only: it
+# lets any local HTTP client fire the trigger (the edge has no such route).
+#
 # Every ZTGATE_* variable of the environment is passed to the Worker as a var, e.g.
 #
 #   ZTGATE_TEAM_DOMAIN=https://acme.cloudflareaccess.com ZTGATE_AUD=<aud tag> \
@@ -97,7 +101,7 @@ port="${listen##*:}"
 [[ -n "${host}" && "${port}" =~ ^[0-9]+$ ]] || die "ZTGATE_LISTEN=${listen} is not host:port"
 vars=()
 while IFS='=' read -r name value; do
-    [[ "${name}" == ZTGATE_LISTEN || "${name}" == ZTGATE_PERSIST_TO ]] && continue
+    [[ "${name}" == ZTGATE_LISTEN || "${name}" == ZTGATE_PERSIST_TO || "${name}" == ZTGATE_TEST_SCHEDULED ]] && continue
     vars+=(--var "${name}:${value}")
 done < <(env | grep -E '^ZTGATE_[A-Z0-9_]+=' || true)
 
@@ -112,6 +116,8 @@ case "${ZTGATE_LOG:-info}" in
 esac
 persist=()
 [[ -n "${ZTGATE_PERSIST_TO:-}" ]] && persist=(--persist-to "${ZTGATE_PERSIST_TO}")
+scheduled=()
+[[ "${ZTGATE_TEST_SCHEDULED:-0}" == 1 ]] && scheduled=(--test-scheduled)
 say "serving on http://${listen}"
 exec wrangler dev --ip "${host}" --port "${port}" --show-interactive-dev-session=false \
-    --log-level "${log_level}" "${persist[@]}" "${vars[@]}"
+    --log-level "${log_level}" "${persist[@]}" "${scheduled[@]}" "${vars[@]}"

@@ -13,6 +13,9 @@
 //!   constant time.
 //! - [`ClientCertAuth`]: client certificates Cloudflare verified (mTLS), optionally pinned.
 //! - [`hmac_token::SignedTokenAuth`]: HMAC-signed tokens (unsubscribe links, session cookies).
+//! - [`envelope`]: signed envelopes for queue messages (an HMAC-signed token over the body's
+//!   digest, bound to the queue's name, with an expiry and a replay guard), opened by the
+//!   consumer before the body reaches storage.
 //! - [`webhook`]: webhook signatures (Svix/Resend, GitHub, Stripe) and the replay guard. A
 //!   webhook is verified over its raw body, so it is called by the handler that reads the body,
 //!   with the request's headers, rather than run as a mechanism on the facts.
@@ -28,6 +31,7 @@ pub(crate) mod access_identity;
 pub(crate) mod access_jwt;
 mod api_key;
 mod client_cert;
+pub mod envelope;
 pub mod hmac_token;
 pub(crate) mod jwks;
 pub(crate) mod mechanism;

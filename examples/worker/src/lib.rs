@@ -9,7 +9,21 @@
 //! | `POST /admin/revocations` `{"kind": "api_key"\|"access_sub"\|"cert", "id": ..}` | an admin, as above: the credential is refused by every isolate within a second (201) |
 //! | `GET /admin/revocations` | an admin: every revocation |
 //! | `POST /webhooks/inbound` | a Svix-signed delivery (secret `ZTGATE_WEBHOOK_SECRET`, or the Secrets Store binding `ZTGATE_WEBHOOK_SECRET_STORE`) |
+//! | `GET /admin/events` | an admin: what the cron trigger, the queue consumer and RPC stored, and the consumer's refusals counted by code |
+//! | `POST /admin/queue/send` (body: the message, e.g. `{"kind":"note","text":".."}`) | an admin: signed into an envelope with `ZTGATE_QUEUE_KEYS` and sent to the queue (202) |
+//! | `POST /admin/queue/send-raw` (body: sent as is) | an admin: what a sender with write access to the queue but not the key can send, for tests (202) |
+//! | `POST /admin/maintenance` | nobody, in effect: an admin passes the gate, but storage records maintenance for the cron trigger only (403 `forbidden`) |
 //! | anything else | nobody: 403 `no_policy` |
+//!
+//! Three more event sources, each with its identity (`src/events.rs`, `docs/workers.md`):
+//!
+//! | event | who is calling | stored by |
+//! |---|---|---|
+//! | cron trigger `*/30 * * * *` (`#[event(scheduled)]`) | the platform: `scheduled:<cron>`, from the runtime's event | `store::record_maintenance` (that principal only) |
+//! | queue `ztgate-events` (`#[event(queue)]`, producer `ZTGATE_QUEUE`) | the holder of `ZTGATE_QUEUE_KEYS`: each message a signed envelope (purpose `queue:ztgate-events`), opened before storage; refused ones are acknowledged, logged and counted, never retried; a storage failure is retried | `store::record_message`, idempotent by envelope id |
+//! | RPC `record_note({ signed_token } \| { access_jwt }, note)` through a service binding | a token signed with `ZTGATE_RPC_KEYS` for `rpc:record_note`, or an Access JWT, checked at the route `RPC /rpc/record_note` | `store::record_note` (machines only: a signed token or a service token) |
+//!
+//! Application data lives in a second Durable Object, `ZTGATE_STORE` (class [`AppStore`]).
 //!
 //! Shared state lives in the Durable Object bound as `ZTGATE_STATE` (class [`ZtgateState`],
 //! SQLite-backed; `wrangler.toml` binds it), so every isolate sees the same: webhook replays
@@ -24,7 +38,10 @@
 //! Configuration (each name a Worker var or secret) — `ZTGATE_TEAM_DOMAIN` (the exact `iss`, e.g.
 //! `https://acme.cloudflareaccess.com`), `ZTGATE_AUD` (comma-separated AUD tags),
 //! `ZTGATE_ADMIN_EMAILS`, `ZTGATE_SERVICE_TOKENS` (comma-separated), `ZTGATE_CERTS_URL` (JWKS,
-//! default `{team}/cdn-cgi/access/certs`), `ZTGATE_AUTH_FAILURES` (above). A missing or bad
+//! default `{team}/cdn-cgi/access/certs`), `ZTGATE_AUTH_FAILURES` (above), `ZTGATE_QUEUE_KEYS`
+//! and `ZTGATE_RPC_KEYS` (HMAC key rings, `kid:secret,...`; without the first the consumer retries
+//! every batch, without the second RPC takes Access JWTs only), `ZTGATE_QUEUE_NAME` (the queue
+//! `ZTGATE_QUEUE` sends to, default `ztgate-events`). A missing or bad
 //! setting, or no `ZTGATE_STATE` binding, makes every request answer 500 `not_configured`,
 //! naming it. `ZTGATE_LOG` (`error`, `warn`, `info` — the default, one JSON line per decision on the
 //! console, for `wrangler tail` — or `debug`). `ZTGATE_RS256=pure-rust` verifies signatures
@@ -36,10 +53,16 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+mod events;
+mod store;
+
+pub use store::AppStore;
+
 use http::StatusCode;
 use serde_json::{Value, json};
 use worker::{Context, DurableObject, Env, Request, State, durable_object, event};
 use ztgate::clock::{Clock, SystemClock};
+use ztgate::identity::hmac_token::{KeyRing, SignedTokenAuth, TokenSource};
 use ztgate::identity::shared_state::{Budget, RateLimit, Revocation, RevocationKind, RevocationList};
 use ztgate::identity::webhook::WebhookVerifier;
 use ztgate::identity::webhook::{append_capped, check_content_length};
@@ -129,20 +152,28 @@ impl Misconfigured {
     }
 }
 
+/// Installs the console logger, once per isolate, whichever event comes first.
+fn init_logging(env: &Env) {
+    LOGGING.call_once(|| {
+        ztgate::workers::ConsoleLog::install(log_level(env));
+    });
+}
+
+/// The isolate's [`App`], built by the first event that needs it; misconfigured: 500
+/// `not_configured`, naming the setting.
+fn app_for(env: &Env) -> Result<&'static App, (StatusCode, Value)> {
+    APP.get_or_init(|| app(env)).as_ref().map_err(|e| {
+        let message = format!("{}: {}", e.variable, e.message);
+        (StatusCode::INTERNAL_SERVER_ERROR, json!({ "code": "not_configured", "message": message }))
+    })
+}
+
 #[event(fetch)]
 async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<http::Response<String>> {
-    LOGGING.call_once(|| {
-        ztgate::workers::ConsoleLog::install(log_level(&env));
-    });
-    let (policies, revocations) = match APP.get_or_init(|| app(&env)) {
+    init_logging(&env);
+    let (policies, revocations) = match app_for(&env) {
         Ok(app) => (&app.policies, &app.revocations),
-        Err(e) => {
-            let message = format!("{}: {}", e.variable, e.message);
-            return Ok(json_response(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                json!({ "code": "not_configured", "message": message }),
-            ));
-        }
+        Err((status, body)) => return Ok(json_response(status, body)),
     };
     // Identity first: no handler runs, and no route is revealed, before the gate says yes.
     let who = match ztgate::workers::check(policies, &req).await {
@@ -165,6 +196,19 @@ async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<http
                 json!({ "code": "method_not_allowed", "message": "GET or POST" }),
             ),
         });
+    }
+    match (req.method(), path.as_str()) {
+        (worker::Method::Get, "/admin/events") => return Ok(events::events_summary(&env, &who).await),
+        (worker::Method::Post, "/admin/maintenance") => {
+            return Ok(events::maintenance_over_http(&env, &who).await);
+        }
+        (worker::Method::Post, "/admin/queue/send") => {
+            return Ok(events::send(&mut req, &env, &who, false).await);
+        }
+        (worker::Method::Post, "/admin/queue/send-raw") => {
+            return Ok(events::send(&mut req, &env, &who, true).await);
+        }
+        _ => {}
     }
     Ok(match (req.method(), path.as_str()) {
         (worker::Method::Get | worker::Method::Head, "/healthz") => {
@@ -421,9 +465,23 @@ fn policies(env: &Env) -> Result<RoutePolicies, Misconfigured> {
     let policies =
         if bench { route(policies.route("GET", "/bench/identity", access.clone()))? } else { policies };
     let policies = route(policies.route("*", "/admin", access.clone()))?;
+    let access_for_rpc = access.clone();
     let policies = route(policies.route("*", "/admin/{*rest}", access))?;
     let policies =
         route(policies.route("GET", "/mtls/whoami", Requirement::mechanism(ClientCertAuth::new())))?;
     // The signature covers the body, which a gate does not read: verified in the handler.
-    route(policies.route("POST", "/webhooks/inbound", Requirement::public()))
+    let policies = route(policies.route("POST", "/webhooks/inbound", Requirement::public()))?;
+    // RPC (the `record_note` entrypoint method, through a service binding): a token signed
+    // with ZTGATE_RPC_KEYS for this one method, or an Access JWT. Which principals may then
+    // store a note is storage's decision (store::record_note: machines only).
+    let mut rpc = Vec::new();
+    if let Some(spec) = setting(env, "ZTGATE_RPC_KEYS") {
+        let ring = KeyRing::parse(&spec).map_err(|e| Misconfigured::new("ZTGATE_RPC_KEYS", e))?;
+        let query = TokenSource::Query(ztgate::workers::RPC_TOKEN_PARAM.into());
+        let signed =
+            SignedTokenAuth::new(Arc::new(ring), store::RPC_NOTE_PURPOSE, query, Arc::new(SystemClock));
+        rpc.push(Requirement::mechanism(signed));
+    }
+    rpc.push(access_for_rpc);
+    route(policies.route(ztgate::workers::RPC_METHOD, "/rpc/record_note", Requirement::any_of(rpc)))
 }

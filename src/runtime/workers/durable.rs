@@ -1,5 +1,5 @@
-//! Shared state at the edge in a Durable Object: the webhook replay guard, the rate limits and
-//! the revocation list of a fleet of isolates, in one SQLite-backed Durable Object that every
+//! Shared state at the edge in a Durable Object: the webhook replay guard, the claims on signed
+//! queue envelopes, the rate limits and the revocation list of a fleet of isolates, in one SQLite-backed Durable Object that every
 //! isolate reaches by name (see `docs/fleet-state.md`).
 //!
 //! Two halves, one wire format (JSON over the object's `fetch`, paths under `/v1/`):
@@ -8,17 +8,17 @@
 //!   the Worker's own crate (`#[durable_object]` on a struct there), so the Worker declares a
 //!   three-line class that delegates `fetch` and `alarm` to it.
 //! - [`DurableState`] is the client: it holds the namespace binding the operator named and
-//!   hands out [`DurableReplayGuard`], [`DurableRateLimiter`] and [`DurableRevocations`], the
-//!   ports' implementations. Each call is one request to the object, bounded by a timeout.
+//!   hands out [`DurableReplayGuard`], [`DurableClaims`], [`DurableRateLimiter`] and
+//!   [`DurableRevocations`], the ports' implementations. Each call is one request to the object, bounded by a timeout.
 //!
 //! **Atomicity.** A Durable Object is single-threaded and each operation is one request whose
 //! storage work runs synchronously (SQLite statements, no `await` between the read and the
-//! write), so no other request to the object can interleave: set-if-absent, GCRA and
-//! revoke-if-room are each one indivisible step, like a Redis Lua script.
+//! write), so no other request to the object can interleave: set-if-absent, claim-if-absent,
+//! GCRA and revoke-if-room are each one indivisible step, like a Redis Lua script.
 //!
 //! **Clocks.** The object's clock decides expiries and GCRA arrival times, one clock for every
 //! isolate (as Redis's own clock does for native instances). The only numbers from callers are
-//! a replay record's `expires_at` and the budget.
+//! a replay record's or a claim's `expires_at` and the budget.
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -35,6 +35,7 @@ use worker::{SqlStorage, SqlStorageValue};
 use super::race;
 use crate::BoxFuture;
 use crate::error::ConfigError;
+use crate::identity::envelope::{Claim, EnvelopeClaims, MAX_HOLDER_LEN};
 use crate::identity::shared_state::{Budget, RateLimiter, Revocation, RevocationList, StateError};
 use crate::identity::webhook::{ReplayGuard, ReplayStoreError};
 
@@ -65,6 +66,19 @@ struct ReplayAsk {
 #[derive(Serialize, Deserialize)]
 struct ReplayAnswer {
     first: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ClaimAsk {
+    key: String,
+    holder: String,
+    expires_at: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ClaimAnswer {
+    /// `first`, `held` or `taken`.
+    claim: String,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -142,11 +156,11 @@ struct Done {}
 /// }
 /// ```
 ///
-/// Bounded: at most [`StateObject::DEFAULT_MAX_REPLAYS`] live replay records (beyond, new
-/// messages are refused, never an old record forgotten), [`StateObject::DEFAULT_MAX_RATE_KEYS`]
+/// Bounded: at most [`StateObject::DEFAULT_MAX_REPLAYS`] live replay records, and as many live
+/// envelope claims (beyond, new messages are refused, never an old record forgotten), [`StateObject::DEFAULT_MAX_RATE_KEYS`]
 /// budgets (beyond, whole budgets go first, then the oldest) and
 /// [`StateObject::DEFAULT_MAX_REVOCATIONS`] revocations (beyond, a new one is refused). Expired
-/// replay records and whole budgets are deleted a few at a time by each write and all at once by
+/// replay records and claims, and whole budgets, are deleted a few at a time by each write and all at once by
 /// an alarm, every minute while any is stored.
 pub struct StateObject {
     state: worker::State,
@@ -157,7 +171,7 @@ pub struct StateObject {
     ready: Cell<bool>,
     /// Rows per table, counted once per instance and then kept up to date by its writes (the
     /// object is the only writer); `None`: count again.
-    counts: Cell<[Option<u64>; 3]>,
+    counts: Cell<[Option<u64>; 4]>,
     /// An alarm is known to be set.
     alarm_set: Cell<bool>,
 }
@@ -178,6 +192,7 @@ enum Table {
     Replay = 0,
     Rate = 1,
     Revocation = 2,
+    Claim = 3,
 }
 
 impl Table {
@@ -186,6 +201,7 @@ impl Table {
             Self::Replay => "ztgate_replay",
             Self::Rate => "ztgate_rate",
             Self::Revocation => "ztgate_revocation",
+            Self::Claim => "ztgate_claim",
         }
     }
 }
@@ -206,16 +222,18 @@ impl From<worker::Error> for Fault {
     }
 }
 
-const SCHEMA: [&str; 5] = [
+const SCHEMA: [&str; 7] = [
     "CREATE TABLE IF NOT EXISTS ztgate_replay (key TEXT PRIMARY KEY, expires_at INTEGER NOT NULL)",
     "CREATE INDEX IF NOT EXISTS ztgate_replay_expiry ON ztgate_replay (expires_at)",
     "CREATE TABLE IF NOT EXISTS ztgate_rate (key TEXT PRIMARY KEY, tat INTEGER NOT NULL)",
     "CREATE INDEX IF NOT EXISTS ztgate_rate_tat ON ztgate_rate (tat)",
     "CREATE TABLE IF NOT EXISTS ztgate_revocation (key TEXT PRIMARY KEY)",
+    "CREATE TABLE IF NOT EXISTS ztgate_claim (key TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at INTEGER NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS ztgate_claim_expiry ON ztgate_claim (expires_at)",
 ];
 
 impl StateObject {
-    /// Live replay records kept at most (1,000,000).
+    /// Live replay records kept at most (1,000,000), and live envelope claims as many.
     pub const DEFAULT_MAX_REPLAYS: u64 = 1_000_000;
     /// Rate-limit keys kept at most (1,000,000).
     pub const DEFAULT_MAX_RATE_KEYS: u64 = 1_000_000;
@@ -230,12 +248,13 @@ impl StateObject {
             max_rate_keys: Self::DEFAULT_MAX_RATE_KEYS,
             max_revocations: Self::DEFAULT_MAX_REVOCATIONS,
             ready: Cell::new(false),
-            counts: Cell::new([None; 3]),
+            counts: Cell::new([None; 4]),
             alarm_set: Cell::new(false),
         }
     }
 
-    /// Other bounds (each at least 1): live replay records, rate-limit keys, revocations.
+    /// Other bounds (each at least 1): live replay records (and as many envelope claims),
+    /// rate-limit keys, revocations.
     #[must_use]
     pub fn with_bounds(mut self, max_replays: u64, max_rate_keys: u64, max_revocations: u64) -> Self {
         self.max_replays = max_replays.max(1);
@@ -275,8 +294,9 @@ impl StateObject {
         self.alarm_set.set(false);
         let remaining = self.ready().and_then(|()| {
             self.sweep(Table::Replay, now_secs(), None)?;
+            self.sweep(Table::Claim, now_secs(), None)?;
             self.sweep(Table::Rate, now_ms(), None)?;
-            Ok(self.count(Table::Replay)? + self.count(Table::Rate)?)
+            Ok(self.count(Table::Replay)? + self.count(Table::Claim)? + self.count(Table::Rate)?)
         });
         match remaining {
             Ok(0) => {}
@@ -302,6 +322,16 @@ impl StateObject {
                 parse::<ReplayAsk>(body)
                     .and_then(|ask| self.first_seen(&ask))
                     .map(|first| (to_json(&ReplayAnswer { first }), first))
+            }
+            (worker::Method::Post, "/v1/claim") => {
+                parse::<ClaimAsk>(body).and_then(|ask| self.claim(&ask)).map(|claim| {
+                    let name = match claim {
+                        Claim::First => "first",
+                        Claim::Held => "held",
+                        Claim::Taken => "taken",
+                    };
+                    (to_json(&ClaimAnswer { claim: name.to_owned() }), claim == Claim::First)
+                })
             }
             (worker::Method::Post, "/v1/rate") => parse::<RateAsk>(body).and_then(|ask| {
                 self.gcra(&ask).map(|waits_ms| (to_json(&RateAnswer { waits_ms }), ask.spend))
@@ -391,21 +421,21 @@ impl StateObject {
     }
 
     fn forget_counts(&self) {
-        self.counts.set([None; 3]);
+        self.counts.set([None; 4]);
     }
 
     /// Deletes expired rows of `table` (a replay record past its second, a budget whole again
     /// at `now`), at most `limit` of them: how many went.
     fn sweep(&self, table: Table, now: u64, limit: Option<u32>) -> Result<u64, Fault> {
         let column = match table {
-            Table::Replay => "expires_at",
+            Table::Replay | Table::Claim => "expires_at",
             Table::Rate => "tat",
             Table::Revocation => return Ok(0),
         };
         // A replay record is live through its `expires_at` second; a budget whose arrival time
         // is not after now is whole (the same as no row).
         let test = match table {
-            Table::Replay => "<",
+            Table::Replay | Table::Claim => "<",
             _ => "<=",
         };
         let name = table.name();
@@ -449,6 +479,48 @@ impl StateObject {
             self.adjust(Table::Replay, 1);
         }
         Ok(true)
+    }
+
+    /// Claim-if-absent with expiry, on the object's clock: who holds `ask.key` now.
+    fn claim(&self, ask: &ClaimAsk) -> Result<Claim, Fault> {
+        check_key(&ask.key)?;
+        if ask.holder.is_empty() || ask.holder.len() > MAX_HOLDER_LEN {
+            return Err(Fault::Bad("a holder is 1 to 128 bytes"));
+        }
+        let now = now_secs();
+        self.sweep(Table::Claim, now, Some(SWEEP_BATCH))?;
+        let held = self
+            .sql()
+            .exec("SELECT holder, expires_at FROM ztgate_claim WHERE key = ?", vec![ask.key.as_str().into()])?
+            .raw()
+            .next()
+            .transpose()?;
+        match held.as_deref() {
+            Some([SqlStorageValue::String(holder), SqlStorageValue::Integer(until)])
+                if *until >= 0 && *until as u64 >= now =>
+            {
+                return Ok(if *holder == ask.holder { Claim::Held } else { Claim::Taken });
+            }
+            // An expired claim of the same key: replaced, no new row.
+            Some(_) => {}
+            None => {
+                if self.count(Table::Claim)? >= self.max_replays {
+                    self.sweep(Table::Claim, now, None)?;
+                    if self.count(Table::Claim)? >= self.max_replays {
+                        return Err(Fault::Full(self.max_replays));
+                    }
+                }
+            }
+        }
+        self.sql().exec(
+            "INSERT INTO ztgate_claim (key, holder, expires_at) VALUES (?, ?, ?) \
+             ON CONFLICT (key) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at",
+            vec![ask.key.as_str().into(), ask.holder.as_str().into(), int(ask.expires_at.max(now))],
+        )?;
+        if held.is_none() {
+            self.adjust(Table::Claim, 1);
+        }
+        Ok(Claim::First)
     }
 
     /// GCRA over `ask.keys` with `Budget`'s own arithmetic (the in-memory limiter's), on the
@@ -718,6 +790,12 @@ impl DurableState {
         DurableReplayGuard { state: self.clone() }
     }
 
+    /// The claims on signed queue envelopes in the object (the replay check of
+    /// [`EnvelopeVerifier`](crate::identity::envelope::EnvelopeVerifier)).
+    pub fn envelope_claims(&self) -> DurableClaims {
+        DurableClaims { state: self.clone() }
+    }
+
     /// A rate limiter spending `budget` per key, in the object.
     pub fn rate_limiter(&self, budget: Budget) -> DurableRateLimiter {
         DurableRateLimiter { state: self.clone(), budget, spent: Mutex::new(HashMap::new()) }
@@ -821,6 +899,39 @@ impl ReplayGuard for DurableReplayGuard {
                     StateError::Unavailable(why) => ReplayStoreError::Unavailable(why),
                 })?;
             Ok(answer.first)
+        }))
+    }
+}
+
+/// The claims on signed queue envelopes in the Durable Object: claim-if-absent with a holder and
+/// an expiry, one step of the object, expiry on the object's clock. Fails closed: an object
+/// that cannot answer is an error (the message is retried later), never a claim.
+#[derive(Debug, Clone)]
+pub struct DurableClaims {
+    state: DurableState,
+}
+
+impl EnvelopeClaims for DurableClaims {
+    fn claim<'a>(
+        &'a self,
+        key: &'a str,
+        holder: &'a str,
+        _now: u64,
+        expires_at: u64,
+    ) -> BoxFuture<'a, Result<Claim, ReplayStoreError>> {
+        Box::pin(SendFuture::new(async move {
+            let ask = ClaimAsk { key: key.to_owned(), holder: holder.to_owned(), expires_at };
+            let answer: ClaimAnswer =
+                self.state.call("/v1/claim", Some(to_json(&ask))).await.map_err(|e| match e {
+                    StateError::Full { capacity } => ReplayStoreError::Full { capacity },
+                    StateError::Unavailable(why) => ReplayStoreError::Unavailable(why),
+                })?;
+            match answer.claim.as_str() {
+                "first" => Ok(Claim::First),
+                "held" => Ok(Claim::Held),
+                "taken" => Ok(Claim::Taken),
+                _ => Err(ReplayStoreError::Unavailable("an answer that is not ztgate's".to_owned())),
+            }
         }))
     }
 }

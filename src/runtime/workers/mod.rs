@@ -38,7 +38,9 @@ mod log;
 mod response;
 mod webcrypto;
 
-pub use durable::{DurableRateLimiter, DurableReplayGuard, DurableRevocations, DurableState, StateObject};
+pub use durable::{
+    DurableClaims, DurableRateLimiter, DurableReplayGuard, DurableRevocations, DurableState, StateObject,
+};
 pub use log::ConsoleLog;
 pub use webcrypto::set_webcrypto;
 
