@@ -91,7 +91,11 @@ impl<C> Principal<C> {
             Self::User(u) => Some(u.expires_at),
             Self::Service(s) => Some(s.expires_at),
             Self::SignedToken(t) => Some(t.expires_at),
-            Self::ApiKey(_) | Self::ClientCert(_) | Self::Custom(_) | Self::Anonymous => None,
+            Self::ApiKey(_)
+            | Self::ClientCert(_)
+            | Self::Custom(_)
+            | Self::Scheduled { .. }
+            | Self::Anonymous => None,
         }
     }
 
