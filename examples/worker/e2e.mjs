@@ -34,6 +34,10 @@
 //   RPC (Miniflare, a second Worker calling record_note over a service binding): refused without
 //   a valid credential before storage is asked (the note count does not move).
 //
+// - GET /admin/ws (WebSocket, through wrangler dev): refused with the 401/403 JSON before any
+//   socket exists; an open socket answers each message with the caller's id; it is closed with
+//   4401 when its token expires, or when its login is revoked while it is open.
+//
 // Exits non-zero on the first failed case. Only loopback traffic.
 import { spawn } from "node:child_process";
 import crypto from "node:crypto";
@@ -44,6 +48,7 @@ import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { Miniflare, Response } from "miniflare";
+import WebSocket from "ws";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const TEAM = "https://e2e-test.cloudflareaccess.com";
@@ -671,7 +676,11 @@ async function scheduledCases(base, server) {
   await fire(CRON);
   const last = await eventually(base, "scheduled: the second genuine run", (e) => e.maintenance.runs >= 2);
   if (last.maintenance.runs !== 2) fail(`scheduled: ${last.maintenance.runs} runs, expected 2 (a refused cron was stored)`);
-  const refusals = server.log().split("\n").filter((l) => l.includes('"via":"scheduled"') && l.includes('"outcome":"refused"'));
+  // wrangler dev relays the Worker's console asynchronously: wait for the lines to arrive.
+  const refusalLines = () => server.log().split("\n").filter((l) => l.includes('"via":"scheduled"') && l.includes('"outcome":"refused"'));
+  const logDeadline = Date.now() + 10_000;
+  while (refusalLines().length < 2 && Date.now() < logDeadline) await new Promise((r) => setTimeout(r, 100));
+  const refusals = refusalLines();
   if (refusals.length !== 2) fail(`scheduled: ${refusals.length} refusals logged, expected 2`);
   if (server.log().split("\n").some((l) => l.trimStart().startsWith('{"outcome":"verified"'))) fail("scheduled: a cron string started a log line");
   ok("scheduled: a cron string of 200 bytes, or with a line break, is refused and logged, never stored");
@@ -825,6 +834,88 @@ async function rpcCases(bindings) {
 }
 
 // --- main ------------------------------------------------------------------------------------
+// --- GET /admin/ws ---------------------------------------------------------------------------
+/// Opens a socket: resolves with it, or with the refusal's status and JSON body.
+function openSocket(base, token) {
+  const headers = token ? { "cf-access-jwt-assertion": token } : {};
+  const socket = new WebSocket(`${base.replace("http://", "ws://")}/admin/ws`, { headers });
+  const queue = [];
+  const waiters = [];
+  const push = (item) => (waiters.length ? waiters.shift()(item) : queue.push(item));
+  socket.on("message", (data) => push({ message: data.toString() }));
+  socket.on("close", (code, reason) => push({ close: code, reason: reason.toString() }));
+  const next = (seconds = 20) =>
+    new Promise((resolve, reject) => {
+      if (queue.length) return resolve(queue.shift());
+      const timer = setTimeout(() => reject(new Error(`nothing from the socket within ${seconds}s`)), seconds * 1000);
+      waiters.push((item) => (clearTimeout(timer), resolve(item)));
+    });
+  return new Promise((resolve) => {
+    socket.once("open", () => resolve({ socket, next }));
+    socket.once("unexpected-response", (_req, res) => {
+      let body = "";
+      res.on("data", (d) => (body += d));
+      res.on("end", () => resolve({ refused: res.statusCode, json: JSON.parse(body || "{}") }));
+    });
+    socket.once("error", (e) => resolve({ error: e.message }));
+  });
+}
+
+async function wsCases(base) {
+  const k1 = jwks.keys[0];
+  const refused = async (name, token, status, code) => {
+    const r = await openSocket(base, token);
+    if (r.socket) fail(`${name}: the upgrade was accepted`);
+    if (r.refused !== status || r.json.code !== code) fail(`${name}: ${JSON.stringify(r)}, expected ${status} ${code}`);
+    ok(`${name} -> ${status} ${code}, no socket`);
+  };
+  await refused("ws: no credential", null, 401, "missing_credential");
+  await refused("ws: expired token", mint(k1, user(ADMIN, { exp: now() - 3600 })), 401, "token_expired");
+  await refused("ws: email not allowed", mint(k1, user("mallory@acme.test")), 403, "forbidden");
+
+  const talk = async (s, text) => {
+    s.socket.send(text);
+    return s.next();
+  };
+  const open = await openSocket(base, mint(k1, user(ADMIN, { sub: `ws-${crypto.randomUUID()}` })));
+  if (!open.socket) fail(`ws: a valid admin was refused: ${JSON.stringify(open)}`);
+  for (const text of ["hello", "a second, longer message"]) {
+    const reply = await talk(open, text);
+    const json = JSON.parse(reply.message ?? "{}");
+    if (json.principal !== `user:${ADMIN}` || json.bytes !== text.length) fail(`ws: reply ${JSON.stringify(reply)}`);
+  }
+  ok("ws: an open socket answers each message with the caller's id");
+  open.socket.close(1000);
+
+  // A token that expires 3 s from now: the socket is closed then, without a word from the client.
+  const short = await openSocket(base, mint(k1, user(ADMIN, { exp: now() + 3, sub: `ws-${crypto.randomUUID()}` })));
+  if (!short.socket) fail(`ws: a short token was refused: ${JSON.stringify(short)}`);
+  const expired = await short.next(20);
+  if (expired.close !== 4401 || expired.reason !== "token_expired") fail(`ws: expiry: ${JSON.stringify(expired)}`);
+  ok("ws: the socket is closed with 4401 token_expired when its token expires");
+
+  // A login revoked while its socket is open (ZTGATE_WS_RECHECK=1): closed by the next check.
+  const sub = `ws-revoked-${crypto.randomUUID()}`;
+  const doomed = await openSocket(base, mint(k1, user(ADMIN, { sub })));
+  const bystander = await openSocket(base, mint(k1, user(ADMIN, { sub: `ws-${crypto.randomUUID()}` })));
+  if (!doomed.socket || !bystander.socket) fail("ws: a valid admin was refused");
+  await talk(doomed, "before");
+  const revoke = await fetch(`${base}/admin/revocations`, {
+    method: "POST",
+    headers: { "cf-access-jwt-assertion": mint(k1, user(ADMIN, { sub: `ws-admin-${crypto.randomUUID()}` })), "content-type": "application/json" },
+    body: JSON.stringify({ kind: "access_sub", id: sub }),
+  });
+  if (revoke.status !== 201) fail(`ws: revoke: ${revoke.status} ${await revoke.text()}`);
+  const closed = await doomed.next(20);
+  if (closed.close !== 4401 || closed.reason !== "revoked") fail(`ws: revocation: ${JSON.stringify(closed)}`);
+  ok("ws: the socket of a login revoked while open is closed with 4401 revoked");
+  const still = JSON.parse((await talk(bystander, "still here")).message ?? "{}");
+  if (still.principal !== `user:${ADMIN}`) fail(`ws: another login's socket was affected: ${JSON.stringify(still)}`);
+  ok("ws: another login's socket stays open");
+  bystander.socket.close(1000);
+  await refused("ws: the revoked login cannot open a new socket", mint(k1, user(ADMIN, { sub })), 401, "revoked");
+}
+
 async function main() {
   jwks.keys.push(makeKey("k1"));
   const jwksPort = await listen(jwksServer);
@@ -855,6 +946,7 @@ async function main() {
     ZTGATE_PERSIST_TO: stateDir,
     ZTGATE_QUEUE_KEYS: `${queueKey.kid}:${queueKey.secret}`,
     ZTGATE_TEST_SCHEDULED: "1",
+    ZTGATE_WS_RECHECK: "1",
   });
   try {
     await waitUp(base, server);
@@ -862,6 +954,7 @@ async function main() {
     await logCases(base, server);
     await scheduledCases(base, server);
     await queueCases(base, server);
+    await wsCases(base);
   } finally {
     await server.stop();
     fs.rmSync(stateDir, { recursive: true, force: true });

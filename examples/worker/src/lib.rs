@@ -9,6 +9,7 @@
 //! | `POST /admin/revocations` `{"kind": "api_key"\|"access_sub"\|"cert", "id": ..}` | an admin, as above: the credential is refused by every isolate within a second (201) |
 //! | `GET /admin/revocations` | an admin: every revocation |
 //! | `POST /webhooks/inbound` | a Svix-signed delivery (secret `ZTGATE_WEBHOOK_SECRET`, or the Secrets Store binding `ZTGATE_WEBHOOK_SECRET_STORE`) |
+//! | `GET /admin/ws` (WebSocket) | an admin, as above, refused (401/403 JSON) before any socket exists; each message is answered with the caller's id; closed with 4401 when the token expires or the login is revoked (checked every `ZTGATE_WS_RECHECK` seconds, default 10, and before each answer); at most `ZTGATE_MAX_WEBSOCKETS` (default 256) per isolate |
 //! | `GET /admin/events` | an admin: what the cron trigger, the queue consumer and RPC stored, and the consumer's refusals counted by code |
 //! | `POST /admin/queue/send` (body: the message, e.g. `{"kind":"note","text":".."}`) | an admin: signed into an envelope with `ZTGATE_QUEUE_KEYS` and sent to the queue (202) |
 //! | `POST /admin/queue/send-raw` (body: sent as is) | an admin: what a sender with write access to the queue but not the key can send, for tests (202) |
@@ -55,6 +56,7 @@ use std::time::Duration;
 
 mod events;
 mod store;
+mod ws;
 
 pub use store::AppStore;
 
@@ -198,6 +200,7 @@ async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<http
         });
     }
     match (req.method(), path.as_str()) {
+        (worker::Method::Get, ws::WS_PATH) => return Ok(ws::upgrade(&req, &env, policies, who)),
         (worker::Method::Get, "/admin/events") => return Ok(events::events_summary(&env, &who).await),
         (worker::Method::Post, "/admin/maintenance") => {
             return Ok(events::maintenance_over_http(&env, &who).await);
@@ -462,6 +465,7 @@ fn policies(env: &Env) -> Result<RoutePolicies, Misconfigured> {
     let policies = route(RoutePolicies::new().route("GET", "/healthz", Requirement::public()))?;
     let policies = route(policies.route("HEAD", "/healthz", Requirement::public()))?;
     let policies = route(policies.route("GET", "/admin/whoami", access.clone()))?;
+    let policies = route(policies.route("GET", ws::WS_PATH, access.clone()))?;
     let policies =
         if bench { route(policies.route("GET", "/bench/identity", access.clone()))? } else { policies };
     let policies = route(policies.route("*", "/admin", access.clone()))?;
