@@ -243,7 +243,9 @@ pub mod workers {
 /// ```
 #[cfg(feature = "redis")]
 pub mod redis {
-    pub use crate::runtime::redis_state::{RedisRateLimiter, RedisReplayGuard, RedisRevocations, RedisStore};
+    pub use crate::runtime::redis_state::{
+        RedisEnvelopeClaims, RedisRateLimiter, RedisReplayGuard, RedisRevocations, RedisStore,
+    };
 }
 
 /// Hooks for ztgate's own tests, fuzz targets and benchmarks. **Not part of the API**: no

@@ -3,7 +3,9 @@
 //! one is refused by the other within a second, failed-authentication budgets hold across
 //! both, and with Redis killed the documented answers come within the timeout — revocations and
 //! replays refused (503), budgets let through — and after Redis restarts everything works again
-//! with no revocation lost.
+//! with no revocation lost. Queue consumers on two connections share envelope claims: a
+//! redelivery opens again on either, a copy in another message is a replay on both, and with
+//! Redis down the claim fails closed (retry later).
 //!
 //! Needs `redis-server` on PATH (Debian package `redis-server`; CI installs it), so it runs
 //! only with the `redis-tests` feature:
@@ -273,4 +275,59 @@ async fn with_redis_down_revocations_and_replays_fail_closed_budgets_open_and_al
     let (status, code) = code_of(stats(&a, BACKUP_KEY, "192.0.2.1").await).await;
     assert_eq!((status, code.as_str()), (StatusCode::UNAUTHORIZED, "revoked"));
     assert_eq!(post_webhook(&a, &unique("back"), b"{}").await, StatusCode::OK);
+}
+
+/// Two queue consumers (two connections, as two instances would have) verify envelopes against
+/// one Redis: the first delivery opens, the same delivery redelivered to the other consumer
+/// opens again, a copy in another message is refused on both; with Redis killed the claim is
+/// unavailable (the message is retried later, never accepted unchecked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envelope_claims_are_shared_by_the_fleet_and_fail_closed_when_redis_is_down() {
+    use std::sync::Arc;
+    use ztgate::identity::envelope::{EnvelopeError, EnvelopeVerifier, sign_envelope};
+    use ztgate::identity::hmac_token::KeyRing;
+    use ztgate::redis::RedisStore;
+
+    let mut redis = Redis::start();
+    let ring = Arc::new(KeyRing::parse("q1:queue-key-for-the-redis-fleet-test-0123").unwrap()); // pragma: allowlist secret
+    let consumer = |url: &str| {
+        let store = RedisStore::connect(url).unwrap().with_timeout(Duration::from_millis(200)).unwrap();
+        EnvelopeVerifier::new(ring.clone(), "orders", Arc::new(store.envelope_claims())).unwrap()
+    };
+    let (a, b) = (consumer(&redis.url()), consumer(&redis.url()));
+    let t = now();
+    let envelope = sign_envelope(&ring, "orders", r#"{"order":1}"#, t, Duration::from_secs(600)).unwrap();
+
+    let first = a.verify(&envelope, "delivery-1", t).await.unwrap();
+    assert!(!first.is_redelivery());
+    let again = b.verify(&envelope, "delivery-1", t + 1).await.unwrap();
+    assert!(again.is_redelivery(), "the same delivery on the other consumer opens again");
+    for consumer in [&a, &b] {
+        let copy = consumer.verify(&envelope, "delivery-2", t + 2).await;
+        assert!(matches!(copy, Err(EnvelopeError::Replayed)), "{copy:?}");
+    }
+    // Another envelope is independent.
+    let other = sign_envelope(&ring, "orders", r#"{"order":2}"#, t, Duration::from_secs(600)).unwrap();
+    assert!(!b.verify(&other, "delivery-3", t).await.unwrap().is_redelivery());
+
+    redis.kill();
+    let third = sign_envelope(&ring, "orders", r#"{"order":3}"#, t, Duration::from_secs(600)).unwrap();
+    let started = Instant::now();
+    let down = a.verify(&third, "delivery-4", t).await;
+    assert!(matches!(down, Err(EnvelopeError::StoreUnavailable(_))), "{down:?}");
+    assert!(!down.unwrap_err().is_permanent(), "a store outage is retried, not dropped");
+    assert!(started.elapsed() < Duration::from_secs(5), "bounded: {:?}", started.elapsed());
+
+    // After a restart (append-only file) the claims are still there.
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let replay = loop {
+        match a.verify(&envelope, "delivery-5", t + 3).await {
+            Err(EnvelopeError::StoreUnavailable(_)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => break other,
+        }
+    };
+    assert!(matches!(replay, Err(EnvelopeError::Replayed)), "{replay:?}");
 }

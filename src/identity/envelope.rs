@@ -78,8 +78,9 @@
 //! retried past its token's expiry is refused as expired: give envelopes a lifetime longer
 //! than the queue's retries take.
 //!
-//! The stores: [`InMemoryClaims`] (one instance, tests) and, at the edge, the shared-state
-//! Durable Object (`DurableState::envelope_claims` in `ztgate::workers`).
+//! The stores: [`InMemoryClaims`] (one instance, tests), Redis for a fleet of native consumers
+//! (`RedisStore::envelope_claims` in `ztgate::redis`, feature `redis`) and, at the edge, the
+//! shared-state Durable Object (`DurableState::envelope_claims` in `ztgate::workers`).
 
 use std::collections::HashMap;
 use std::fmt;

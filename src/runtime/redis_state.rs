@@ -8,6 +8,9 @@
 //!   `state_unavailable`) and lets rate-limited requests through with a warning (unless the
 //!   limit fails closed).
 //! - **Replay guard**: `SET key 1 NX EXAT expires_at`, one atomic step.
+//! - **Envelope claims** (queue messages, [`EnvelopeClaims`]): one Lua script reads the claim
+//!   and, when there is none, sets it with its expiry, so two consumers can never both get
+//!   [`Claim::First`].
 //! - **Rate limits**: GCRA in one Lua script (`EVALSHA`, loaded on first use) over the
 //!   budget keys, with Redis's own clock: never read-modify-write from the client, and one
 //!   round trip per check.
@@ -29,8 +32,22 @@ use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::BoxFuture;
 use crate::error::ConfigError;
+use crate::identity::envelope::{Claim, EnvelopeClaims};
 use crate::identity::shared_state::{Budget, RateLimiter, Revocation, RevocationList, StateError};
 use crate::identity::webhook::{ReplayGuard, ReplayStoreError};
+
+/// A claim on `KEYS[1]` for the holder `ARGV[1]` until the Unix second `ARGV[2]` (`EXAT`): 0 the
+/// first claim (now set), 1 held by that same holder, 2 held by another.
+const CLAIM: &str = r"
+local holder = redis.call('GET', KEYS[1])
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'EXAT', ARGV[2])
+  return 0
+elseif holder == ARGV[1] then
+  return 1
+end
+return 2
+";
 
 /// GCRA over `KEYS` with `ARGV` = interval ms, window ms, spend (1) or check (0). Returns the
 /// longest wait in ms (0: every key had budget; a key without budget is not spent).
@@ -63,6 +80,7 @@ pub struct RedisStore {
     prefix: String,
     timeout: Duration,
     gcra: Arc<::redis::Script>,
+    claim: Arc<::redis::Script>,
 }
 
 impl fmt::Debug for RedisStore {
@@ -99,6 +117,7 @@ impl RedisStore {
             prefix: "ztgate:".to_owned(),
             timeout,
             gcra: Arc::new(::redis::Script::new(GCRA)),
+            claim: Arc::new(::redis::Script::new(CLAIM)),
         })
     }
 
@@ -120,6 +139,11 @@ impl RedisStore {
     /// A replay guard in this Redis.
     pub fn replay_guard(&self) -> RedisReplayGuard {
         RedisReplayGuard { store: self.clone() }
+    }
+
+    /// Claims on signed queue envelopes, in this Redis (see [`EnvelopeClaims`]).
+    pub fn envelope_claims(&self) -> RedisEnvelopeClaims {
+        RedisEnvelopeClaims { store: self.clone() }
     }
 
     /// A rate limiter spending `budget` per key, in this Redis.
@@ -178,6 +202,42 @@ impl ReplayGuard for RedisReplayGuard {
                 other => ReplayStoreError::Unavailable(other.to_string()),
             })?;
             Ok(answer.is_some())
+        })
+    }
+}
+
+/// Claims on signed queue envelopes in Redis: one Lua script, so reading the claim and setting
+/// it are one atomic step for every consumer of the fleet.
+#[derive(Debug, Clone)]
+pub struct RedisEnvelopeClaims {
+    store: RedisStore,
+}
+
+impl EnvelopeClaims for RedisEnvelopeClaims {
+    fn claim<'a>(
+        &'a self,
+        key: &'a str,
+        holder: &'a str,
+        now: u64,
+        expires_at: u64,
+    ) -> BoxFuture<'a, Result<Claim, ReplayStoreError>> {
+        Box::pin(async move {
+            // Live through `expires_at` inclusive; EXAT in the past is refused by Redis.
+            let at = expires_at.saturating_add(1).max(now.saturating_add(1));
+            let mut invocation = self.store.claim.prepare_invoke();
+            invocation.key(self.store.key(&format!("claim:{key}"))).arg(holder).arg(at);
+            let mut connection = self.store.connection.clone();
+            let answer: u8 = bounded(self.store.timeout, invocation.invoke_async(&mut connection))
+                .await
+                .map_err(|e| ReplayStoreError::Unavailable(e.to_string()))?;
+            match answer {
+                0 => Ok(Claim::First),
+                1 => Ok(Claim::Held),
+                2 => Ok(Claim::Taken),
+                other => {
+                    Err(ReplayStoreError::Unavailable(format!("redis: unexpected claim answer {other}")))
+                }
+            }
         })
     }
 }
