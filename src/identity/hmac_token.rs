@@ -637,7 +637,10 @@ fn mac_over(key: &HmacKey, purpose: &str, expiry: &str, id: Option<&str>, subjec
 
 /// Splits `s` at a `.` among its first `max + 1` bytes.
 fn split_at_dot(s: &str, max: usize) -> Option<(&str, &str)> {
-    let dot = s.bytes().take(max + 1).position(|b| b == b'.')?;
+    // A slice, not `bytes().take(..)`: the take-adaptor's loop kept its count in memory and was
+    // a tenth of a whole verification (perf annotate).
+    let window = &s.as_bytes()[..s.len().min(max.saturating_add(1))];
+    let dot = window.iter().position(|&b| b == b'.')?;
     Some((&s[..dot], &s[dot + 1..]))
 }
 
