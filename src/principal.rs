@@ -329,12 +329,21 @@ pub struct ServiceToken {
     pub expires_at: u64,
 }
 
-/// A caller holding a configured API key.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A caller holding a configured API key. `Debug` shows the name only.
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ApiKeyPrincipal {
     /// The key's configured name (never the key itself).
     pub name: String,
+    /// The SHA-256 of the key that proved it: tells a replaced key from the one still
+    /// configured under the same name ([`Gate::recheck`](crate::Gate::recheck)).
+    pub(crate) digest: [u8; 32],
+}
+
+impl fmt::Debug for ApiKeyPrincipal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiKeyPrincipal").field("name", &self.name).finish_non_exhaustive()
+    }
 }
 
 /// The holder of a valid HMAC-signed token.

@@ -54,6 +54,8 @@ struct Admin {
 }
 
 impl Admin {
+    /// The server, with `extra` variables; the admins are `ZTGATE_ADMIN_EMAILS`' unless
+    /// `ZTGATE_CONFIG` is among them (its file names them).
     async fn start(extra: &[(&'static str, &str)]) -> Self {
         let jwks = JwksServer::start(&[key()]).await;
         let db = TempDb::new();
@@ -62,10 +64,12 @@ impl Admin {
             ("ZTGATE_TEAM_DOMAIN", TEAM.into()),
             ("ZTGATE_CERTS_URL", jwks.url()),
             ("ZTGATE_AUD", AUD.into()),
-            ("ZTGATE_ADMIN_EMAILS", ADMIN.into()),
             ("ZTGATE_DB", db.path()),
             ("ZTGATE_API_KEYS", format!("ops:{OPS_KEY}")),
         ];
+        if !extra.iter().any(|(k, _)| *k == "ZTGATE_CONFIG") {
+            vars.push(("ZTGATE_ADMIN_EMAILS", ADMIN.into()));
+        }
         vars.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
         Self { server: Server::start(&vars), _jwks: jwks, _db: db }
     }
@@ -212,6 +216,59 @@ async fn a_message_after_a_revocation_is_not_answered() {
     let mut other = other;
     let Message::Text(reply) = ask(&mut other, "still here").await else { panic!("no answer") };
     assert!(reply.contains("user:alice@acme.com"), "{reply}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_is_closed_when_a_reload_no_longer_admits_its_caller() {
+    // The admins come from a configuration file; the rest from the variables.
+    let file = TempDb::new().path() + ".toml";
+    let admins = |list: &str| {
+        format!("[access]\nteam_domain = {TEAM:?}\naudiences = [{AUD:?}]\nallow_emails = [{list}]\n")
+    };
+    std::fs::write(&file, admins(r#""alice@acme.com", "carol@acme.com""#)).unwrap();
+    let admin = Admin::start(&[("ZTGATE_CONFIG", &file), ("ZTGATE_WS_RECHECK", "200ms")]).await;
+    let mut alice = admin.connect(Some(&token(ADMIN, "sub-reloaded", 600))).await.unwrap();
+    let mut carol = admin.connect(Some(&token("carol@acme.com", "sub-carol", 600))).await.unwrap();
+    let Message::Text(_) = ask(&mut alice, "before").await else { panic!("no answer") };
+
+    std::fs::write(&file, admins(r#""carol@acme.com""#)).unwrap();
+    let hup =
+        std::process::Command::new("kill").args(["-HUP", &admin.server.child.id().to_string()]).status();
+    assert!(hup.unwrap().success());
+    // Alice says nothing: the periodic check, against the reloaded policy, closes her socket.
+    assert_eq!(close_of(next(&mut alice).await), (4403, "forbidden".to_owned()));
+    assert!(admin.server.logs().contains("config_reloaded"), "{}", admin.server.logs());
+    // Carol, still listed, keeps hers.
+    let Message::Text(reply) = ask(&mut carol, "still here").await else { panic!("no answer") };
+    assert!(reply.contains("user:carol@acme.com"), "{reply}");
+    // And alice cannot open a new one.
+    assert_eq!(
+        refusal(admin.connect(Some(&token(ADMIN, "sub-reloaded", 600))).await),
+        (403, "forbidden".to_owned())
+    );
+    let _ = std::fs::remove_file(&file);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_closes_open_sockets_with_going_away() {
+    let mut admin = Admin::start(&[]).await;
+    let mut socket = admin.connect(Some(&token(ADMIN, "sub-shutdown", 600))).await.unwrap();
+    let Message::Text(_) = ask(&mut socket, "before").await else { panic!("no answer") };
+    let int =
+        std::process::Command::new("kill").args(["-INT", &admin.server.child.id().to_string()]).status();
+    assert!(int.unwrap().success());
+    assert_eq!(close_of(next(&mut socket).await), (1001, "going_away".to_owned()));
+    // The server then exits cleanly, the socket's end logged.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = admin.server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "the server did not exit:\n{}", admin.server.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}\n{}", admin.server.logs());
+    assert!(admin.server.logs().contains(r#"by="shutdown""#), "{}", admin.server.logs());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

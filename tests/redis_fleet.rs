@@ -185,6 +185,10 @@ async fn two_instances_share_replays_revocations_and_budgets() {
     let (db_a, db_b) = (TempDb::new(), TempDb::new());
     let a = instance(&jwks, &db_a, &redis, "4/60s");
     let b = instance(&jwks, &db_b, &redis, "4/60s");
+    // Each connected before it took requests.
+    for server in [&a, &b] {
+        assert!(server.logs().contains("redis_connected"), "{}", server.logs());
+    }
 
     // A webhook accepted by one instance is a replay at the other.
     let id = unique("fleet");
@@ -290,11 +294,22 @@ async fn envelope_claims_are_shared_by_the_fleet_and_fail_closed_when_redis_is_d
 
     let mut redis = Redis::start();
     let ring = Arc::new(KeyRing::parse("q1:queue-key-for-the-redis-fleet-test-0123").unwrap()); // pragma: allowlist secret
-    let consumer = |url: &str| {
-        let store = RedisStore::connect(url).unwrap().with_timeout(Duration::from_millis(200)).unwrap();
+    let store =
+        || RedisStore::connect(&redis.url()).unwrap().with_timeout(Duration::from_millis(200)).unwrap();
+    let (store_a, store_b) = (store(), store());
+    // Connected first, as a consumer's start would (a busy machine can take longer than one
+    // call's bound to make a connection).
+    for store in [&store_a, &store_b] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Err(e) = store.ping().await {
+            assert!(Instant::now() < deadline, "Redis did not answer a PING: {e}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let consumer = |store: &RedisStore| {
         EnvelopeVerifier::new(ring.clone(), "orders", Arc::new(store.envelope_claims())).unwrap()
     };
-    let (a, b) = (consumer(&redis.url()), consumer(&redis.url()));
+    let (a, b) = (consumer(&store_a), consumer(&store_b));
     let t = now();
     let envelope = sign_envelope(&ring, "orders", r#"{"order":1}"#, t, Duration::from_secs(600)).unwrap();
 

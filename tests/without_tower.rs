@@ -226,3 +226,33 @@ async fn credentials_that_do_not_expire_are_ended_only_by_revocation() {
     assert_eq!(verified.principal().expires_at(), None);
     assert!(gate.recheck(&verified).await.is_ok());
 }
+
+#[tokio::test]
+async fn clean_headers_does_what_the_tower_layer_does_before_the_handler() {
+    use ztgate::HeaderHygiene;
+    let hygiene = HeaderHygiene::new()
+        .strip_header(http::HeaderName::from_static("x-remote-user"))
+        .forward_verified_identity();
+    let gate = Gate::new(api_keys()).with_header_hygiene(hygiene);
+    let mut sent = headers(&[
+        ("x-api-key", SECRET),
+        ("x-remote-user", "admin"),
+        ("cf-access-authenticated-user-email", "admin@acme.com"),
+        ("cf-cert-verified", "SUCCESS"),
+        ("x-ztgate-principal", "user:admin@acme.com"),
+        ("x-ztgate-anything", "forged"),
+        ("accept", "application/json"),
+    ]);
+    let (method, uri) = (Method::POST, Uri::from_static("/upstream"));
+    let verified = gate.check_call(Call::new(&method, &uri, &sent)).await.unwrap();
+
+    gate.clean_headers(&mut sent, &verified);
+    for forged in
+        ["x-remote-user", "cf-access-authenticated-user-email", "cf-cert-verified", "x-ztgate-anything"]
+    {
+        assert!(sent.get(forged).is_none(), "{forged} was passed on");
+    }
+    assert_eq!(sent.get("x-ztgate-principal").unwrap(), "api_key:deploy-bot");
+    assert_eq!(sent.get("x-ztgate-via").unwrap(), r#"["api_key"]"#);
+    assert_eq!(sent.get("accept").unwrap(), "application/json", "other headers are kept");
+}

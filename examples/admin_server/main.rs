@@ -22,7 +22,7 @@
 //! | `GET /cdn-cgi/access/certs` | public, dev mode only: the dev issuer's JWKS |
 //! | `DELETE /admin/notes/{id}` | an Access admin **and** an API key (both, in one request) |
 //! | `GET /admin/whoami`, `GET`/`POST /admin/notes`, `POST /admin/unsubscribe-links` | an Access admin |
-//! | `GET /admin/ws` (WebSocket) | an Access admin, refused (401/403 JSON) before any socket exists; each message is answered with the caller's id; the socket closes with 4401 when the token expires or the login is revoked (checked every `ZTGATE_WS_RECHECK` and before each answer), 4403 when the route no longer admits anyone |
+//! | `GET /admin/ws` (WebSocket) | an Access admin, refused (401/403 JSON) before any socket exists; each message is answered with the caller's id; the socket closes with 4401 when the token expires or the login is revoked (checked every `ZTGATE_WS_RECHECK` and before each answer), 4403 when a reload no longer admits the caller, 1001 (going away) at shutdown |
 //! | any other `/admin` path | an Access admin (so unknown admin paths are 401 before 404) |
 //! | `GET /ops/stats` | an API key |
 //! | `GET /metrics` (Prometheus text: `ztgate_decisions_total`... see `ztgate::metrics`) | an API key |
@@ -72,7 +72,7 @@
 //! | `ZTGATE_BODY_TIMEOUT` | a request body must be whole this long after its head, however steadily it trickles: 408 `body_timeout` and the connection closes (default `30s`) |
 //! | `ZTGATE_IDLE_TIMEOUT` | a kept-alive connection with no new request, or a client not reading its answer, is closed after this (default `60s`) |
 //! | `ZTGATE_MAX_CONNECTIONS` | open connections at most (default `512`, below the usual 1,024 open files); one more sheds the connection waiting longest for a request, or gets 503 if every one is being answered |
-//! | `ZTGATE_REDIS_URL` | `redis://host:port/db`: the webhook replay guard, the revocation list and the failed-authentication budgets are shared through this Redis by every instance pointed at it (a revocation reaches all within a second); unset = this process's memory (and the replay guard in SQLite). Redis unreachable: revocation and replay checks refuse (503 `state_unavailable`), budgets let requests through with a warning; each call bounded by 50 ms |
+//! | `ZTGATE_REDIS_URL` | `redis://host:port/db`: the webhook replay guard, the revocation list and the failed-authentication budgets are shared through this Redis by every instance pointed at it (a revocation reaches all within a second); unset = this process's memory (and the replay guard in SQLite). Redis unreachable: revocation and replay checks refuse (503 `state_unavailable`), budgets let requests through with a warning; each call bounded by 50 ms. The connection is made at start (up to 2 s of tries; then only a warning) |
 //! | `ZTGATE_TURNSTILE_SECRET` | the Turnstile widget's secret key, read from the environment on every check: enables `POST /api/subscribe` (unset: it answers 503 `not_configured`) |
 //! | `ZTGATE_TURNSTILE_HOSTNAMES` | comma list of the hostnames the widget is on (required with the secret) |
 //! | `ZTGATE_TURNSTILE_ACTION` | the widget's `action` (default `subscribe`) |
@@ -176,6 +176,7 @@ async fn run() -> Result<(), Fatal> {
             settings.when_unavailable,
         ),
     };
+    shared.connect().await;
     let reloader = Reloader::start(&settings, access.clone(), credentials, store.clone(), shared)
         .map_err(|e| Fatal::Runtime(format!("route policies: {e}")))?;
     let turnstile = settings.turnstile.clone();
@@ -186,7 +187,7 @@ async fn run() -> Result<(), Fatal> {
         store,
         dev.as_ref(),
         settings.max_body_reads,
-        sockets,
+        sockets.clone(),
         metrics,
     );
 
@@ -203,8 +204,13 @@ async fn run() -> Result<(), Fatal> {
 
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
+        // Sockets left hyper at their upgrade: they are told here, beside its graceful shutdown.
+        sockets.close_all();
     };
     serve::serve(listener, app, settings.limits, shutdown).await;
+    if !sockets.drained(ws::CLOSE_GRACE).await {
+        tracing::warn!(target: LOG_TARGET, layer = "server", "WebSockets still open after the shutdown grace period");
+    }
     Ok(())
 }
 

@@ -10,6 +10,7 @@
 //! production take a restart: a reload that changes them applies the rest and says so.
 
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use ztgate::config::RouteSpec;
 use ztgate::identity::hmac_token::KeyRingSource;
@@ -30,6 +31,8 @@ use crate::store::Store;
 
 /// Counter of reloads, labelled `outcome` (`applied` or `refused`).
 pub(crate) const CONFIG_RELOADS: &str = "ztgate_config_reloads_total";
+/// How long the start waits for Redis to answer.
+const CONNECT_AT_START: Duration = Duration::from_secs(2);
 
 /// The keys the handlers read, swapped whole by a reload.
 pub(crate) struct LiveKeys {
@@ -91,6 +94,8 @@ pub(crate) struct SharedState {
     pub(crate) replay: Option<Arc<dyn ReplayGuard>>,
     /// What the gates do while the store cannot answer.
     pub(crate) when_unavailable: WhenUnavailable,
+    /// The Redis behind the others, if any: connected ahead of the first request.
+    redis: Option<RedisStore>,
 }
 
 impl SharedState {
@@ -111,6 +116,7 @@ impl SharedState {
             ),
             replay: None,
             when_unavailable,
+            redis: None,
         }
         .with_fault_choices()
     }
@@ -131,8 +137,31 @@ impl SharedState {
             subscribe_limit: RateLimit::requests(Arc::new(redis.rate_limiter(subscribe)), "subscribe"),
             replay: Some(Arc::new(redis.replay_guard())),
             when_unavailable,
+            redis: Some(redis),
         }
         .with_fault_choices())
+    }
+
+    /// Connects to Redis before the server takes requests, so the first ones do not pay for
+    /// the connection (each call is bounded by 50 ms, the connection's making included): a few
+    /// tries within [`CONNECT_AT_START`]. A Redis still unreachable is only logged: requests
+    /// then get the fault choices, and the connection is tried again on each call.
+    pub(crate) async fn connect(&self) {
+        let Some(redis) = &self.redis else { return };
+        let started = tokio::time::Instant::now();
+        loop {
+            match redis.ping().await {
+                Ok(()) => {
+                    tracing::info!(target: LOG_TARGET, layer = "server", outcome = "redis_connected");
+                    return;
+                }
+                Err(e) if started.elapsed() >= CONNECT_AT_START => {
+                    tracing::warn!(target: LOG_TARGET, layer = "server", outcome = "redis_unavailable", error = ?e.to_string(), "Redis did not answer at start; shared-state checks follow the fault choices until it does");
+                    return;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
     }
 
     /// The budgets refuse while unchecked, if the operator said so.

@@ -12,6 +12,8 @@
 //!   rejection's code.
 //! - Bounded: at most `ZTGATE_MAX_WEBSOCKETS` sockets at once (beyond: 503 `too_many_sockets`
 //!   before the upgrade), messages of at most 16 KiB (larger: the socket is closed with 1009).
+//! - At shutdown every socket is closed with 1001 (going away), so clients reconnect to
+//!   another instance instead of seeing the connection drop.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -21,13 +23,15 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use ztgate::{Principal, Rejection, SelectGate, Verified};
 
 use crate::routes::AppState;
 
 /// The socket's path: its policy is looked up again for each check.
 pub(crate) const WS_PATH: &str = "/admin/ws";
+/// How long a shutdown waits for the sockets' close frames to go out.
+pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// The largest message (and frame) a socket accepts.
 const MAX_MESSAGE_BYTES: usize = 16 * 1024;
 
@@ -40,16 +44,36 @@ pub(crate) struct SocketLimits {
     pub(crate) recheck: Duration,
 }
 
-/// What the handler shares: the permits and how often to check.
+/// What the handler shares: the permits, how often to check, and the shutdown signal.
 #[derive(Clone)]
 pub(crate) struct Sockets {
     permits: Arc<Semaphore>,
+    max: usize,
     recheck: Duration,
+    /// `true` once the server is shutting down.
+    closing: Arc<watch::Sender<bool>>,
 }
 
 impl Sockets {
     pub(crate) fn new(limits: SocketLimits) -> Self {
-        Self { permits: Arc::new(Semaphore::new(limits.max)), recheck: limits.recheck }
+        Self {
+            permits: Arc::new(Semaphore::new(limits.max)),
+            max: limits.max,
+            recheck: limits.recheck,
+            closing: Arc::new(watch::Sender::new(false)),
+        }
+    }
+
+    /// Closes every open socket with 1001, and any opened from now on.
+    pub(crate) fn close_all(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Waits until every socket has ended (its permit returned), for at most `within`;
+    /// whether they all did.
+    pub(crate) async fn drained(&self, within: Duration) -> bool {
+        let all = u32::try_from(self.max).unwrap_or(u32::MAX);
+        matches!(tokio::time::timeout(within, self.permits.acquire_many(all)).await, Ok(Ok(_)))
     }
 }
 
@@ -82,6 +106,8 @@ enum End {
     Refused(Rejection),
     /// A message too large, or a protocol error.
     Broken(String),
+    /// The server is shutting down.
+    GoingAway,
 }
 
 async fn session(
@@ -96,8 +122,11 @@ async fn session(
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     let expiry = tokio::time::sleep(until(who.principal().expires_at()));
     tokio::pin!(expiry);
+    let mut closing = state.sockets.closing.subscribe();
     let end = loop {
         tokio::select! {
+            // Also true at once for a socket opened after the shutdown began.
+            () = shutting_down(&mut closing) => break End::GoingAway,
             _ = ticks.tick() => {
                 if let Err(rejection) = recheck(&state, &who).await {
                     break End::Refused(rejection);
@@ -142,11 +171,25 @@ async fn session(
             let frame = CloseFrame { code: rejection.close_code(), reason: rejection.code().into() };
             let _ = socket.send(Message::Close(Some(frame))).await;
         }
+        End::GoingAway => {
+            tracing::info!(target: crate::LOG_TARGET, layer = "storage", outcome = "socket_closed", by = "shutdown", principal = ?id);
+            let frame = CloseFrame { code: 1001, reason: "going_away".into() };
+            let _ = socket.send(Message::Close(Some(frame))).await;
+        }
         End::Broken(error) => {
             tracing::info!(target: crate::LOG_TARGET, layer = "storage", outcome = "socket_closed", by = "error", error = ?error, principal = ?id);
             let frame = CloseFrame { code: 1009, reason: "message_too_large_or_malformed".into() };
             let _ = socket.send(Message::Close(Some(frame))).await;
         }
+    }
+}
+
+/// Completes once the server is shutting down.
+async fn shutting_down(closing: &mut watch::Receiver<bool>) {
+    // The sender lives in the state this socket holds: an error cannot happen; if it did,
+    // nothing would ever say "closing".
+    if closing.wait_for(|closing| *closing).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 

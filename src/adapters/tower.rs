@@ -109,8 +109,7 @@ where
             match checked.await {
                 Ok((verified, gate)) => {
                     // The facts were read and verified: only now may the headers go.
-                    let trusted_cert_hop = gate.limits().trust_client_cert_headers;
-                    gate.header_hygiene().apply(req.headers_mut(), trusted_cert_hop, &verified);
+                    gate.clean_headers(req.headers_mut(), &verified);
                     req.extensions_mut().insert(verified);
                     let mut response = inner.call(req).await?;
                     gate.cache_policy().apply(response.headers_mut());

@@ -123,27 +123,83 @@ impl std::fmt::Debug for Call<'_> {
 }
 
 impl<C: Send + Sync + 'static> Gate<C> {
-    /// Whether a proof this gate gave is still good, for a connection that outlives its
-    /// request (a WebSocket, a gRPC stream, a server-sent event stream): `Err` when the
-    /// credential has expired (401 `token_expired`, by this gate's clock, with no leeway), when
-    /// one of its credentials has been revoked since (401 `revoked`), or when the revocation
-    /// list cannot answer and the gate refuses in that case (503 `state_unavailable`).
+    /// Whether a proof is still good, for a connection that outlives its request (a
+    /// WebSocket, a gRPC stream, a server-sent event stream). `Err`, in this order:
     ///
-    /// Run it on a timer and before acting on each message, and close the connection on
-    /// `Err` (see [`Rejection::close_code`]). [`Principal::expires_at`] tells when the
-    /// credential expires, to close on time between two checks.
+    /// - the credential has expired: 401 `token_expired`, by this gate's clock, no leeway;
+    /// - this gate, as it is now, no longer admits the principal
+    ///   ([`Mechanism::readmit`](crate::identity::Mechanism::readmit) of the mechanism that
+    ///   proved it): 403 `forbidden` when the policy no longer allows the caller or the route no
+    ///   longer accepts that kind of credential, 401 when the credential itself is no longer
+    ///   accepted (an API key removed or replaced);
+    /// - one of its credentials has been revoked since: 401 `revoked`;
+    /// - the revocation list cannot answer and the gate refuses in that case: 503
+    ///   `state_unavailable`.
     ///
-    /// It does not run the policy again: a reloaded policy applies to new connections.
+    /// Run it on a timer and before acting on each message, with the gate the route has now
+    /// (after a reload, the new one), and close the connection on `Err` (see
+    /// [`Rejection::close_code`]). [`Principal::expires_at`] tells when the credential
+    /// expires, to close on time between two checks.
+    ///
+    /// No credential is kept, so nothing is verified or fetched again: a policy rule over the
+    /// Access identity (groups, login method, device posture) is decided from the identity the
+    /// principal carries, and refused (403) if it carries none. With an all-of requirement,
+    /// the mechanism that proved the principal is asked; the other credentials are checked for
+    /// expiry of the principal and for revocation only.
     pub async fn recheck(&self, verified: &Verified<Principal<C>>) -> Result<(), Rejection> {
         let principal = verified.principal();
         let now = self.clock.now();
         let outcome = match principal.expires_at() {
             Some(exp) if now >= exp => Err(Rejection::InvalidToken(TokenError::Expired)),
-            _ => shared::check_revocations(self, principal, verified.proofs()).await,
+            _ => match self.readmit(verified, now) {
+                Ok(()) => shared::check_revocations(self, principal, verified.proofs()).await,
+                Err(rejection) => Err(rejection),
+            },
         };
         if let Err(rejection) = &outcome {
             tracing::info!(layer = "identity", outcome = "session_ended", code = rejection.code(), principal = ?principal.id());
         }
         outcome
+    }
+
+    /// What the Tower layer does to a verified request's headers before its handler sees them
+    /// ([`HeaderHygiene`](crate::HeaderHygiene), as set with
+    /// [`Gate::with_header_hygiene`]): removes the identity headers a client could forge, and
+    /// sets the verified `X-Ztgate-*` headers if asked to. For a caller without Tower that
+    /// passes the request on (a custom hyper service, a proxy): call it with the proof this
+    /// gate gave, before the request goes further.
+    ///
+    /// ```
+    /// use http::{HeaderMap, Method, Uri};
+    /// use ztgate::{Call, Gate, HeaderHygiene, SelectGate};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let gate = Gate::public().with_header_hygiene(HeaderHygiene::new().forward_verified_identity());
+    /// let (method, uri) = (Method::GET, Uri::from_static("/"));
+    /// let mut headers = HeaderMap::new();
+    /// headers.insert("x-ztgate-principal", "user:admin@acme.com".parse().unwrap()); // forged
+    /// headers.insert("cf-access-authenticated-user-email", "admin@acme.com".parse().unwrap());
+    /// let verified = gate.check_call(Call::new(&method, &uri, &headers)).await.unwrap();
+    ///
+    /// gate.clean_headers(&mut headers, &verified);
+    /// assert_eq!(headers.get("x-ztgate-principal").unwrap(), "anonymous"); // the proven one
+    /// assert!(headers.get("cf-access-authenticated-user-email").is_none());
+    /// # }
+    /// ```
+    pub fn clean_headers(&self, headers: &mut HeaderMap, verified: &Verified<Principal<C>>) {
+        self.hygiene.apply(headers, self.inner.limits.trust_client_cert_headers, verified);
+    }
+
+    /// The admission part of [`Gate::recheck`]: the proof that names the principal, asked of
+    /// this gate's requirement.
+    fn readmit(&self, verified: &Verified<Principal<C>>, now: u64) -> Result<(), Rejection> {
+        let principal = verified.principal();
+        let id = principal.id();
+        match verified.proofs().iter().find(|proof| proof.principal_id == id) {
+            Some(proof) => self.inner.requirement.readmit(proof, principal, now),
+            // Every proof this crate makes names its principal: fail closed if one does not.
+            None => Err(Rejection::Forbidden),
+        }
     }
 }

@@ -32,7 +32,7 @@ use super::access_jwt::{AccessJwt, claimed_issuer};
 use super::mechanism::{Attempt, Mechanism};
 use crate::BoxFuture;
 use crate::error::{ConfigError, Rejection, TokenError};
-use crate::principal::NoClaims;
+use crate::principal::{NoClaims, Principal};
 use crate::request::RequestFacts;
 
 /// Access tokens of several applications; the token's claimed issuer and audience choose
@@ -102,5 +102,20 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Mechanism<C> for Acces
                 }
             }
         })
+    }
+
+    /// The principal does not say which application proved it: admitted while some
+    /// application's policy admits it, refused once none does.
+    fn readmit(&self, principal: &Principal<C>, now: u64) -> Result<(), Rejection> {
+        let mut refused = None;
+        for app in &self.apps {
+            match app.readmit(principal, now) {
+                Ok(()) => return Ok(()),
+                Err(r) => {
+                    refused.get_or_insert(r);
+                }
+            }
+        }
+        Err(refused.unwrap_or(Rejection::Forbidden))
     }
 }

@@ -727,6 +727,17 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Mechanism<C> for Acces
             }
         })
     }
+
+    /// The policy, decided again over the principal as it was proven (with the Access
+    /// identity it carries, if one was fetched): a rule that needs an identity the principal
+    /// does not carry refuses, since there is no token to fetch it with.
+    fn readmit(&self, principal: &Principal<C>, now: u64) -> Result<(), Rejection> {
+        match self.policy.decide(principal, Some(now)) {
+            Decision::Allow => Ok(()),
+            Decision::SessionTooOld => Err(Rejection::SessionTooOld),
+            Decision::Forbidden | Decision::NeedsIdentity => Err(Rejection::Forbidden),
+        }
+    }
 }
 
 #[cfg(test)]

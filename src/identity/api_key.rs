@@ -144,15 +144,36 @@ impl ApiKeys {
 
     /// The name of the key equal to `presented`, if any. Constant-time in the key contents.
     pub fn verify(&self, presented: &str) -> Option<String> {
+        self.verify_digest(presented).map(|(name, _)| name)
+    }
+
+    /// The name of the key equal to `presented` and its digest.
+    fn verify_digest(&self, presented: &str) -> Option<(String, [u8; 32])> {
         if presented.is_empty() || presented.len() > MAX_KEY_BYTES {
             return None;
         }
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        self.find(&digest).map(|name| (name, digest))
+    }
+
+    /// Whether the key `name` is still configured with this digest (not revoked, not
+    /// replaced under the same name). Constant-time in the digests.
+    fn holds(&self, name: &str, digest: &[u8; 32]) -> bool {
+        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
+        let mut found = subtle::Choice::from(0);
+        for key in keys.iter() {
+            found |= key.digest.ct_eq(digest) & subtle::Choice::from(u8::from(key.name == name));
+        }
+        bool::from(found)
+    }
+
+    /// The name of the key with this digest. Constant-time in the digests.
+    fn find(&self, digest: &[u8; 32]) -> Option<String> {
         let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
         let mut found = subtle::Choice::from(0);
         let mut index = 0u64;
         for (i, key) in keys.iter().enumerate() {
-            let matches = key.digest.ct_eq(&digest);
+            let matches = key.digest.ct_eq(digest);
             index.conditional_assign(&(i as u64), matches);
             found |= matches;
         }
@@ -215,18 +236,36 @@ impl<C: Send + Sync + 'static> Mechanism<C> for ApiKeyAuth {
                 }
                 (Some(k), _) | (None, Some(k)) => k,
             };
-            match self.keys.verify(presented.expose()) {
+            match self.keys.verify_digest(presented.expose()) {
                 None => Attempt::Refused(Rejection::InvalidCredential {
                     mechanism: Self::NAME,
                     reason: "unknown or revoked key",
                 }),
-                Some(name) if self.only.as_ref().is_some_and(|only| !only.contains(&name)) => {
+                Some((name, _)) if self.only.as_ref().is_some_and(|only| !only.contains(&name)) => {
                     tracing::warn!(layer = "identity", outcome = "forbidden", mechanism = Self::NAME, principal = ?format!("api_key:{name}"));
                     Attempt::Refused(Rejection::Forbidden)
                 }
-                Some(name) => Attempt::Verified(Principal::ApiKey(ApiKeyPrincipal { name })),
+                Some((name, digest)) => {
+                    Attempt::Verified(Principal::ApiKey(ApiKeyPrincipal { name, digest }))
+                }
             }
         })
+    }
+
+    /// The same key is still configured under its name (not revoked, not replaced: 401), and
+    /// this route still accepts that name (403).
+    fn readmit(&self, principal: &Principal<C>, _now: u64) -> Result<(), Rejection> {
+        let Principal::ApiKey(key) = principal else { return Err(Rejection::Forbidden) };
+        if !self.keys.holds(&key.name, &key.digest) {
+            return Err(Rejection::InvalidCredential {
+                mechanism: Self::NAME,
+                reason: "unknown or revoked key",
+            });
+        }
+        if self.only.as_ref().is_some_and(|only| !only.contains(&key.name)) {
+            return Err(Rejection::Forbidden);
+        }
+        Ok(())
     }
 }
 

@@ -121,6 +121,22 @@ pub trait Mechanism<C = NoClaims>: Send + Sync + fmt::Debug + 'static {
 
     /// Looks at the facts. Must not panic on any input.
     fn attempt<'a>(&'a self, facts: &'a RequestFacts) -> BoxFuture<'a, Attempt<C>>;
+
+    /// Whether this mechanism, as configured now, still admits `principal`, which a mechanism
+    /// of the same [`name`](Mechanism::name) proved earlier: what
+    /// [`Gate::recheck`](crate::Gate::recheck) asks for a connection that outlives its request,
+    /// after a policy reload or a change to the mechanism's own list (a key removed or
+    /// replaced). `now` is the gate's clock, in Unix seconds. No credential is at hand: decide
+    /// from the principal alone, without I/O.
+    ///
+    /// The default admits: a mechanism whose admission depends only on the credential
+    /// (a signature, a certificate) has nothing to decide again, and expiry and revocation are
+    /// checked by the gate for every mechanism. Return [`Rejection::Forbidden`] when the caller
+    /// is no longer allowed, a 401 rejection when the credential itself is no longer accepted.
+    fn readmit(&self, principal: &Principal<C>, now: u64) -> Result<(), Rejection> {
+        let _ = (principal, now);
+        Ok(())
+    }
 }
 
 /// A shared mechanism (e.g. one [`AccessJwt`](super::AccessJwt) whose key cache several routes
@@ -136,6 +152,10 @@ impl<C, M: Mechanism<C>> Mechanism<C> for Arc<M> {
 
     fn attempt<'a>(&'a self, facts: &'a RequestFacts) -> BoxFuture<'a, Attempt<C>> {
         (**self).attempt(facts)
+    }
+
+    fn readmit(&self, principal: &Principal<C>, now: u64) -> Result<(), Rejection> {
+        (**self).readmit(principal, now)
     }
 }
 
@@ -221,6 +241,42 @@ impl<C: Send + Sync + 'static> Requirement<C> {
                 }
             }
             Node::AnyOf(v) | Node::AllOf(v) => v.iter().for_each(|r| r.collect_headers(out)),
+        }
+    }
+
+    /// Whether this requirement, as it is now, still admits the principal `proof` names:
+    /// some mechanism of the proof's name must be in it (`Node::Public` for an anonymous
+    /// proof) and readmit `principal`. `Ok` if any does; else the first refusal, or
+    /// [`Rejection::Forbidden`] when no mechanism of that name is left.
+    pub(crate) fn readmit(&self, proof: &Proof, principal: &Principal<C>, now: u64) -> Result<(), Rejection> {
+        let mut refused = None;
+        if self.readmit_into(proof, principal, now, &mut refused) {
+            return Ok(());
+        }
+        Err(refused.unwrap_or(Rejection::Forbidden))
+    }
+
+    /// `true` once a mechanism readmits; keeps the first refusal in `refused`.
+    fn readmit_into(
+        &self,
+        proof: &Proof,
+        principal: &Principal<C>,
+        now: u64,
+        refused: &mut Option<Rejection>,
+    ) -> bool {
+        match &self.0 {
+            Node::Public => proof.mechanism == "public",
+            Node::One(m) if m.name() == proof.mechanism => match m.readmit(principal, now) {
+                Ok(()) => true,
+                Err(r) => {
+                    refused.get_or_insert(r);
+                    false
+                }
+            },
+            Node::One(_) => false,
+            Node::AnyOf(v) | Node::AllOf(v) => {
+                v.iter().any(|r| r.readmit_into(proof, principal, now, refused))
+            }
         }
     }
 

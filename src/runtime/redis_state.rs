@@ -76,6 +76,7 @@ return longest
 /// prefix and the time bound every call shares. Cheap to clone.
 #[derive(Clone)]
 pub struct RedisStore {
+    client: ::redis::Client,
     connection: ConnectionManager,
     prefix: String,
     timeout: Duration,
@@ -104,15 +105,9 @@ impl RedisStore {
         let client = ::redis::Client::open(url)
             .map_err(|_| ConfigError::new("redis_url", "not a Redis URL such as redis://127.0.0.1:6379/0"))?;
         let timeout = Self::DEFAULT_TIMEOUT;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(200));
-        let connection = ConnectionManager::new_lazy_with_config(client, config).map_err(|e| {
-            ConfigError::new("redis_url", format!("cannot set up the connection: {}", e.category()))
-        })?;
+        let connection = Self::manager(&client, timeout)?;
         Ok(Self {
+            client,
             connection,
             prefix: "ztgate:".to_owned(),
             timeout,
@@ -121,13 +116,39 @@ impl RedisStore {
         })
     }
 
-    /// Bound each call by `timeout` (1 ms to 5 s) instead of 50 ms.
+    /// The lazy connection, its connect and response times bounded by `timeout` too.
+    fn manager(client: &::redis::Client, timeout: Duration) -> Result<ConnectionManager, ConfigError> {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(200));
+        ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(|e| {
+            ConfigError::new("redis_url", format!("cannot set up the connection: {}", e.category()))
+        })
+    }
+
+    /// Bound each call, the connection's making included, by `timeout` (1 ms to 5 s) instead
+    /// of 50 ms.
     pub fn with_timeout(mut self, timeout: Duration) -> Result<Self, ConfigError> {
         if timeout.is_zero() || timeout > Duration::from_secs(5) {
             return Err(ConfigError::new("redis_timeout", "the Redis timeout must be from 1 ms to 5 s"));
         }
+        self.connection = Self::manager(&self.client, timeout)?;
         self.timeout = timeout;
         Ok(self)
+    }
+
+    /// Makes the connection now and checks that Redis answers (`PING`), within the timeout:
+    /// call it at start, so the first requests do not pay for the connection. A failure is
+    /// only reported (the connection is tried again on the next call).
+    pub async fn ping(&self) -> Result<(), StateError> {
+        let answer: String = self.run(&::redis::cmd("PING")).await?;
+        if answer == "PONG" {
+            Ok(())
+        } else {
+            Err(StateError::Unavailable("redis: unexpected answer to PING".to_owned()))
+        }
     }
 
     /// Put every key under `prefix` (default `ztgate:`), e.g. one per service sharing a Redis.
