@@ -359,6 +359,9 @@ pub struct SignedTokenPrincipal {
     /// The token's own id (22 characters of base64url), under which this one token can be
     /// revoked (`hmac_token` revocations); `None` for a v1 token, which has no id.
     pub id: Option<String>,
+    /// The key that signed it: once its ring no longer holds that key, a connection it
+    /// opened ends at its next [`Gate::recheck`](crate::Gate::recheck).
+    pub kid: String,
 }
 
 /// A client that presented a certificate Cloudflare verified and did not find revoked.

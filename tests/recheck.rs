@@ -208,3 +208,38 @@ async fn expiry_is_checked_before_admission() {
     clock.set(NOW + 60);
     assert_eq!(ended(&after, &alice).await, ("token_expired", 4401));
 }
+
+#[tokio::test]
+async fn a_signed_token_whose_key_left_the_ring_or_whose_purpose_changed_is_refused() {
+    use ztgate::identity::hmac_token::{KeyRing, SignedTokenAuth, TokenSource};
+    let clock = clock();
+    let keys = "k2:second-ring-key-of-at-least-32-bytes-xx,k1:first-ring-key-of-at-least-32-bytes-xxx"; // pragma: allowlist secret
+    let ring = Arc::new(KeyRing::parse(keys).unwrap());
+    let auth = |ring: &Arc<KeyRing>, purpose: &str| {
+        let source = TokenSource::Query("token".into());
+        Requirement::mechanism(SignedTokenAuth::new(ring.clone(), purpose, source, clock.clone()))
+    };
+    let before = gate(auth(&ring, "ws"), &clock);
+    let token = ring.mint("ws", "alice@acme.com", NOW, std::time::Duration::from_secs(600)).unwrap();
+    let uri: Uri = format!("/ws?token={token}").parse().unwrap();
+    let signed = before.check_call(Call::new(&Method::GET, &uri, &HeaderMap::new())).await.unwrap();
+    let Principal::SignedToken(principal) = signed.principal() else { panic!("{signed:?}") };
+    assert_eq!(principal.kid, "k2", "the first key signs");
+
+    // The same keys again (a reload), or a ring that still holds k2 beside a new key: kept.
+    assert!(
+        gate(auth(&Arc::new(KeyRing::parse(keys).unwrap()), "ws"), &clock).recheck(&signed).await.is_ok()
+    );
+    let rotated = Arc::new(
+        KeyRing::parse(
+            "k3:third-ring-key-of-at-least-32-bytes-xxx,k2:second-ring-key-of-at-least-32-bytes-xx",
+        )
+        .unwrap(),
+    ); // pragma: allowlist secret
+    assert!(gate(auth(&rotated, "ws"), &clock).recheck(&signed).await.is_ok());
+    // k2 removed: the tokens it signed end.
+    let without = Arc::new(KeyRing::parse("k1:first-ring-key-of-at-least-32-bytes-xxx").unwrap()); // pragma: allowlist secret
+    assert_eq!(ended(&gate(auth(&without, "ws"), &clock), &signed).await, ("invalid_credential", 4401));
+    // The route now wants tokens of another purpose.
+    assert_eq!(ended(&gate(auth(&ring, "download"), &clock), &signed).await, ("forbidden", 4403));
+}

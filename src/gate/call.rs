@@ -131,7 +131,8 @@ impl<C: Send + Sync + 'static> Gate<C> {
     ///   ([`Mechanism::readmit`](crate::identity::Mechanism::readmit) of the mechanism that
     ///   proved it): 403 `forbidden` when the policy no longer allows the caller or the route no
     ///   longer accepts that kind of credential, 401 when the credential itself is no longer
-    ///   accepted (an API key removed or replaced);
+    ///   accepted (an API key removed or replaced, an HMAC token's signing key removed from
+    ///   the ring);
     /// - one of its credentials has been revoked since: 401 `revoked`;
     /// - the revocation list cannot answer and the gate refuses in that case: 503
     ///   `state_unavailable`.

@@ -267,6 +267,7 @@ impl EnvelopeVerifier {
             purpose: token.purpose,
             expires_at,
             id: Some(id.clone()),
+            kid: token.kid.clone(),
         });
         let proof = Proof { mechanism: MECHANISM, principal_id: principal.id() };
         Ok(OpenedEnvelope {

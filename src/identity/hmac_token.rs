@@ -828,6 +828,11 @@ impl KeyRingSource {
         Ok(Parsed::New(Arc::new(ring), text))
     }
 
+    /// The ring as last read successfully, without reading the source.
+    fn last_good(&self) -> Option<Arc<KeyRing>> {
+        self.lock().good.as_ref().map(|(ring, _)| ring.clone())
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, RingState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -907,6 +912,7 @@ impl SignedTokenAuth {
                 purpose: t.purpose,
                 expires_at: t.expires_at,
                 id: t.id,
+                kid: t.kid,
             })),
             Err(e) => Attempt::Refused(e.into()),
         }
@@ -937,6 +943,27 @@ impl<C: Send + Sync + 'static> Mechanism<C> for SignedTokenAuth {
                     Err(_) => Attempt::Refused(Rejection::NotConfigured { what: "HMAC key ring" }),
                 }
             }),
+        }
+    }
+
+    /// The token was minted for this mechanism's purpose (403 if the route now wants
+    /// another), and the key that signed it is still in the ring (401 once it was removed). A
+    /// rotating ring is asked as last read, without reading its source again.
+    fn readmit(&self, principal: &Principal<C>, _now: u64) -> Result<(), Rejection> {
+        let Principal::SignedToken(token) = principal else { return Err(Rejection::Forbidden) };
+        if token.purpose != self.purpose {
+            return Err(Rejection::Forbidden);
+        }
+        let held = match &self.ring {
+            Ring::Fixed(ring) => ring.kids().any(|kid| kid == token.kid),
+            Ring::Rotating(source) => {
+                source.last_good().is_some_and(|ring| ring.kids().any(|kid| kid == token.kid))
+            }
+        };
+        if held {
+            Ok(())
+        } else {
+            Err(Rejection::InvalidCredential { mechanism: Self::NAME, reason: "the signing key was removed" })
         }
     }
 }
