@@ -50,6 +50,16 @@ async fn proven_user(gate: &Gate, token: &str) -> Verified<Principal> {
     gate.check(&request_with_token(token)).await.unwrap()
 }
 
+/// The user of `token`, proven by `mechanism` as it is.
+async fn admitted(mechanism: &Arc<AccessJwt>, clock: &Arc<FixedClock>, token: &str) -> Verified<Principal> {
+    proven_user(&gate(Requirement::mechanism(mechanism.clone()), clock), token).await
+}
+
+/// A gate with `mechanism` after a reload to `policy` (the same verifier and key cache).
+fn reloaded(mechanism: &Arc<AccessJwt>, policy: Policy, clock: &Arc<FixedClock>) -> Gate {
+    gate(Requirement::mechanism(mechanism.with_policy(policy)), clock)
+}
+
 async fn proven_key(gate: &Gate, key: &str) -> Verified<Principal> {
     let mut headers = HeaderMap::new();
     headers.insert("x-api-key", HeaderValue::from_str(key).unwrap());
@@ -71,17 +81,11 @@ async fn a_user_the_reloaded_policy_no_longer_lists_is_refused_403() {
     let alice = proven_user(&before, &token(ALICE, 10)).await;
     assert!(before.recheck(&alice).await.is_ok());
 
-    // The reload: the same verifier and key cache, a policy without alice.
-    let after = gate(
-        Requirement::mechanism(mechanism.with_policy(Policy::new().allow_emails(["bob@acme.com"]))),
-        &clock,
-    );
+    // The reload: a policy without alice.
+    let after = reloaded(&mechanism, Policy::new().allow_emails(["bob@acme.com"]), &clock);
     assert_eq!(ended(&after, &alice).await, ("forbidden", 4403));
     // A reload that keeps her (by another rule) keeps her socket.
-    let by_domain = gate(
-        Requirement::mechanism(mechanism.with_policy(Policy::new().allow_email_domains(["acme.com"]))),
-        &clock,
-    );
+    let by_domain = reloaded(&mechanism, Policy::new().allow_email_domains(["acme.com"]), &clock);
     assert!(by_domain.recheck(&alice).await.is_ok());
     // The gate she was admitted by has not changed its mind.
     assert!(before.recheck(&alice).await.is_ok());
@@ -91,15 +95,13 @@ async fn a_user_the_reloaded_policy_no_longer_lists_is_refused_403() {
 async fn a_login_older_than_a_new_session_limit_is_refused_401() {
     let clock = clock();
     let (mechanism, _jwks) = access(Policy::new().allow_emails([ALICE])).await;
-    let alice =
-        proven_user(&gate(Requirement::mechanism(mechanism.clone()), &clock), &token(ALICE, 600)).await;
+    let alice = admitted(&mechanism, &clock, &token(ALICE, 600)).await;
 
     let strict = Policy::new().allow_emails([ALICE]).max_session_age(std::time::Duration::from_secs(300));
-    let after = gate(Requirement::mechanism(mechanism.with_policy(strict)), &clock);
+    let after = reloaded(&mechanism, strict, &clock);
     assert_eq!(ended(&after, &alice).await, ("session_too_old", 4401));
     // A login within the limit is kept.
-    let fresh =
-        proven_user(&gate(Requirement::mechanism(mechanism.clone()), &clock), &token(ALICE, 60)).await;
+    let fresh = admitted(&mechanism, &clock, &token(ALICE, 60)).await;
     assert!(after.recheck(&fresh).await.is_ok());
 }
 
@@ -108,11 +110,9 @@ async fn a_new_rule_over_the_identity_the_principal_does_not_carry_is_refused() 
     // Admitted by email: no identity was fetched, and a recheck has no token to fetch it with.
     let clock = clock();
     let (mechanism, _jwks) = access(Policy::new().allow_emails([ALICE])).await;
-    let alice =
-        proven_user(&gate(Requirement::mechanism(mechanism.clone()), &clock), &token(ALICE, 10)).await;
+    let alice = admitted(&mechanism, &clock, &token(ALICE, 10)).await;
     assert!(alice.principal().as_user().unwrap().identity.is_none());
-    let by_group =
-        gate(Requirement::mechanism(mechanism.with_policy(Policy::new().allow_groups(["ops"]))), &clock);
+    let by_group = reloaded(&mechanism, Policy::new().allow_groups(["ops"]), &clock);
     assert_eq!(ended(&by_group, &alice).await, ("forbidden", 4403));
 }
 
@@ -177,8 +177,7 @@ async fn an_api_key_revoked_or_replaced_under_its_name_is_refused_401() {
 async fn several_access_applications_refuse_only_once_none_admits() {
     let clock = clock();
     let (mechanism, _jwks) = access(Policy::new().allow_emails([ALICE])).await;
-    let alice =
-        proven_user(&gate(Requirement::mechanism(mechanism.clone()), &clock), &token(ALICE, 10)).await;
+    let alice = admitted(&mechanism, &clock, &token(ALICE, 10)).await;
     let app = |aud: &str, policy: Policy| mechanism.with_audiences([aud], policy).unwrap();
     let nobody = Policy::new().allow_emails(["nobody@acme.com"]);
 
@@ -203,8 +202,8 @@ async fn expiry_is_checked_before_admission() {
         claims["sub"] = json!("sub-short");
         claims
     });
-    let alice = proven_user(&gate(Requirement::mechanism(mechanism.clone()), &clock), &token).await;
-    let after = gate(Requirement::mechanism(mechanism.with_policy(Policy::new())), &clock);
+    let alice = admitted(&mechanism, &clock, &token).await;
+    let after = reloaded(&mechanism, Policy::new(), &clock);
     clock.set(NOW + 60);
     assert_eq!(ended(&after, &alice).await, ("token_expired", 4401));
 }

@@ -29,7 +29,7 @@ use std::fmt;
 use serde::de::DeserializeOwned;
 
 use super::access_jwt::{AccessJwt, claimed_issuer};
-use super::mechanism::{Attempt, Mechanism};
+use super::mechanism::{Attempt, Mechanism, first_admission};
 use crate::BoxFuture;
 use crate::error::{ConfigError, Rejection, TokenError};
 use crate::principal::{NoClaims, Principal};
@@ -107,15 +107,7 @@ impl<C: DeserializeOwned + Clone + Send + Sync + 'static> Mechanism<C> for Acces
     /// The principal does not say which application proved it: admitted while some
     /// application's policy admits it, refused once none does.
     fn readmit(&self, principal: &Principal<C>, now: u64) -> Result<(), Rejection> {
-        let mut refused = None;
-        for app in &self.apps {
-            match app.readmit(principal, now) {
-                Ok(()) => return Ok(()),
-                Err(r) => {
-                    refused.get_or_insert(r);
-                }
-            }
-        }
-        Err(refused.unwrap_or(Rejection::Forbidden))
+        first_admission(self.apps.iter().map(|app| app.readmit(principal, now)))
+            .unwrap_or(Err(Rejection::Forbidden))
     }
 }

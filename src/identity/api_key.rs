@@ -159,12 +159,7 @@ impl ApiKeys {
     /// Whether the key `name` is still configured with this digest (not revoked, not
     /// replaced under the same name). Constant-time in the digests.
     fn holds(&self, name: &str, digest: &[u8; 32]) -> bool {
-        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
-        let mut found = subtle::Choice::from(0);
-        for key in keys.iter() {
-            found |= key.digest.ct_eq(digest) & subtle::Choice::from(u8::from(key.name == name));
-        }
-        bool::from(found)
+        self.find(digest).is_some_and(|found| found == name)
     }
 
     /// The name of the key with this digest. Constant-time in the digests.

@@ -954,13 +954,11 @@ impl<C: Send + Sync + 'static> Mechanism<C> for SignedTokenAuth {
         if token.purpose != self.purpose {
             return Err(Rejection::Forbidden);
         }
-        let held = match &self.ring {
-            Ring::Fixed(ring) => ring.kids().any(|kid| kid == token.kid),
-            Ring::Rotating(source) => {
-                source.last_good().is_some_and(|ring| ring.kids().any(|kid| kid == token.kid))
-            }
+        let ring = match &self.ring {
+            Ring::Fixed(ring) => Some(ring.clone()),
+            Ring::Rotating(source) => source.last_good(),
         };
-        if held {
+        if ring.is_some_and(|ring| ring.kids().any(|kid| kid == token.kid)) {
             Ok(())
         } else {
             Err(Rejection::InvalidCredential { mechanism: Self::NAME, reason: "the signing key was removed" })

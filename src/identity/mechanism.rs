@@ -159,6 +159,23 @@ impl<C, M: Mechanism<C>> Mechanism<C> for Arc<M> {
     }
 }
 
+/// Admitted as soon as one of `answers` admits (the rest are not asked); else the first
+/// refusal; `None` when there was no answer at all.
+pub(crate) fn first_admission(
+    answers: impl IntoIterator<Item = Result<(), Rejection>>,
+) -> Option<Result<(), Rejection>> {
+    let mut refused = None;
+    for answer in answers {
+        match answer {
+            Ok(()) => return Some(Ok(())),
+            Err(r) => {
+                refused.get_or_insert(r);
+            }
+        }
+    }
+    refused.map(Err)
+}
+
 /// What a route requires: built with [`Requirement::public`], [`Requirement::mechanism`],
 /// [`Requirement::any_of`] and [`Requirement::all_of`]. Cheap to clone. `Debug` shows the
 /// shape, e.g. `any_of([api_key, client_cert])`.
@@ -249,33 +266,21 @@ impl<C: Send + Sync + 'static> Requirement<C> {
     /// proof) and readmit `principal`. `Ok` if any does; else the first refusal, or
     /// [`Rejection::Forbidden`] when no mechanism of that name is left.
     pub(crate) fn readmit(&self, proof: &Proof, principal: &Principal<C>, now: u64) -> Result<(), Rejection> {
-        let mut refused = None;
-        if self.readmit_into(proof, principal, now, &mut refused) {
-            return Ok(());
-        }
-        Err(refused.unwrap_or(Rejection::Forbidden))
+        self.readmit_by_name(proof, principal, now).unwrap_or(Err(Rejection::Forbidden))
     }
 
-    /// `true` once a mechanism readmits; keeps the first refusal in `refused`.
-    fn readmit_into(
+    /// [`Requirement::readmit`], `None` when no mechanism of the proof's name is in it.
+    fn readmit_by_name(
         &self,
         proof: &Proof,
         principal: &Principal<C>,
         now: u64,
-        refused: &mut Option<Rejection>,
-    ) -> bool {
+    ) -> Option<Result<(), Rejection>> {
         match &self.0 {
-            Node::Public => proof.mechanism == "public",
-            Node::One(m) if m.name() == proof.mechanism => match m.readmit(principal, now) {
-                Ok(()) => true,
-                Err(r) => {
-                    refused.get_or_insert(r);
-                    false
-                }
-            },
-            Node::One(_) => false,
+            Node::Public => (proof.mechanism == "public").then_some(Ok(())),
+            Node::One(m) => (m.name() == proof.mechanism).then(|| m.readmit(principal, now)),
             Node::AnyOf(v) | Node::AllOf(v) => {
-                v.iter().any(|r| r.readmit_into(proof, principal, now, refused))
+                first_admission(v.iter().filter_map(|r| r.readmit_by_name(proof, principal, now)))
             }
         }
     }
